@@ -1,0 +1,54 @@
+# textft — one Makefile for the whole repository.
+#   make demo   set everything up, start the stack, fine-tune and predict (the main job)
+#   make test   set everything up and run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel pinned for CI and this machine; GPU users: make install TORCH_SPEC="torch"
+TORCH_SPEC ?= torch==2.13.0
+PROTOS := $(wildcard protos/textft/v1/*.proto)
+STUBS_DIR := clients/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install protos check-protos up demo test test-fast lint bench clean
+
+install: $(STAMP) protos
+
+$(STAMP): clients/python/pyproject.toml services/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e clients/python -e "services[test,dev]"
+	touch $(STAMP)
+
+# Stubs are generated into the SDK package (textft.v1), with .pyi type stubs.
+protos: $(STAMP) clients/python/textft/v1/.stamp
+
+clients/python/textft/v1/.stamp: $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$(STUBS_DIR) --pyi_out=$(STUBS_DIR) \
+	  --grpc_python_out=$(STUBS_DIR) $(PROTOS)
+	touch $@
+
+# Fails when the generated stubs differ from what protos/ produces now.
+check-protos: install
+	$(PY) -m pytest -q tests/test_protos.py
+
+up: install
+	$(VENV)/bin/textft up
+
+demo: install
+	$(PY) -m textft_services.demo
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) clients/python/textft/v1/*_pb2*.py* clients/python/textft/v1/.stamp .textft

@@ -1,0 +1,7 @@
+"""textft: fine-tune text models with LoRA and serve them, over gRPC."""
+
+from .client import Client
+from .errors import TextftError
+
+__all__ = ["Client", "TextftError"]
+__version__ = "0.1.0"

@@ -1,0 +1,328 @@
+"""The textft Python SDK: one Client reaching the three services.
+
+    from textft import Client
+    client = Client()                      # targets and key from TEXTFT_* env
+    client.create_dataset("reviews")
+    version = client.upload_dataset("reviews", "reviews.csv", task="classification")
+    client.create_model("sentiment", task="classification")
+    run = client.train("sentiment", version.name, template="templates/gpt-neo-125m-lora-text-classification")
+    for event in client.watch(run.name): print(event.kind, event.loss)
+    print(client.predict(run.name, ["great film"]))
+
+Every failed call raises a textft.errors.TextftError subclass.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from .errors import TextftError, from_rpc_error
+from .v1 import (
+    common_pb2,
+    dataset_pb2,
+    dataset_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+
+T = TypeVar("T")
+CHUNK_BYTES = 1024 * 1024
+DEFAULT_TIMEOUT = 60.0
+_FINAL_STATES = {
+    trainer_pb2.ModelVersion.STATE_READY,
+    trainer_pb2.ModelVersion.STATE_FAILED,
+    trainer_pb2.ModelVersion.STATE_CANCELLED,
+}
+TASKS = {
+    "classification": common_pb2.TASK_TEXT_CLASSIFICATION,
+    "text_classification": common_pb2.TASK_TEXT_CLASSIFICATION,
+    "generation": common_pb2.TASK_TEXT_GENERATION,
+    "text_generation": common_pb2.TASK_TEXT_GENERATION,
+}
+FORMATS = {
+    ".csv": dataset_pb2.DATASET_FORMAT_CSV,
+    ".tsv": dataset_pb2.DATASET_FORMAT_TSV,
+    ".jsonl": dataset_pb2.DATASET_FORMAT_JSONL,
+    ".ndjson": dataset_pb2.DATASET_FORMAT_JSONL,
+}
+
+
+def default_api_key() -> str:
+    """TEXTFT_API_KEY, else the key `textft up` wrote to $TEXTFT_HOME/api_key."""
+    key = os.environ.get("TEXTFT_API_KEY", "")
+    if key:
+        return key
+    path = Path(os.environ.get("TEXTFT_HOME", ".textft")).expanduser() / "api_key"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def task_of(task: str | int) -> int:
+    if isinstance(task, int):
+        return task
+    try:
+        return TASKS[task.lower()]
+    except KeyError:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}") from None
+
+
+def to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if value is None:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct)
+
+
+class Client:
+    """Typed access to the dataset, trainer and inference services."""
+
+    def __init__(
+        self,
+        dataset_target: str | None = None,
+        trainer_target: str | None = None,
+        inference_target: str | None = None,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        retries: int = 3,
+    ) -> None:
+        env = os.environ
+        self.api_key = default_api_key() if api_key is None else api_key
+        self.timeout = timeout
+        self.retries = retries
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self._channels = [
+            grpc.insecure_channel(dataset_target or env.get("TEXTFT_DATASET_ADDR", "127.0.0.1:50051"), options),
+            grpc.insecure_channel(trainer_target or env.get("TEXTFT_TRAINER_ADDR", "127.0.0.1:50052"), options),
+            grpc.insecure_channel(inference_target or env.get("TEXTFT_INFERENCE_ADDR", "127.0.0.1:50053"), options),
+        ]
+        self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channels[0])
+        self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels[1])
+        self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels[2])
+
+    # ---- plumbing ----
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.api_key}")] if self.api_key else []
+
+    def call(
+        self, method: Callable[..., T], request: Any, *, idempotent: bool = True, timeout: float | None = None
+    ) -> T:
+        """Calls a unary RPC with auth, a deadline, and retries with jittered
+        backoff on UNAVAILABLE for idempotent calls. Raises TextftError."""
+        attempt = 0
+        while True:
+            try:
+                return method(request, metadata=self.metadata, timeout=timeout or self.timeout)
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+                retry = idempotent and err.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
+                if not retry:
+                    raise error from None
+                attempt += 1
+                time.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+
+    def stream(self, method: Callable[..., Iterable[T]], request: Any, timeout: float | None = None) -> Iterator[T]:
+        try:
+            yield from method(request, metadata=self.metadata, timeout=timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    # ---- datasets ----
+    def create_dataset(
+        self, dataset_id: str, description: str = "", labels: dict[str, str] | None = None
+    ) -> dataset_pb2.Dataset:
+        request = dataset_pb2.CreateDatasetRequest(dataset_id=dataset_id, description=description, labels=labels or {})
+        return self.call(self.datasets.CreateDataset, request, idempotent=False).dataset
+
+    def get_dataset(self, name: str) -> dataset_pb2.Dataset:
+        return self.call(self.datasets.GetDataset, dataset_pb2.GetDatasetRequest(name=_named("datasets", name))).dataset
+
+    def list_datasets(self, page_size: int = 0, page_token: str = "") -> dataset_pb2.ListDatasetsResponse:
+        return self.call(
+            self.datasets.ListDatasets, dataset_pb2.ListDatasetsRequest(page_size=page_size, page_token=page_token)
+        )
+
+    def upload_dataset(
+        self,
+        dataset: str,
+        source: str | os.PathLike[str] | BinaryIO | bytes,
+        task: str | int = common_pb2.TASK_UNSPECIFIED,
+        format: str | int | None = None,
+        column_mapping: dict[str, str] | None = None,
+        description: str = "",
+        on_progress: Callable[[int], None] | None = None,
+        timeout: float | None = None,
+    ) -> dataset_pb2.DatasetVersion:
+        """Streams a CSV/TSV/JSONL file (path, open binary file or bytes) as a new version."""
+        filename = ""
+        if isinstance(source, bytes):
+            import io
+
+            stream: BinaryIO = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            filename = os.fspath(source)
+            stream = open(filename, "rb")  # noqa: SIM115 - closed in the generator below
+        else:
+            stream = source
+        if format is None:
+            fmt = FORMATS.get(Path(filename).suffix.lower(), dataset_pb2.DATASET_FORMAT_UNSPECIFIED)
+        elif isinstance(format, str):
+            fmt = FORMATS.get("." + format.lower().lstrip("."), dataset_pb2.DATASET_FORMAT_UNSPECIFIED)
+        else:
+            fmt = format
+        header = dataset_pb2.UploadHeader(
+            parent=_named("datasets", dataset),
+            format=fmt,
+            task=task_of(task),
+            column_mapping=column_mapping or {},
+            description=description,
+            filename=os.path.basename(filename),
+        )
+
+        def requests() -> Iterator[dataset_pb2.UploadDatasetVersionRequest]:
+            sent = 0
+            try:
+                yield dataset_pb2.UploadDatasetVersionRequest(header=header)
+                while chunk := stream.read(CHUNK_BYTES):
+                    sent += len(chunk)
+                    yield dataset_pb2.UploadDatasetVersionRequest(chunk=chunk)
+                    if on_progress:
+                        on_progress(sent)
+            finally:
+                if filename:
+                    stream.close()
+
+        try:
+            response = self.datasets.UploadDatasetVersion(requests(), metadata=self.metadata, timeout=timeout or 3600)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        return response.dataset_version
+
+    def get_dataset_version(self, name: str) -> dataset_pb2.DatasetVersion:
+        request = dataset_pb2.GetDatasetVersionRequest(name=name)
+        return self.call(self.datasets.GetDatasetVersion, request).dataset_version
+
+    # ---- templates, models, training ----
+    def list_templates(self, task: str | int = common_pb2.TASK_UNSPECIFIED) -> list[trainer_pb2.Template]:
+        request = trainer_pb2.ListTemplatesRequest(task=task_of(task), page_size=1000)
+        return list(self.call(self.trainer.ListTemplates, request).templates)
+
+    def create_model(self, model_id: str, task: str | int, description: str = "") -> trainer_pb2.Model:
+        request = trainer_pb2.CreateModelRequest(model_id=model_id, task=task_of(task), description=description)
+        return self.call(self.trainer.CreateModel, request, idempotent=False).model
+
+    def get_model(self, name: str) -> trainer_pb2.Model:
+        return self.call(self.trainer.GetModel, trainer_pb2.GetModelRequest(name=_named("models", name))).model
+
+    def train(
+        self,
+        model: str,
+        dataset_version: str,
+        template: str,
+        model_config: dict[str, Any] | None = None,
+        peft_config: dict[str, Any] | None = None,
+        tokenizer_config: dict[str, Any] | None = None,
+        trainer_config: dict[str, Any] | None = None,
+        invalid_data_tolerance_percent: float = 0.0,
+        description: str = "",
+    ) -> trainer_pb2.ModelVersion:
+        """Creates a model version (a training run); returns it QUEUED."""
+        request = trainer_pb2.CreateModelVersionRequest(
+            parent=_named("models", model),
+            dataset_version=dataset_version,
+            template=_named("templates", template),
+            model_config=to_struct(model_config),
+            peft_config=to_struct(peft_config),
+            tokenizer_config=to_struct(tokenizer_config),
+            trainer_config=to_struct(trainer_config),
+            invalid_data_tolerance_percent=invalid_data_tolerance_percent,
+            description=description,
+        )
+        return self.call(self.trainer.CreateModelVersion, request, idempotent=False).model_version
+
+    def get_model_version(self, name: str) -> trainer_pb2.ModelVersion:
+        return self.call(self.trainer.GetModelVersion, trainer_pb2.GetModelVersionRequest(name=name)).model_version
+
+    def watch(
+        self, name: str, from_sequence: int = 0, timeout: float | None = None
+    ) -> Iterator[trainer_pb2.ModelVersionEvent]:
+        """Events of a run, history first; ends when the run reaches a final state."""
+        request = trainer_pb2.WatchModelVersionRequest(name=name, from_sequence=from_sequence)
+        for response in self.stream(self.trainer.WatchModelVersion, request, timeout=timeout):
+            yield response.event
+
+    def wait(
+        self, name: str, timeout: float | None = None, on_event: Callable[[Any], None] | None = None
+    ) -> trainer_pb2.ModelVersion:
+        """Blocks until the run is READY, FAILED or CANCELLED, and returns it."""
+        for event in self.watch(name, timeout=timeout):
+            if on_event:
+                on_event(event)
+        version = self.get_model_version(name)
+        if version.state not in _FINAL_STATES:  # the stream ended early (server restart)
+            return self.wait(name, timeout, on_event)
+        return version
+
+    def cancel(self, name: str) -> trainer_pb2.ModelVersion:
+        request = trainer_pb2.CancelModelVersionRequest(name=name)
+        return self.call(self.trainer.CancelModelVersion, request).model_version
+
+    # ---- inference ----
+    def predict(
+        self,
+        model_version: str,
+        texts: list[str],
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_p: float = 0.0,
+        top_k: int = 0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> inference_pb2.PredictResponse:
+        params = inference_pb2.GenerationParameters(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop or []
+        )
+        if seed is not None:
+            params.seed = seed
+        request = inference_pb2.PredictRequest(model_version=model_version, texts=texts, generation=params)
+        return self.call(self.inference.Predict, request, timeout=timeout)
+
+
+def _named(collection: str, value: str) -> str:
+    """Accepts 'reviews' or 'datasets/reviews'."""
+    return value if value.startswith(collection + "/") else f"{collection}/{value}"
+
+
+__all__ = ["Client", "TextftError", "struct_to_dict", "task_of", "to_struct"]

@@ -1,0 +1,118 @@
+"""Server bootstrap shared by the three services: flags, logging, interceptors,
+grpc.health.v1, reflection, message-size limits, graceful shutdown, and a
+machine-readable ready line on stdout (how launchers and tests learn the port
+when it is 0)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .config import Settings
+from .interceptors import AuthInterceptor, ErrorInterceptor
+from .logs import setup_logging
+
+log = logging.getLogger("textft.server")
+READY_PREFIX = "TEXTFT_READY "
+
+
+@dataclass
+class Running:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: list[str]
+
+    def stop(self, grace: float = 5.0) -> None:
+        for name in [*self.service_names, ""]:
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+
+
+def parse_args(service: str, default_port: int, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"textft-{service}", description=f"textft {service} service")
+    parser.add_argument("--host", default=None, help="address to bind (env TEXTFT_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default_port, help=f"port (default {default_port}; 0 picks one)")
+    return parser.parse_args(argv)
+
+
+def start_server(
+    settings: Settings,
+    port: int,
+    register: Callable[[grpc.Server], list[str]],
+    host: str | None = None,
+) -> Running:
+    """Starts a server with the shared interceptors; `register` adds servicers
+    and returns their full service names (for health and reflection)."""
+    interceptors: list[grpc.ServerInterceptor] = []
+    if settings.auth_enabled:
+        interceptors.append(AuthInterceptor(settings.api_keys))
+    interceptors.append(ErrorInterceptor(settings.secrets()))
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),
+        interceptors=interceptors,
+        options=options,
+    )
+    names = register(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in [*names, ""]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host or settings.host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"could not bind {host or settings.host}:{port}")
+    server.start()
+    return Running(server, bound, health_servicer, names)
+
+
+def run_service(
+    service: str,
+    default_port: int,
+    build: Callable[[Settings], tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Entry point body of a service process. `build` returns the registrar and
+    a shutdown hook (stop queues, flush state) run before the server stops."""
+    args = parse_args(service, default_port, argv)
+    settings = Settings.from_env()
+    setup_logging(service, settings.log_level, settings.log_format, settings.secrets())
+    if not settings.auth_enabled:
+        log.warning("auth is OFF (TEXTFT_AUTH=off): any caller can use this service")
+    register, on_shutdown = build(settings)
+    running = start_server(settings, args.port, register, args.host)
+    host = args.host or settings.host
+    log.info("%s service listening on %s:%d", service, host, running.port)
+    ready: dict[str, Any] = {"service": service, "host": host, "port": running.port}
+    sys.stdout.write(READY_PREFIX + json.dumps(ready) + "\n")
+    sys.stdout.flush()
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("%s service shutting down", service)
+    for name in [*running.service_names, ""]:
+        running.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:
+        on_shutdown()
+    finally:
+        running.server.stop(5).wait()
+    log.info("%s service stopped", service)

@@ -1,0 +1,128 @@
+"""Configuration, read once from the environment into a typed object that is
+passed down. Command-line flags of each service override a few fields."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where datasets, adapters and run records live."""
+
+    # "local" (a directory) or "s3" (MinIO or any S3-compatible endpoint).
+    kind: str = "local"
+    local_dir: Path = Path(".textft/store")
+    endpoint: str = ""
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    secure: bool = False
+    region: str = ""
+    bucket: str = "textft"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path(".textft")
+    store: StoreSettings = field(default_factory=StoreSettings)
+    # Keys servers accept (authorization: Bearer <key>); auth is on unless
+    # auth_enabled is explicitly turned off.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    auth_enabled: bool = True
+    # The key this process presents when it calls another service.
+    api_key: str = field(default="", repr=False)
+    host: str = "127.0.0.1"
+    dataset_addr: str = "127.0.0.1:50051"
+    trainer_addr: str = "127.0.0.1:50052"
+    inference_addr: str = "127.0.0.1:50053"
+    max_message_bytes: int = 16 * 1024 * 1024
+    grpc_workers: int = 16
+    log_format: str = "text"
+    log_level: str = "INFO"
+    # dataset service
+    max_upload_bytes: int = 2 * 1024**3
+    max_text_chars: int = 100_000
+    # trainer service
+    trainer_workdir: Path = Path(".textft/trainer")
+    trainer_concurrency: int = 1
+    base_model_cache: Path = Path(".textft/base-models")
+    # inference service
+    inference_max_adapters: int = 8
+    inference_max_adapter_bytes: int = 2 * 1024**3
+    inference_max_batch_texts: int = 256
+    inference_max_input_chars: int = 20_000
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        home = Path(env.get("TEXTFT_HOME", ".textft")).expanduser()
+        endpoint = env.get("MINIO_ENDPOINT", "")
+        kind = env.get("TEXTFT_STORE", "s3" if endpoint else "local")
+        if kind not in {"local", "s3"}:
+            raise ValueError(f"TEXTFT_STORE must be 'local' or 's3', got {kind!r}")
+        store = StoreSettings(
+            kind=kind,
+            local_dir=Path(env.get("TEXTFT_STORE_DIR", str(home / "store"))).expanduser(),
+            endpoint=endpoint,
+            access_key=env.get("MINIO_ACCESS_KEY", env.get("MINIO_ROOT_USER", "")),
+            secret_key=env.get("MINIO_SECRET_KEY", env.get("MINIO_ROOT_PASSWORD", "")),
+            secure=_bool(env.get("MINIO_SECURE"), False),
+            region=env.get("MINIO_REGION", ""),
+            bucket=env.get("TEXTFT_BUCKET", "textft"),
+        )
+        keys = tuple(k.strip() for k in env.get("TEXTFT_API_KEYS", "").split(",") if k.strip())
+        api_key = env.get("TEXTFT_API_KEY", "")
+        if not api_key and keys:
+            api_key = keys[0]
+        if api_key and not keys:
+            keys = (api_key,)
+        return cls(
+            home=home,
+            store=store,
+            api_keys=keys,
+            auth_enabled=_bool(env.get("TEXTFT_AUTH"), True),
+            api_key=api_key,
+            host=env.get("TEXTFT_HOST", "127.0.0.1"),
+            dataset_addr=env.get("TEXTFT_DATASET_ADDR", "127.0.0.1:50051"),
+            trainer_addr=env.get("TEXTFT_TRAINER_ADDR", "127.0.0.1:50052"),
+            inference_addr=env.get("TEXTFT_INFERENCE_ADDR", "127.0.0.1:50053"),
+            max_message_bytes=_int(env, "TEXTFT_MAX_MESSAGE_BYTES", 16 * 1024 * 1024),
+            grpc_workers=_int(env, "TEXTFT_GRPC_WORKERS", 16),
+            log_format=env.get("TEXTFT_LOG_FORMAT", "text"),
+            log_level=env.get("TEXTFT_LOG_LEVEL", "INFO"),
+            max_upload_bytes=_int(env, "TEXTFT_MAX_UPLOAD_BYTES", 2 * 1024**3),
+            max_text_chars=_int(env, "TEXTFT_MAX_TEXT_CHARS", 100_000),
+            trainer_workdir=Path(env.get("TEXTFT_TRAINER_WORKDIR", str(home / "trainer"))).expanduser(),
+            trainer_concurrency=_int(env, "TEXTFT_TRAINER_CONCURRENCY", 1),
+            base_model_cache=Path(env.get("TEXTFT_BASE_MODEL_CACHE", str(home / "base-models"))).expanduser(),
+            inference_max_adapters=_int(env, "TEXTFT_INFERENCE_MAX_ADAPTERS", 8),
+            inference_max_adapter_bytes=_int(env, "TEXTFT_INFERENCE_MAX_ADAPTER_BYTES", 2 * 1024**3),
+            inference_max_batch_texts=_int(env, "TEXTFT_INFERENCE_MAX_BATCH_TEXTS", 256),
+            inference_max_input_chars=_int(env, "TEXTFT_INFERENCE_MAX_INPUT_CHARS", 20_000),
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach a log line or a client."""
+        values = [*self.api_keys, self.api_key, self.store.secret_key, self.store.access_key]
+        return [v for v in values if v and len(v) >= 4]

@@ -1,0 +1,138 @@
+"""Server interceptors shared by every service: API-key auth, and the one place
+where domain errors become gRPC statuses (KServe's habit). Unexpected errors
+become INTERNAL with a reference id; the traceback goes to the log only."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+
+from textft.errors import TextftError
+
+log = logging.getLogger("textft.rpc")
+
+# Kubernetes and load balancers probe health without credentials.
+AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def _wrap_handler(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]) -> grpc.RpcMethodHandler:
+    """Rebuilds a method handler with its behaviour wrapped, keeping its kind."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream, True), handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            wrap(handler.stream_unary, False), handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        wrap(handler.stream_stream, True), handler.request_deserializer, handler.response_serializer
+    )
+
+
+def abort_with(context: grpc.ServicerContext, error: TextftError) -> None:
+    context.abort_with_status(error.to_grpc_status())
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps TextftError to its status with rich details; anything else to INTERNAL."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = [s for s in secrets if s]
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _handle(self, method: str, context: grpc.ServicerContext, exc: BaseException) -> None:
+        if isinstance(exc, TextftError):
+            exc.message = self._scrub(exc.message)
+            log.info("%s -> %s: %s", method, exc.code.name, exc.message)
+            abort_with(context, exc)
+        code = context.code() if hasattr(context, "code") else None
+        if isinstance(exc, NotImplementedError) and code == grpc.StatusCode.UNIMPLEMENTED:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented in this release")
+        if code is not None and code != grpc.StatusCode.OK:
+            raise exc  # the handler aborted on purpose
+        ref = uuid.uuid4().hex[:12]
+        log.exception("%s failed (ref %s)", method, ref)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has the details")
+
+    def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        def wrap(behaviour: Any, streaming: bool) -> Any:
+            if streaming:
+
+                def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                    try:
+                        yield from behaviour(request, context)
+                    except Exception as exc:
+                        self._handle(method, context, exc)
+
+                return stream
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return behaviour(request, context)
+                except Exception as exc:
+                    self._handle(method, context, exc)
+
+            return unary
+
+        return _wrap_handler(handler, wrap)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Checks `authorization: Bearer <key>` against the configured keys.
+
+    Keys are compared with hmac.compare_digest against every configured key
+    (no early exit), so timing does not tell how much of a key matched.
+    """
+
+    def __init__(self, api_keys: Iterable[str]) -> None:
+        self._keys = [k.encode() for k in api_keys]
+        if not self._keys:
+            raise ValueError("auth is enabled but no API key is configured (TEXTFT_API_KEYS)")
+
+    def _valid(self, presented: str) -> bool:
+        candidate = presented.encode()
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(candidate, key)
+        return ok
+
+    def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method
+        if method.startswith(AUTH_EXEMPT_PREFIXES):
+            return continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        header = metadata.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token and self._valid(token.strip()):
+            return continuation(handler_call_details)
+        message = "missing API key: send 'authorization: Bearer <key>'" if not header else "invalid API key"
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        def wrap(_behaviour: Any, streaming: bool) -> Any:
+            def deny(_request: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+            return deny
+
+        return _wrap_handler(handler, wrap)

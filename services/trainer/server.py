@@ -1,0 +1,37 @@
+"""Trainer service process: thin gRPC handlers over the domain code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from textft.v1 import trainer_pb2, trainer_pb2_grpc
+
+from ..common.bootstrap import run_service
+from ..common.config import Settings
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    """RPCs not overridden here answer UNIMPLEMENTED (the generated base class)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+
+def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
+    servicer = TrainerServicer(settings)
+
+    def register(server: grpc.Server) -> list[str]:
+        trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
+        return [trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name]
+
+    return register, lambda: None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_service("trainer", 50052, build, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Shared fixtures: a real S3 endpoint over HTTP (real MinIO when MINIO_ENDPOINT
+is set or a `minio` binary is on PATH, else moto's server), both store
+backends, a tiny offline GPT-Neo, and the three services as real processes on
+free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from textft import Client
+from textft_services.common.config import Settings, StoreSettings
+from textft_services.common.store import LocalStore, ObjectStore, S3Store
+from textft_services.common.tinymodels import build_tiny_gpt_neo
+from textft_services.stack import Stack, _free_port, start_stack
+
+API_KEY = "tft_test_" + secrets.token_hex(8)
+TINY_BASE_KEY = "base-models/tiny-gpt-neo"
+TINY_BASE_URI = "store://" + TINY_BASE_KEY
+
+# No hub in tests: anything that would download fails fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class S3Endpoint:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str
+    kind: str  # "minio-env", "minio", "moto"
+
+    def settings(self, bucket: str) -> StoreSettings:
+        return StoreSettings(
+            kind="s3",
+            endpoint=self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+            bucket=bucket,
+        )
+
+    def env(self, bucket: str) -> dict[str, str]:
+        return {
+            "TEXTFT_STORE": "s3",
+            "MINIO_ENDPOINT": self.endpoint,
+            "MINIO_ACCESS_KEY": self.access_key,
+            "MINIO_SECRET_KEY": self.secret_key,
+            "MINIO_REGION": self.region,
+            "TEXTFT_BUCKET": bucket,
+        }
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    if os.environ.get("MINIO_ENDPOINT"):
+        yield S3Endpoint(
+            os.environ["MINIO_ENDPOINT"],
+            os.environ.get("MINIO_ACCESS_KEY", "minioadmin"),
+            os.environ.get("MINIO_SECRET_KEY", "minioadmin"),
+            os.environ.get("MINIO_REGION", "us-east-1"),
+            "minio-env",
+        )
+        return
+    binary = shutil.which("minio")
+    if binary:
+        port = _free_port()
+        user, password = "textft", secrets.token_hex(12)
+        env = {**os.environ, "MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password}
+        data = tmp_path_factory.mktemp("minio")
+        proc = subprocess.Popen(
+            [binary, "server", str(data), "--address", f"127.0.0.1:{port}", "--quiet"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        endpoint = S3Endpoint(f"127.0.0.1:{port}", user, password, "us-east-1", "minio")
+        S3Store(endpoint.settings("textft-probe"))  # the client's retries wait for start-up
+        yield endpoint
+        proc.terminate()
+        proc.wait(30)
+        return
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield S3Endpoint(f"{host}:{port}", "testing", "testing-secret", "us-east-1", "moto")
+    server.stop()
+
+
+def unique_bucket() -> str:
+    return "t-" + uuid.uuid4().hex[:16]
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """Each backend in turn: the same contract holds for both."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
+    return S3Store(endpoint.settings(unique_bucket()))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gpt_neo(tmp_path_factory.mktemp("tiny-gpt-neo"))
+
+
+@dataclass
+class RunningStack:
+    stack: Stack
+    env: dict[str, str]
+    store: ObjectStore
+    api_key: str
+
+    def client(self, api_key: str | None = None) -> Client:
+        a = self.stack.addresses
+        return Client(a["dataset"], a["trainer"], a["inference"], api_key=self.api_key if api_key is None else api_key)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[RunningStack]:
+    """The three services as real processes against the real S3 endpoint, with
+    the tiny GPT-Neo uploaded as a base model (store://base-models/tiny-gpt-neo)."""
+    home = tmp_path_factory.mktemp("textft-home")
+    bucket = unique_bucket()
+    env = {
+        **os.environ,
+        **s3_endpoint.env(bucket),
+        "TEXTFT_HOME": str(home),
+        "TEXTFT_API_KEYS": API_KEY,
+        "TEXTFT_API_KEY": API_KEY,
+        "TEXTFT_AUTH": "on",
+        "PYTHONUNBUFFERED": "1",
+    }
+    settings = Settings.from_env(env)
+    store = S3Store(settings.store)
+    store.upload_dir(tiny_model_dir, TINY_BASE_KEY)
+    log = open(home / "services.log", "w")  # noqa: SIM115 - kept open for the session
+    running = start_stack(env, log=log)
+    try:
+        yield RunningStack(running, running.env, store, API_KEY)
+    finally:
+        running.stop()
+        log.close()
+        if os.environ.get("TEXTFT_TEST_SHOW_LOGS"):
+            sys.stderr.write((home / "services.log").read_text())
+
+
+@pytest.fixture()
+def client(stack: RunningStack) -> Iterator[Client]:
+    with stack.client() as c:
+        yield c
