@@ -1,8 +1,8 @@
-"""Trainer service process: thin gRPC handlers over the domain code."""
+"""Trainer service process: thin gRPC handlers over TrainerCore."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
@@ -10,23 +10,79 @@ from textft.v1 import trainer_pb2, trainer_pb2_grpc
 
 from ..common.bootstrap import run_service
 from ..common.config import Settings
+from ..common.names import paginate
+from ..common.store import open_store
+from .launcher import LocalProcessLauncher
+from .service import TrainerCore
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     """RPCs not overridden here answer UNIMPLEMENTED (the generated base class)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, core: TrainerCore) -> None:
+        self.core = core
+
+    def ListTemplates(self, request: trainer_pb2.ListTemplatesRequest, context: grpc.ServicerContext) -> trainer_pb2.ListTemplatesResponse:
+        page, token = paginate(self.core.list_templates(request.task), request.page_size, request.page_token)
+        return trainer_pb2.ListTemplatesResponse(templates=page, next_page_token=token)
+
+    def GetTemplate(self, request: trainer_pb2.GetTemplateRequest, context: grpc.ServicerContext) -> trainer_pb2.GetTemplateResponse:
+        from ..common.names import parse_template
+
+        return trainer_pb2.GetTemplateResponse(template=self.core.template_pb(parse_template(request.name, "name")))
+
+    def CreateModel(self, request: trainer_pb2.CreateModelRequest, context: grpc.ServicerContext) -> trainer_pb2.CreateModelResponse:
+        return trainer_pb2.CreateModelResponse(model=self.core.create_model(request))
+
+    def GetModel(self, request: trainer_pb2.GetModelRequest, context: grpc.ServicerContext) -> trainer_pb2.GetModelResponse:
+        return trainer_pb2.GetModelResponse(model=self.core.get_model(request.name))
+
+    def ListModels(self, request: trainer_pb2.ListModelsRequest, context: grpc.ServicerContext) -> trainer_pb2.ListModelsResponse:
+        page, token = paginate(self.core.list_models(), request.page_size, request.page_token)
+        return trainer_pb2.ListModelsResponse(models=page, next_page_token=token)
+
+    def DeleteModel(self, request: trainer_pb2.DeleteModelRequest, context: grpc.ServicerContext) -> trainer_pb2.DeleteModelResponse:
+        self.core.delete_model(request.name)
+        return trainer_pb2.DeleteModelResponse()
+
+    def CreateModelVersion(
+        self, request: trainer_pb2.CreateModelVersionRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.CreateModelVersionResponse:
+        return trainer_pb2.CreateModelVersionResponse(model_version=self.core.create_version(request))
+
+    def GetModelVersion(
+        self, request: trainer_pb2.GetModelVersionRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.GetModelVersionResponse:
+        return trainer_pb2.GetModelVersionResponse(model_version=self.core.get_version(request.name))
+
+    def ListModelVersions(
+        self, request: trainer_pb2.ListModelVersionsRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ListModelVersionsResponse:
+        page, token = paginate(self.core.list_versions(request.parent), request.page_size, request.page_token)
+        return trainer_pb2.ListModelVersionsResponse(model_versions=page, next_page_token=token)
+
+    def WatchModelVersion(
+        self, request: trainer_pb2.WatchModelVersionRequest, context: grpc.ServicerContext
+    ) -> Iterator[trainer_pb2.WatchModelVersionResponse]:
+        for event in self.core.watch(request.name, request.from_sequence, context.is_active):
+            yield trainer_pb2.WatchModelVersionResponse(event=event)
+
+    def CancelModelVersion(
+        self, request: trainer_pb2.CancelModelVersionRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.CancelModelVersionResponse:
+        return trainer_pb2.CancelModelVersionResponse(model_version=self.core.cancel(request.name))
 
 
 def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
-    servicer = TrainerServicer(settings)
+    core = TrainerCore(settings, open_store(settings.store), LocalProcessLauncher())
+    core.start()
+    servicer = TrainerServicer(core)
 
     def register(server: grpc.Server) -> list[str]:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
         return [trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name]
 
-    return register, lambda: None
+    return register, core.shutdown
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,317 @@
+"""Validation of the four configuration dictionaries, before a job is queued.
+
+Keys are checked against the real targets: `TrainingArguments`' dataclass
+fields, `LoraConfig`'s fields, and allow-lists of the from_pretrained kwargs we
+pass on. Values are checked against the fields' type annotations. Keys that
+would run remote code, write outside the job's directory, or talk to the hub
+are refused by name. Every refusal is an InvalidArgument naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import types
+import typing
+from functools import cache
+from typing import Any
+
+from textft.errors import FieldViolation, InvalidArgument
+
+# Refused wherever they appear, with the reason.
+FORBIDDEN: dict[str, str] = {
+    "trust_remote_code": "would execute code downloaded with the model",
+    "output_dir": "the trainer chooses the job's directory",
+    "logging_dir": "the trainer chooses the job's directory",
+    "cache_dir": "the trainer manages model caches",
+    "push_to_hub": "adapters are stored in textft's store, not pushed to a hub",
+    "hub_token": "credentials are never accepted in configs",
+    "token": "credentials are never accepted in configs",
+    "use_auth_token": "credentials are never accepted in configs",
+    "resume_from_checkpoint": "resuming is managed by the trainer from the store's checkpoints",
+    "deepspeed": "a DeepSpeed config path could read arbitrary files",
+    "fsdp_config": "a config path could read arbitrary files",
+    "accelerator_config": "a config path could read arbitrary files",
+    "parallelism_config": "set by the trainer's launcher",
+    "local_rank": "set by the trainer's launcher",
+    "device_map": "device placement is managed by the trainer",
+    "num_labels": "set from the dataset's labels",
+    "id2label": "set from the dataset's labels",
+    "label2id": "set from the dataset's labels",
+    "task_type": "set from the model's task",
+    "base_model_name_or_path": "set from model_config.pretrained_model_name_or_path",
+    "inference_mode": "set by the trainer",
+}
+_FORBIDDEN_PREFIXES = ("hub_", "trackio_", "push_to_hub")
+REPORT_TO_ALLOWED = {"none", "tensorboard"}
+
+MODEL_KWARGS: dict[str, Any] = {
+    "pretrained_model_name_or_path": str,
+    "revision": str,
+    "subfolder": str,
+    "dtype": str,
+    "torch_dtype": str,
+    "attn_implementation": str,
+    "low_cpu_mem_usage": bool,
+    "ignore_mismatched_sizes": bool,
+    "use_safetensors": bool,
+    "variant": str,
+    "local_files_only": bool,
+    "problem_type": str,
+    "use_cache": bool,
+}
+_MODEL_DROPOUT_RE = re.compile(r"^[a-z_]*dropout[a-z_]*$")
+TOKENIZER_KWARGS: dict[str, Any] = {
+    "pretrained_model_name_or_path": str,
+    "revision": str,
+    "subfolder": str,
+    "use_fast": bool,
+    "padding_side": str,
+    "truncation_side": str,
+    "model_max_length": int,
+    "add_prefix_space": bool,
+    "pad_token": str,
+    "eos_token": str,
+    "bos_token": str,
+    "unk_token": str,
+    "local_files_only": bool,
+    "clean_up_tokenization_spaces": bool,
+    "do_lower_case": bool,
+}
+_PEFT_NOT_USER = {"auto_mapping", "peft_version", "revision", "megatron_config", "megatron_core"}
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_STORE_URI_RE = re.compile(r"^store://base-models/[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-]+)*$")
+CHOICES: dict[str, set[str]] = {
+    "padding_side": {"left", "right"},
+    "truncation_side": {"left", "right"},
+    "dtype": {"auto", "float32", "float16", "bfloat16"},
+    "torch_dtype": {"auto", "float32", "float16", "bfloat16"},
+    "problem_type": {"single_label_classification", "multi_label_classification"},
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """Returns value converted to tp (JSON numbers arrive as floats), or raises
+    TypeError with what was expected. Unknown complex types are accepted."""
+    if tp is Any or tp is object or isinstance(tp, (str, typing.ForwardRef)):
+        return value
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or isinstance(tp, types.UnionType):
+        enums = [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):  # e.g. OptimizerNames | str: the str arm is for the enum's values
+            return coerce(value, enums[0])
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return coerce(value, arm)
+            except TypeError as e:
+                errors.append(str(e))
+        raise TypeError(" or ".join(dict.fromkeys(errors)))
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError("null")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("a boolean")
+    if tp is int:
+        if isinstance(value, bool):
+            raise TypeError("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise TypeError("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError("a string")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        allowed = [e.value for e in tp]
+        if value in allowed:
+            return value
+        raise TypeError(f"one of {', '.join(map(str, allowed))}")
+    if origin in (list, tuple, typing.Sequence, set) or tp in (list, tuple, set):
+        if not isinstance(value, list):
+            raise TypeError("a list")
+        args = typing.get_args(tp)
+        return [coerce(v, args[0]) for v in value] if args and args[0] is not Ellipsis else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise TypeError("an object")
+        return value
+    if typing.get_origin(tp) is typing.Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError(f"one of {typing.get_args(tp)}")
+    return value
+
+
+def _forbidden(key: str) -> str | None:
+    if key in FORBIDDEN:
+        return FORBIDDEN[key]
+    if key.startswith(_FORBIDDEN_PREFIXES):
+        return "hub access is not allowed from training configs"
+    return None
+
+
+@cache
+def _dataclass_types(cls: type) -> dict[str, Any]:
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        hints = {}
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls) if f.init}
+
+
+def trainer_fields() -> dict[str, Any]:
+    from transformers import TrainingArguments
+
+    return _dataclass_types(TrainingArguments)
+
+
+def lora_fields() -> dict[str, Any]:
+    from peft import LoraConfig
+
+    return {k: v for k, v in _dataclass_types(LoraConfig).items() if k not in _PEFT_NOT_USER}
+
+
+def _check_dict(section: str, values: dict[str, Any], allowed: dict[str, Any], extra_ok: re.Pattern[str] | None = None) -> tuple[dict[str, Any], list[FieldViolation]]:
+    out: dict[str, Any] = {}
+    bad: list[FieldViolation] = []
+    for key, value in values.items():
+        path = f"{section}.{key}"
+        why = _forbidden(key)
+        if why:
+            bad.append(FieldViolation(path, f"not allowed: {why}"))
+            continue
+        if key not in allowed and not (extra_ok and extra_ok.match(key)):
+            near = [k for k in allowed if key.lower() in k.lower() or k.lower() in key.lower()][:3]
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            bad.append(FieldViolation(path, f"unknown key for {section}{hint}"))
+            continue
+        tp = allowed.get(key, float)
+        try:
+            value = coerce(value, tp)
+        except TypeError as e:
+            bad.append(FieldViolation(path, f"must be {e}, got {type(value).__name__} {value!r}"[:300]))
+            continue
+        if key in CHOICES and value not in CHOICES[key]:
+            bad.append(FieldViolation(path, f"must be one of {', '.join(sorted(CHOICES[key]))}"))
+            continue
+        out[key] = value
+    return out, bad
+
+
+def check_model_source(value: Any, path: str) -> list[FieldViolation]:
+    if not isinstance(value, str) or not value:
+        return [FieldViolation(path, "required: a hub model id (e.g. EleutherAI/gpt-neo-125m) or store://base-models/<name>")]
+    if value.startswith("store://"):
+        if not _STORE_URI_RE.match(value) or ".." in value.split("/"):
+            return [FieldViolation(path, "store URIs have the form store://base-models/<name>")]
+        return []
+    if not _HUB_ID_RE.match(value) or ".." in value:
+        return [FieldViolation(path, "must be a hub model id like org/name or store://base-models/<name>; local paths are not accepted")]
+    return []
+
+
+def validate(section_values: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Checks the merged (template + overrides) dictionaries; returns them with
+    values coerced to the target types. Raises InvalidArgument listing every
+    violation, each naming its field."""
+    violations: list[FieldViolation] = []
+    model, bad = _check_dict("model_config", section_values.get("model_config", {}), MODEL_KWARGS, _MODEL_DROPOUT_RE)
+    violations += bad
+    violations += check_model_source(model.get("pretrained_model_name_or_path"), "model_config.pretrained_model_name_or_path")
+    tokenizer, bad = _check_dict("tokenizer_config", section_values.get("tokenizer_config", {}), TOKENIZER_KWARGS)
+    violations += bad
+    if "pretrained_model_name_or_path" in tokenizer:
+        violations += check_model_source(tokenizer["pretrained_model_name_or_path"], "tokenizer_config.pretrained_model_name_or_path")
+    peft_values = dict(section_values.get("peft_config", {}))
+    peft_type = peft_values.pop("peft_type", "LORA")
+    if str(peft_type).upper() != "LORA":
+        violations.append(FieldViolation("peft_config.peft_type", "only LORA is supported"))
+    peft, bad = _check_dict("peft_config", peft_values, lora_fields())
+    violations += bad
+    targets, to_save = peft.get("target_modules"), peft.get("modules_to_save")
+    if isinstance(targets, list) and isinstance(to_save, list) and set(targets) & set(to_save):
+        violations.append(
+            FieldViolation(
+                "peft_config.modules_to_save",
+                f"{sorted(set(targets) & set(to_save))} are LoRA targets: listing them here trains them in full",
+            )
+        )
+    for key in ("r", "lora_alpha"):
+        if isinstance(peft.get(key), int) and peft[key] <= 0:
+            violations.append(FieldViolation(f"peft_config.{key}", "must be positive"))
+    trainer, bad = _check_dict("trainer_config", section_values.get("trainer_config", {}), trainer_fields())
+    violations += bad
+    report_to = trainer.get("report_to", "none")
+    reports = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if any(r not in REPORT_TO_ALLOWED for r in reports):
+        violations.append(FieldViolation("trainer_config.report_to", f"allowed: {', '.join(sorted(REPORT_TO_ALLOWED))}"))
+    for key in ("learning_rate", "num_train_epochs"):
+        if isinstance(trainer.get(key), float) and trainer[key] <= 0:
+            violations.append(FieldViolation(f"trainer_config.{key}", "must be positive"))
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if isinstance(trainer.get(key), int) and trainer[key] < 1:
+            violations.append(FieldViolation(f"trainer_config.{key}", "must be at least 1"))
+    if not violations:
+        violations += _construct(trainer, peft)
+    if violations:
+        first = violations[0]
+        more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+        raise InvalidArgument(
+            f"invalid {first.field}: {first.description}{more}", reason="MODEL_TRAINING_INVALID_PARAMS", violations=violations
+        )
+    return {
+        "model_config": model,
+        "peft_config": {"peft_type": "LORA", **peft},
+        "tokenizer_config": tokenizer,
+        "trainer_config": trainer,
+    }
+
+
+def _construct(trainer: dict[str, Any], peft: dict[str, Any]) -> list[FieldViolation]:
+    """Builds the real TrainingArguments and LoraConfig once, so value checks
+    that live in their __post_init__ (choices, combinations) run before queueing."""
+    import tempfile
+
+    from peft import LoraConfig
+    from transformers import TrainingArguments
+
+    violations = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            TrainingArguments(output_dir=tmp, **trainer)
+        except (ValueError, TypeError, KeyError, ImportError) as e:
+            violations.append(FieldViolation("trainer_config", f"rejected by TrainingArguments: {e}"[:400]))
+    try:
+        LoraConfig(**peft)
+    except (ValueError, TypeError) as e:
+        violations.append(FieldViolation("peft_config", f"rejected by LoraConfig: {e}"[:400]))
+    return violations
+
+
+def merge(defaults: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Template defaults overridden key by key (a null value removes a default)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for section in ("model_config", "peft_config", "tokenizer_config", "trainer_config"):
+        values = dict(defaults.get(section, {}))
+        for key, value in overrides.get(section, {}).items():
+            if value is None:
+                values.pop(key, None)
+            else:
+                values[key] = value
+        merged[section] = values
+    return merged

@@ -1,0 +1,506 @@
+"""Trainer domain: models, model versions (training runs), the job queue, and
+event fan-out to watchers. The store holds the truth; memory holds live runs.
+
+Store layout:
+    models/{model}/model.json
+    models/{model}/versions/{version}/version.json   the ModelVersion (proto JSON), rewritten on change
+    models/{model}/versions/{version}/job.json       what the job runs (resolved configs, rows)
+    models/{model}/versions/{version}/events.jsonl   the run's events
+    models/{model}/versions/{version}/metrics.json   evaluation
+    models/{model}/versions/{version}/adapter/       PEFT save_pretrained layout + tokenizer + textft.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from textft import Client
+from textft.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TextftError,
+    Unauthenticated,
+    Unavailable,
+)
+from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
+
+from ..common import names
+from ..common.config import Settings
+from ..common.store import ObjectStore
+from . import configs
+from .launcher import Launcher
+from .templates import TEMPLATES, get_template
+from .worker import EVENT_PREFIX
+
+log = logging.getLogger("textft.trainer")
+MV = trainer_pb2.ModelVersion
+FINAL = {MV.STATE_READY, MV.STATE_FAILED, MV.STATE_CANCELLED}
+TASK_NAMES = {common_pb2.TASK_TEXT_CLASSIFICATION: "TEXT_CLASSIFICATION", common_pb2.TASK_TEXT_GENERATION: "TEXT_GENERATION"}
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _to_json(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
+
+
+def _model_prefix(model: str) -> str:
+    return f"models/{model}"
+
+
+def _version_prefix(name: names.ModelVersionName) -> str:
+    return f"models/{name.model}/versions/{name.version}"
+
+
+@dataclass
+class Run:
+    """A live training run: its current record, events, and watchers' condition."""
+
+    version: trainer_pb2.ModelVersion
+    events: list[trainer_pb2.ModelVersionEvent] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    handle: Any = None
+    cancel_requested: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.version.state in FINAL
+
+
+class TrainerCore:
+    def __init__(self, settings: Settings, store: ObjectStore, launcher: Launcher, datasets: Client | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.launcher = launcher
+        self.datasets = datasets or Client(dataset_target=settings.dataset_addr, api_key=settings.api_key)
+        self.runs: dict[str, Run] = {}
+        self.lock = threading.Lock()
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.threads = [
+            threading.Thread(target=self._worker_loop, name=f"train-{i}", daemon=True)
+            for i in range(max(1, settings.trainer_concurrency))
+        ]
+        self._stopping = False
+
+    # ---- lifecycle ----
+    def start(self) -> None:
+        self._recover()
+        for t in self.threads:
+            t.start()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        for run in list(self.runs.values()):
+            if run.handle is not None and not run.final:
+                run.handle.terminate()
+        for _ in self.threads:
+            self.queue.put(None)
+
+    def _recover(self) -> None:
+        """Runs left unfinished by a previous process cannot continue here yet:
+        they are failed with a reason rather than left QUEUED forever."""
+        for key in self.store.list("models/"):
+            if not key.endswith("/version.json"):
+                continue
+            version = self._load_version_key(key)
+            if version.state in FINAL:
+                continue
+            version.state = MV.STATE_FAILED
+            version.failure.CopyFrom(
+                common_pb2.Failure(
+                    reason="MODEL_TRAINING_INTERRUPTED",
+                    message="the trainer service restarted while this run was in progress; create a new version to retry",
+                )
+            )
+            version.update_time.CopyFrom(_now())
+            self._save_version(version)
+            log.warning("marked interrupted run %s as FAILED", version.name)
+
+    # ---- templates ----
+    def list_templates(self, task: int) -> list[trainer_pb2.Template]:
+        return [self.template_pb(t.template_id) for t in TEMPLATES.values() if task in (0, t.task)]
+
+    def template_pb(self, template_id: str) -> trainer_pb2.Template:
+        t = get_template(template_id)
+        d = t.defaults()
+        return trainer_pb2.Template(
+            name=t.name,
+            task=t.task,
+            description=t.description,
+            model_config=_struct(d["model_config"]),
+            peft_config=_struct(d["peft_config"]),
+            tokenizer_config=_struct(d["tokenizer_config"]),
+            trainer_config=_struct(d["trainer_config"]),
+        )
+
+    # ---- models ----
+    def create_model(self, request: trainer_pb2.CreateModelRequest) -> trainer_pb2.Model:
+        model_id = names.check_id(request.model_id, "model_id")
+        if request.task not in TASK_NAMES:
+            raise InvalidArgument.for_field("task", "must be TASK_TEXT_CLASSIFICATION or TASK_TEXT_GENERATION")
+        key = f"{_model_prefix(model_id)}/model.json"
+        with self.lock:
+            if self.store.exists(key):
+                raise AlreadyExists(f"model models/{model_id} already exists", reason="MODEL_EXISTS")
+            model = trainer_pb2.Model(
+                name=f"models/{model_id}",
+                task=request.task,
+                description=request.description,
+                labels=dict(request.labels),
+                create_time=_now(),
+            )
+            self.store.put_json(key, _to_json(model))
+        return model
+
+    def get_model(self, name: str, field_name: str = "name") -> trainer_pb2.Model:
+        model_id = names.parse_model(name, field_name)
+        try:
+            data = self.store.get_json(f"{_model_prefix(model_id)}/model.json")
+        except NotFound:
+            raise NotFound(f"model {name} not found", reason="MODEL_NOT_FOUND") from None
+        return json_format.ParseDict(data, trainer_pb2.Model(), ignore_unknown_fields=True)
+
+    def list_models(self) -> list[trainer_pb2.Model]:
+        keys = [k for k in self.store.list("models/") if k.count("/") == 2 and k.endswith("/model.json")]
+        return [json_format.ParseDict(self.store.get_json(k), trainer_pb2.Model(), ignore_unknown_fields=True) for k in keys]
+
+    def delete_model(self, name: str) -> None:
+        model = self.get_model(name)
+        model_id = model.name.split("/")[1]
+        active = [r.version.name for r in self.runs.values() if r.version.name.startswith(model.name + "/") and not r.final]
+        if active:
+            raise FailedPrecondition(f"model {name} has runs in progress ({', '.join(active)}); cancel them first")
+        self.store.delete_prefix(_model_prefix(model_id) + "/")
+
+    # ---- versions ----
+    def _load_version_key(self, key: str) -> trainer_pb2.ModelVersion:
+        return json_format.ParseDict(self.store.get_json(key), trainer_pb2.ModelVersion(), ignore_unknown_fields=True)
+
+    def _save_version(self, version: trainer_pb2.ModelVersion) -> None:
+        name = names.parse_model_version(version.name)
+        self.store.put_json(f"{_version_prefix(name)}/version.json", _to_json(version))
+
+    def get_version(self, name: str, field_name: str = "name") -> trainer_pb2.ModelVersion:
+        parsed = names.parse_model_version(name, field_name)
+        run = self.runs.get(str(parsed))
+        if run is not None:
+            with run.cond:
+                return trainer_pb2.ModelVersion().FromString(run.version.SerializeToString())
+        try:
+            return self._load_version_key(f"{_version_prefix(parsed)}/version.json")
+        except NotFound:
+            raise NotFound(f"model version {name} not found", reason="MODEL_VERSION_NOT_FOUND") from None
+
+    def list_versions(self, parent: str) -> list[trainer_pb2.ModelVersion]:
+        model = self.get_model(parent, "parent")
+        prefix = model.name + "/versions/"
+        keys = [k for k in self.store.list(prefix) if k.endswith("/version.json") and k.count("/") == 4]
+        versions = [self.get_version(k[: -len("/version.json")]) for k in keys]
+        return sorted(versions, key=lambda v: names.version_sort_key(v.name.rsplit("/", 1)[1]), reverse=True)
+
+    def _resolve_dataset(self, name: str, task: int) -> tuple[dataset_pb2.DatasetVersion, list[dict[str, Any]]]:
+        """Through DatasetService's public RPCs, like any client."""
+        names.parse_dataset_version(name, "dataset_version")
+        try:
+            version = self.datasets.get_dataset_version(name)
+            report = self.datasets.call(
+                self.datasets.datasets.GetValidationReport,
+                dataset_pb2.GetValidationReportRequest(name=name, page_size=200),
+            )
+        except NotFound:
+            raise NotFound(f"dataset version {name} not found", reason="DATASET_NOT_FOUND", violations=[]) from None
+        except Unauthenticated:
+            raise Unavailable("the trainer could not authenticate to the dataset service (check TEXTFT_API_KEY)") from None
+        issues = [
+            {"row": i.row, "code": i.code, "message": i.message}
+            for i in report.issues
+            if i.severity == common_pb2.RowIssue.SEVERITY_ERROR
+        ][:20]
+        if version.task != task:
+            raise FailedPrecondition(
+                f"dataset version {name} was validated for {common_pb2.Task.Name(version.task)}, "
+                f"the model is {common_pb2.Task.Name(task)}",
+                reason="TASK_MISMATCH",
+            )
+        return version, issues
+
+    def create_version(self, request: trainer_pb2.CreateModelVersionRequest) -> trainer_pb2.ModelVersion:
+        model = self.get_model(request.parent, "parent")
+        template = get_template(names.parse_template(request.template, "template"))
+        if template.task != model.task:
+            raise InvalidArgument.for_field(
+                "template", f"{template.name} is for {common_pb2.Task.Name(template.task)}, the model is {common_pb2.Task.Name(model.task)}"
+            )
+        tolerance = request.invalid_data_tolerance_percent
+        if not 0.0 <= tolerance <= 100.0:
+            raise InvalidArgument.for_field("invalid_data_tolerance_percent", f"must be between 0 and 100, got {tolerance:g}")
+        overrides = {
+            section: json_format.MessageToDict(getattr(request, section))
+            for section in ("model_config", "peft_config", "tokenizer_config", "trainer_config")
+            if request.HasField(section)
+        }
+        resolved = configs.validate(configs.merge(template.defaults(), overrides))
+        dataset, issues = self._resolve_dataset(request.dataset_version, model.task)
+
+        model_id = model.name.split("/")[1]
+        with self.lock:
+            existing = [k for k in self.store.list(f"models/{model_id}/versions/") if k.endswith("/version.json")]
+            numbers = [names.version_sort_key(k.split("/")[3])[0] for k in existing]
+            version_id = f"v{max([n for n in numbers if n < 1 << 62] or [0]) + 1}"
+            name = names.ModelVersionName(model_id, version_id)
+            prefix = _version_prefix(name)
+            version = trainer_pb2.ModelVersion(
+                name=str(name),
+                task=model.task,
+                dataset_version=request.dataset_version,
+                template=template.name,
+                model_config=_struct(resolved["model_config"]),
+                peft_config=_struct(resolved["peft_config"]),
+                tokenizer_config=_struct(resolved["tokenizer_config"]),
+                trainer_config=_struct(resolved["trainer_config"]),
+                invalid_data_tolerance_percent=tolerance,
+                state=MV.STATE_QUEUED,
+                label_names=list(dataset.label_names),
+                create_time=_now(),
+                update_time=_now(),
+                description=request.description,
+                lineage=trainer_pb2.Lineage(base_model=resolved["model_config"]["pretrained_model_name_or_path"]),
+            )
+            job = {
+                "name": str(name),
+                "task": TASK_NAMES[model.task],
+                "dataset_version": request.dataset_version,
+                "rows_object": dataset.rows_object,
+                "label_names": list(dataset.label_names),
+                "configs": resolved,
+                "invalid_data_tolerance_percent": tolerance,
+                "dataset_stats": {
+                    "row_count": dataset.stats.row_count,
+                    "invalid_row_count": dataset.stats.invalid_row_count,
+                },
+                "dataset_issues": issues,
+                "adapter_prefix": f"{prefix}/adapter",
+                "metrics_object": f"{prefix}/metrics.json",
+            }
+            self.store.put_json(f"{prefix}/job.json", job)
+            self._save_version(version)
+            run = Run(version)
+            self.runs[str(name)] = run
+        self._event(run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=MV.STATE_QUEUED, message="queued")
+        self.queue.put(str(name))
+        return self.get_version(str(name))
+
+    def cancel(self, name: str) -> trainer_pb2.ModelVersion:
+        version = self.get_version(name)
+        run = self.runs.get(version.name)
+        if version.state in FINAL or run is None:
+            raise FailedPrecondition(
+                f"model version {name} is {MV.State.Name(version.state)}; only queued or running versions can be cancelled",
+                reason="NOT_CANCELLABLE",
+            )
+        with run.cond:
+            run.cancel_requested = True
+            handle = run.handle
+        if handle is not None:
+            handle.terminate()  # the worker thread records CANCELLED when the child exits
+        else:
+            self._finish(run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled before it started"))
+        return self.get_version(name)
+
+    # ---- events ----
+    def _event(self, run: Run, persist: bool = True, **fields: Any) -> None:
+        with run.cond:
+            event = trainer_pb2.ModelVersionEvent(sequence=len(run.events), time=_now(), **fields)
+            run.events.append(event)
+            run.cond.notify_all()
+        if persist:
+            self._persist_events(run)
+
+    def _persist_events(self, run: Run) -> None:
+        with run.cond:
+            lines = [json.dumps(_to_json(e)) for e in run.events]
+            version = trainer_pb2.ModelVersion().FromString(run.version.SerializeToString())
+        prefix = _version_prefix(names.parse_model_version(version.name))
+        self.store.put_bytes(f"{prefix}/events.jsonl", ("\n".join(lines) + "\n").encode(), "application/x-ndjson")
+        self._save_version(version)
+
+    def _set_state(self, run: Run, state: int, message: str = "") -> None:
+        with run.cond:
+            run.version.state = state
+            run.version.update_time.CopyFrom(_now())
+        self._event(run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=state, message=message or MV.State.Name(state))
+
+    def _finish(self, run: Run, state: int, failure: common_pb2.Failure | None = None) -> None:
+        with run.cond:
+            if run.final:
+                return
+            run.version.state = state
+            run.version.update_time.CopyFrom(_now())
+            if failure is not None:
+                run.version.failure.CopyFrom(failure)
+        self._event(
+            run,
+            kind=trainer_pb2.ModelVersionEvent.KIND_STATE,
+            state=state,
+            failure=failure,
+            message=failure.message if failure is not None else MV.State.Name(state),
+        )
+        if state == MV.STATE_READY:
+            self._mark_latest_ready(run.version)
+
+    def _mark_latest_ready(self, version: trainer_pb2.ModelVersion) -> None:
+        model_name = version.name.rsplit("/versions/", 1)[0]
+        with self.lock:
+            try:
+                model = self.get_model(model_name)
+            except NotFound:
+                return
+            model.latest_ready_version = version.name
+            self.store.put_json(f"{model_name}/model.json", _to_json(model))
+
+    def watch(self, name: str, from_sequence: int, is_active: Callable[[], bool]) -> Iterator[trainer_pb2.ModelVersionEvent]:
+        """History first, then live events until the run is final or the client leaves."""
+        version = self.get_version(name)
+        run = self.runs.get(version.name)
+        if run is None:  # finished before this process started: replay from the store
+            prefix = _version_prefix(names.parse_model_version(version.name))
+            try:
+                data = self.store.get_bytes(f"{prefix}/events.jsonl").decode()
+            except NotFound:
+                data = ""
+            for line in data.splitlines():
+                event = json_format.ParseDict(json.loads(line), trainer_pb2.ModelVersionEvent(), ignore_unknown_fields=True)
+                if event.sequence >= from_sequence:
+                    yield event
+            return
+        index = max(0, from_sequence)
+        while True:
+            with run.cond:
+                while index >= len(run.events) and not run.final and is_active():
+                    run.cond.wait(timeout=1.0)  # wakes to notice a departed client
+                batch, final = run.events[index:], run.final
+            for event in batch:
+                yield event
+            index += len(batch)
+            if (final and index >= len(run.events)) or not is_active():
+                return
+
+    # ---- the queue ----
+    def _worker_loop(self) -> None:
+        while True:
+            name = self.queue.get()
+            if name is None or self._stopping:
+                return
+            run = self.runs.get(name)
+            if run is None or run.final:
+                continue
+            try:
+                self._run_job(run)
+            except Exception as exc:
+                log.exception("run %s failed in the trainer service", name)
+                message = exc.message if isinstance(exc, TextftError) else "internal error in the trainer service"
+                self._finish(run, MV.STATE_FAILED, common_pb2.Failure(reason="MODEL_TRAINING_CRASHED", message=message))
+
+    def _run_job(self, run: Run) -> None:
+        name = names.parse_model_version(run.version.name)
+        prefix = _version_prefix(name)
+        workdir = self.settings.trainer_workdir / name.model / name.version
+        env = dict(os.environ)
+        with run.cond:
+            if run.cancel_requested or run.final:
+                return
+            run.handle = self.launcher.start(f"{prefix}/job.json", workdir, env)
+        started = time.monotonic()
+        failure: common_pb2.Failure | None = None
+        result: dict[str, Any] | None = None
+        last_persist = 0.0
+        for line in run.handle.lines():
+            if not line.startswith(EVENT_PREFIX):
+                continue
+            try:
+                event = json.loads(line[len(EVENT_PREFIX) :])
+            except json.JSONDecodeError:
+                continue
+            kind = event.pop("type", "")
+            if kind == "state":
+                self._set_state(run, MV.State.Value("STATE_" + event["state"]))
+            elif kind == "progress":
+                progress = common_pb2.Progress(
+                    percent_completed=event.get("percent", 0.0),
+                    step=event.get("step", 0),
+                    total_steps=event.get("total_steps", 0),
+                    epoch=event.get("epoch", 0.0),
+                )
+                if event.get("eta_seconds") is not None:
+                    progress.time_remaining.FromMilliseconds(int(event["eta_seconds"] * 1000))
+                with run.cond:
+                    run.version.progress.CopyFrom(progress)
+                now = time.monotonic()
+                persist = now - last_persist > 5.0
+                last_persist = now if persist else last_persist
+                self._event(
+                    run,
+                    persist=persist,
+                    kind=trainer_pb2.ModelVersionEvent.KIND_PROGRESS,
+                    progress=progress,
+                    loss=event.get("loss", 0.0),
+                    learning_rate=event.get("learning_rate", 0.0),
+                    samples_per_second=event.get("samples_per_second", 0.0),
+                )
+            elif kind == "log":
+                self._event(run, persist=False, kind=trainer_pb2.ModelVersionEvent.KIND_LOG, message=event.get("message", ""))
+            elif kind == "data":
+                with run.cond:
+                    run.version.train_row_count = event["train_rows"]
+                    run.version.eval_row_count = event["eval_rows"]
+                    run.version.skipped_row_count = event["skipped_rows"]
+            elif kind == "evaluation":
+                evaluation = json_format.ParseDict(event, trainer_pb2.Evaluation(), ignore_unknown_fields=True)
+                with run.cond:
+                    run.version.evaluation.CopyFrom(evaluation)
+                self._event(run, kind=trainer_pb2.ModelVersionEvent.KIND_EVALUATION, eval_metrics=dict(evaluation.metrics))
+            elif kind == "result":
+                result = event
+            elif kind == "failure":
+                failure = common_pb2.Failure(
+                    reason=event.get("reason", ""), message=event.get("message", ""), field=event.get("field", ""), rows=event.get("rows", [])
+                )
+        code = run.handle.wait()
+        log.info("run %s: job exited with %s after %.1fs", run.version.name, code, time.monotonic() - started)
+        if run.cancel_requested:
+            self._finish(run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled by request"))
+        elif code == 0 and result is not None:
+            with run.cond:
+                run.version.adapter_uri = result["adapter_uri"]
+                run.version.lineage.CopyFrom(json_format.ParseDict(result["lineage"], trainer_pb2.Lineage()))
+                run.version.progress.percent_completed = 100.0
+                run.version.progress.ClearField("time_remaining")
+            self._finish(run, MV.STATE_READY)
+        else:
+            if failure is None:
+                how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                hint = " (out of memory?)" if code in (-9, 137) else ""
+                failure = common_pb2.Failure(reason="MODEL_TRAINING_CRASHED", message=f"the training process {how}{hint}")
+            self._finish(run, MV.STATE_FAILED, failure)
