@@ -8,10 +8,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
-def _bool(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    # Refused rather than read as False: a typo must not turn auth off.
+    raise ValueError(f"environment variable {name} must be one of on/off, true/false, yes/no, 1/0, got {raw!r}")
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -84,7 +90,7 @@ class Settings:
             endpoint=endpoint,
             access_key=env.get("MINIO_ACCESS_KEY", env.get("MINIO_ROOT_USER", "")),
             secret_key=env.get("MINIO_SECRET_KEY", env.get("MINIO_ROOT_PASSWORD", "")),
-            secure=_bool(env.get("MINIO_SECURE"), False),
+            secure=_bool(env, "MINIO_SECURE", False),
             region=env.get("MINIO_REGION", ""),
             bucket=env.get("TEXTFT_BUCKET", "textft"),
         )
@@ -98,7 +104,7 @@ class Settings:
             home=home,
             store=store,
             api_keys=keys,
-            auth_enabled=_bool(env.get("TEXTFT_AUTH"), True),
+            auth_enabled=_bool(env, "TEXTFT_AUTH", True),
             api_key=api_key,
             host=env.get("TEXTFT_HOST", "127.0.0.1"),
             dataset_addr=env.get("TEXTFT_DATASET_ADDR", "127.0.0.1:50051"),

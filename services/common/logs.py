@@ -15,12 +15,24 @@ class SecretFilter(logging.Filter):
         super().__init__()
         self.secrets = [s for s in secrets if s]
 
+    def _scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            message = record.getMessage()
-            for secret in self.secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+            record.msg, record.args = self._scrub(record.getMessage()), None
+            # Tracebacks carry exception messages too: render and scrub them
+            # here, and drop exc_info so no formatter renders the raw one.
+            if record.exc_info:
+                if not record.exc_text:
+                    record.exc_text = logging.Formatter().formatException(record.exc_info)
+                record.exc_info = None
+            if record.exc_text:
+                record.exc_text = self._scrub(record.exc_text)
+            if record.stack_info:
+                record.stack_info = self._scrub(record.stack_info)
         return True
 
 
@@ -32,8 +44,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
         return json.dumps(entry)
 
 

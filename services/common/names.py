@@ -9,16 +9,18 @@ from dataclasses import dataclass
 from textft.errors import InvalidArgument
 
 ID_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
-_ID_RE = re.compile(rf"^{ID_PATTERN}$")
-_DATASET_RE = re.compile(rf"^datasets/({ID_PATTERN})$")
-_DATASET_VERSION_RE = re.compile(rf"^datasets/({ID_PATTERN})/versions/({ID_PATTERN})$")
-_MODEL_RE = re.compile(rf"^models/({ID_PATTERN})$")
-_MODEL_VERSION_RE = re.compile(rf"^models/({ID_PATTERN})/versions/({ID_PATTERN})$")
-_TEMPLATE_RE = re.compile(rf"^templates/({ID_PATTERN})$")
+# Matched with fullmatch: `$` would also accept a trailing newline.
+_ID_RE = re.compile(ID_PATTERN)
+_DATASET_RE = re.compile(rf"datasets/({ID_PATTERN})")
+_DATASET_VERSION_RE = re.compile(rf"datasets/({ID_PATTERN})/versions/({ID_PATTERN})")
+_MODEL_RE = re.compile(rf"models/({ID_PATTERN})")
+_MODEL_VERSION_RE = re.compile(rf"models/({ID_PATTERN})/versions/({ID_PATTERN})")
+_TEMPLATE_RE = re.compile(rf"templates/({ID_PATTERN})")
+_PAGE_TOKEN_RE = re.compile(r"o(0|[1-9][0-9]{0,17})")  # ASCII digits only; int() takes others
 
 
 def check_id(value: str, field: str) -> str:
-    if not _ID_RE.match(value or ""):
+    if not _ID_RE.fullmatch(value or ""):
         shown = value if len(value) <= 80 else value[:80] + "…"
         raise InvalidArgument.for_field(
             field,
@@ -29,7 +31,7 @@ def check_id(value: str, field: str) -> str:
 
 
 def _match(pattern: re.Pattern[str], value: str, field: str, form: str) -> tuple[str, ...]:
-    m = pattern.match(value or "")
+    m = pattern.fullmatch(value or "")
     if not m:
         shown = value if len(value) <= 120 else value[:120] + "…"
         raise InvalidArgument.for_field(field, f"{shown!r} is not a name of the form {form}", reason="INVALID_NAME")
@@ -90,7 +92,7 @@ def paginate(items: list, page_size: int, page_token: str, field_prefix: str = "
     size = min(page_size or 50, 1000)
     start = 0
     if page_token:
-        if not page_token.startswith("o") or not page_token[1:].isdigit():
+        if not _PAGE_TOKEN_RE.fullmatch(page_token):
             raise InvalidArgument.for_field(f"{field_prefix}page_token", "not a token returned by this method")
         start = int(page_token[1:])
     page = items[start : start + size]

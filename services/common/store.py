@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -26,13 +27,15 @@ from textft.errors import InvalidArgument, NotFound, Unavailable
 
 from .config import StoreSettings
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9._\-=+@]+(/[A-Za-z0-9._\-=+@]+)*/?$")
+_KEY_RE = re.compile(r"[A-Za-z0-9._\-=+@]+(/[A-Za-z0-9._\-=+@]+)*")
 PART_SIZE = 16 * 1024 * 1024
 
 
 def check_key(key: str) -> str:
     """Refuses keys that could escape the store (absolute, `..`, odd characters)."""
-    if not key or not _KEY_RE.match(key) or any(part in {".", ".."} for part in key.split("/")):
+    # fullmatch: `$` would accept a trailing newline; a trailing `/` names a
+    # prefix (a directory marker on S3, invisible to list), not an object.
+    if not key or not _KEY_RE.fullmatch(key) or any(part in {".", ".."} for part in key.split("/")):
         raise InvalidArgument(f"invalid object key {key!r}", reason="INVALID_OBJECT_KEY")
     return key
 
@@ -138,8 +141,14 @@ class LocalStore(ObjectStore):
         self, key: str, stream: BinaryIO, length: int = -1, content_type: str = "application/octet-stream"
     ) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        for attempt in range(10):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+                break
+            except (FileNotFoundError, FileExistsError):  # a concurrent delete pruned the parent
+                if attempt == 9 or path.parent.is_file():
+                    raise
         try:
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(stream, out, 1024 * 1024)
@@ -160,9 +169,12 @@ class LocalStore(ObjectStore):
 
     def size(self, key: str) -> int:
         try:
-            return self._path(key).stat().st_size
-        except FileNotFoundError:
-            raise NotFound(f"object {key} not found", reason="OBJECT_NOT_FOUND") from None
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):  # missing, or below a file
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):  # a prefix (directory) is not an object
+            raise NotFound(f"object {key} not found", reason="OBJECT_NOT_FOUND")
+        return st.st_size
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self.root
@@ -178,11 +190,17 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        if not path.is_file():  # missing, or a prefix (directory): not an object
+            return
         path.unlink(missing_ok=True)
-        # Prune empty parents so listings stay tidy.
+        # Prune empty parents so listings stay tidy; a concurrent writer may
+        # fill or remove one first, which ends the pruning.
         parent = path.parent
-        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
             parent = parent.parent
 
     def describe(self) -> str:

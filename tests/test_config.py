@@ -1,0 +1,154 @@
+"""Settings.from_env: one typed object from the environment, secrets kept out of reprs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from textft_services.common.config import Settings, StoreSettings
+
+SECRET_ENV = {
+    "MINIO_ENDPOINT": "minio.internal:9000",
+    "MINIO_ACCESS_KEY": "AKIA-ACCESS-5f2c9e",
+    "MINIO_SECRET_KEY": "s3cr3t-key-8d1b7a4e",
+    "TEXTFT_API_KEYS": "tft_key_one_7c3f, tft_key_two_91ab",
+    "TEXTFT_API_KEY": "tft_client_key_44e0",
+}
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.home == Path(".textft")
+    assert s.store.kind == "local"
+    assert s.store.local_dir == Path(".textft/store")
+    assert s.store.bucket == "textft"
+    assert s.store.endpoint == ""
+    assert s.auth_enabled is True
+    assert s.api_keys == ()
+    assert s.api_key == ""
+    assert s.host == "127.0.0.1"
+    assert (s.dataset_addr, s.trainer_addr, s.inference_addr) == (
+        "127.0.0.1:50051",
+        "127.0.0.1:50052",
+        "127.0.0.1:50053",
+    )
+    assert s.max_message_bytes == 16 * 1024 * 1024
+    assert s.trainer_workdir == Path(".textft/trainer")
+    assert s.secrets() == []
+
+
+def test_home_moves_derived_paths(tmp_path: Path) -> None:
+    s = Settings.from_env({"TEXTFT_HOME": str(tmp_path)})
+    assert s.store.local_dir == tmp_path / "store"
+    assert s.trainer_workdir == tmp_path / "trainer"
+    assert s.base_model_cache == tmp_path / "base-models"
+    s = Settings.from_env({"TEXTFT_HOME": str(tmp_path), "TEXTFT_STORE_DIR": str(tmp_path / "elsewhere")})
+    assert s.store.local_dir == tmp_path / "elsewhere"
+
+
+def test_s3_chosen_when_minio_endpoint_set() -> None:
+    s = Settings.from_env({**SECRET_ENV, "MINIO_SECURE": "true", "MINIO_REGION": "eu-west-1", "TEXTFT_BUCKET": "b1"})
+    assert s.store.kind == "s3"
+    assert s.store.endpoint == "minio.internal:9000"
+    assert s.store.access_key == "AKIA-ACCESS-5f2c9e"
+    assert s.store.secret_key == "s3cr3t-key-8d1b7a4e"
+    assert s.store.secure is True
+    assert s.store.region == "eu-west-1"
+    assert s.store.bucket == "b1"
+    # An explicit choice wins over the endpoint's presence.
+    assert Settings.from_env({**SECRET_ENV, "TEXTFT_STORE": "local"}).store.kind == "local"
+
+
+def test_minio_root_credentials_are_accepted() -> None:
+    s = Settings.from_env({"MINIO_ENDPOINT": "h:9000", "MINIO_ROOT_USER": "root", "MINIO_ROOT_PASSWORD": "rootpw"})
+    assert (s.store.access_key, s.store.secret_key) == ("root", "rootpw")
+
+
+def test_unknown_store_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="TEXTFT_STORE"):
+        Settings.from_env({"TEXTFT_STORE": "ftp"})
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["TEXTFT_MAX_MESSAGE_BYTES", "TEXTFT_GRPC_WORKERS", "TEXTFT_TRAINER_CONCURRENCY", "TEXTFT_INFERENCE_MAX_ADAPTERS"],
+)
+def test_bad_integer_names_the_variable(name: str) -> None:
+    with pytest.raises(ValueError) as info:
+        Settings.from_env({name: "12MB"})
+    assert name in str(info.value)
+    assert "'12MB'" in str(info.value)
+
+
+def test_integer_env_vars_are_read() -> None:
+    s = Settings.from_env({"TEXTFT_MAX_MESSAGE_BYTES": "1024", "TEXTFT_GRPC_WORKERS": " 4 "})
+    assert s.max_message_bytes == 1024
+    assert s.grpc_workers == 4
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off", "no", "OFF", " False "])
+def test_auth_turned_off_explicitly(value: str) -> None:
+    assert Settings.from_env({"TEXTFT_AUTH": value}).auth_enabled is False
+
+
+@pytest.mark.parametrize("value", ["1", "true", "on", "yes", "ON", ""])
+def test_auth_on(value: str) -> None:
+    assert Settings.from_env({"TEXTFT_AUTH": value}).auth_enabled is True
+
+
+@pytest.mark.parametrize("value", ["ture", "enabled?", "2", "of"])
+def test_unrecognised_boolean_is_an_error_not_auth_off(value: str) -> None:
+    """A typo must not silently turn auth off (auth is off only when explicitly configured)."""
+    with pytest.raises(ValueError, match="TEXTFT_AUTH"):
+        Settings.from_env({"TEXTFT_AUTH": value})
+
+
+def test_api_key_defaults() -> None:
+    # Only the accepted keys: this process presents the first one.
+    s = Settings.from_env({"TEXTFT_API_KEYS": " k-one , ,k-two,"})
+    assert s.api_keys == ("k-one", "k-two")
+    assert s.api_key == "k-one"
+    # Only the presented key: it is also the one accepted.
+    s = Settings.from_env({"TEXTFT_API_KEY": "k-solo"})
+    assert s.api_keys == ("k-solo",)
+    assert s.api_key == "k-solo"
+    # Both: kept as given.
+    s = Settings.from_env({"TEXTFT_API_KEYS": "k-a,k-b", "TEXTFT_API_KEY": "k-b"})
+    assert s.api_keys == ("k-a", "k-b")
+    assert s.api_key == "k-b"
+
+
+def test_secrets_lists_every_credential() -> None:
+    s = Settings.from_env(SECRET_ENV)
+    assert set(s.secrets()) == {
+        "tft_key_one_7c3f",
+        "tft_key_two_91ab",
+        "tft_client_key_44e0",
+        "s3cr3t-key-8d1b7a4e",
+        "AKIA-ACCESS-5f2c9e",
+    }
+
+
+def test_repr_hides_secrets_including_nested_store_settings() -> None:
+    s = Settings.from_env(SECRET_ENV)
+    for text in (repr(s), str(s), repr(s.store), str(s.store), repr(s.with_overrides(host="0.0.0.0"))):
+        for secret in s.secrets():
+            assert secret not in text
+    assert "minio.internal:9000" in repr(s)  # the rest is still there to debug with
+    assert "StoreSettings(" in repr(s)
+
+
+def test_store_settings_repr_hides_credentials() -> None:
+    """StoreSettings on its own (as logged by the store) hides its credentials too."""
+    store = StoreSettings(kind="s3", endpoint="h:9000", access_key="ak-123456", secret_key="sk-abcdef")
+    assert "ak-123456" not in repr(store)
+    assert "sk-abcdef" not in repr(store)
+
+
+def test_with_overrides_ignores_none() -> None:
+    s = Settings.from_env({})
+    t = s.with_overrides(host=None, grpc_workers=2)
+    assert t.host == s.host
+    assert t.grpc_workers == 2
+    assert s.grpc_workers == 16  # frozen: the original is unchanged

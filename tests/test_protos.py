@@ -1,0 +1,79 @@
+"""The generated stubs in clients/python/textft/v1 are what protos/ generates
+now (run by `make check-protos`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOS = ROOT / "protos"
+STUBS = ROOT / "clients" / "python" / "textft" / "v1"
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+HINT = "the generated stubs are stale: run `make protos`"
+
+
+def _generated(directory: Path) -> dict[str, bytes]:
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name.endswith(GENERATED_SUFFIXES)
+    }
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("stubs")
+    protos = sorted(p.relative_to(ROOT).as_posix() for p in (PROTOS / "textft" / "v1").glob("*.proto"))
+    assert protos, "no .proto files found"
+    # The same invocation as the Makefile's `protos` target, from the repository root.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            "protos",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            *protos,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"protoc failed:\n{result.stderr}"
+    files = _generated(out / "textft" / "v1")
+    assert len(files) == 3 * len(protos)
+    return files
+
+
+def test_every_stub_is_present_and_nothing_stale(fresh: dict[str, bytes]) -> None:
+    committed = _generated(STUBS)
+    missing = sorted(set(fresh) - set(committed))
+    extra = sorted(set(committed) - set(fresh))
+    assert not missing, f"{HINT} (missing: {', '.join(missing)})"
+    assert not extra, f"{HINT} (left over from removed protos: {', '.join(extra)}; `make clean` first)"
+
+
+def test_stubs_are_byte_identical(fresh: dict[str, bytes]) -> None:
+    committed = _generated(STUBS)
+    differ = sorted(name for name, data in fresh.items() if committed.get(name) != data)
+    assert not differ, f"{HINT} (differ: {', '.join(differ)})"
+
+
+def test_stubs_import_and_match_the_protos() -> None:
+    from textft.v1 import dataset_pb2, inference_pb2, trainer_pb2
+
+    assert dataset_pb2.DESCRIPTOR.package == "textft.v1"
+    services = {
+        s.full_name
+        for module in (dataset_pb2, trainer_pb2, inference_pb2)
+        for s in module.DESCRIPTOR.services_by_name.values()
+    }
+    assert services == {"textft.v1.DatasetService", "textft.v1.TrainerService", "textft.v1.InferenceService"}
