@@ -1,22 +1,123 @@
-"""Dataset service process: thin gRPC handlers over the domain code."""
+"""Dataset service process: thin gRPC handlers over the domain code
+(repository.py: store layout and versions; parsing.py: formats and validation)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
+from textft.errors import Cancelled, InvalidArgument
 from textft.v1 import dataset_pb2, dataset_pb2_grpc
 
 from ..common.bootstrap import run_service
 from ..common.config import Settings
+from ..common.names import parse_dataset, parse_dataset_version
+from ..common.store import ObjectStore, open_store
+from .repository import DatasetRepository, UploadSpec
+
+
+def _spec(header: dataset_pb2.UploadHeader) -> UploadSpec:
+    return UploadSpec(
+        dataset=parse_dataset(header.parent, "header.parent"),
+        format=header.format,
+        task=header.task,
+        column_mapping=dict(header.column_mapping),
+        description=header.description,
+        filename=header.filename,
+    )
+
+
+def _chunks(
+    requests: Iterator[dataset_pb2.UploadDatasetVersionRequest], context: grpc.ServicerContext
+) -> Iterator[bytes]:
+    """The byte chunks after the header; a cut-off stream raises, never ends quietly."""
+    try:
+        for request in requests:
+            if request.WhichOneof("payload") != "chunk":
+                raise InvalidArgument.for_field("header", "only the first message of an upload may be a header")
+            yield request.chunk
+    except grpc.RpcError:
+        raise Cancelled("the upload stream was cut off before it ended", reason="UPLOAD_CANCELLED") from None
+    if not context.is_active():
+        raise Cancelled("the upload was cancelled by the client", reason="UPLOAD_CANCELLED")
 
 
 class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
-    """RPCs not overridden here answer UNIMPLEMENTED (the generated base class)."""
+    """Converts requests to domain calls and results back; errors are mapped by the interceptor."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore | None = None) -> None:
         self.settings = settings
+        self.repo = DatasetRepository(store or open_store(settings.store), settings)
+
+    def CreateDataset(
+        self, request: dataset_pb2.CreateDatasetRequest, context: grpc.ServicerContext
+    ) -> dataset_pb2.CreateDatasetResponse:
+        dataset = self.repo.create_dataset(request.dataset_id, request.description, dict(request.labels))
+        return dataset_pb2.CreateDatasetResponse(dataset=dataset)
+
+    def GetDataset(
+        self, request: dataset_pb2.GetDatasetRequest, context: grpc.ServicerContext
+    ) -> dataset_pb2.GetDatasetResponse:
+        return dataset_pb2.GetDatasetResponse(dataset=self.repo.get_dataset(parse_dataset(request.name)))
+
+    def ListDatasets(
+        self, request: dataset_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> dataset_pb2.ListDatasetsResponse:
+        datasets, token = self.repo.list_datasets(request.page_size, request.page_token)
+        return dataset_pb2.ListDatasetsResponse(datasets=datasets, next_page_token=token)
+
+    def DeleteDataset(
+        self, request: dataset_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> dataset_pb2.DeleteDatasetResponse:
+        self.repo.delete_dataset(parse_dataset(request.name))
+        return dataset_pb2.DeleteDatasetResponse()
+
+    def UploadDatasetVersion(
+        self, request_iterator: Iterator[dataset_pb2.UploadDatasetVersionRequest], context: grpc.ServicerContext
+    ) -> dataset_pb2.UploadDatasetVersionResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise InvalidArgument.for_field(
+                "header", "the first message of an upload must be the header (parent, format, task, ...)"
+            )
+        version = self.repo.upload(_spec(first.header), _chunks(request_iterator, context))
+        return dataset_pb2.UploadDatasetVersionResponse(dataset_version=version)
+
+    def ImportDatasetVersion(
+        self, request: dataset_pb2.ImportDatasetVersionRequest, context: grpc.ServicerContext
+    ) -> dataset_pb2.ImportDatasetVersionResponse:
+        version = self.repo.import_object(_spec(request.header), request.source_object)
+        return dataset_pb2.ImportDatasetVersionResponse(dataset_version=version)
+
+    def GetDatasetVersion(
+        self, request: dataset_pb2.GetDatasetVersionRequest, context: grpc.ServicerContext
+    ) -> dataset_pb2.GetDatasetVersionResponse:
+        name = parse_dataset_version(request.name)
+        return dataset_pb2.GetDatasetVersionResponse(dataset_version=self.repo.get_version(name.dataset, name.version))
+
+    def ListDatasetVersions(
+        self, request: dataset_pb2.ListDatasetVersionsRequest, context: grpc.ServicerContext
+    ) -> dataset_pb2.ListDatasetVersionsResponse:
+        dataset = parse_dataset(request.parent, "parent")
+        versions, token = self.repo.list_versions(dataset, request.page_size, request.page_token)
+        return dataset_pb2.ListDatasetVersionsResponse(dataset_versions=versions, next_page_token=token)
+
+    def ReadRows(
+        self, request: dataset_pb2.ReadRowsRequest, context: grpc.ServicerContext
+    ) -> dataset_pb2.ReadRowsResponse:
+        name = parse_dataset_version(request.name)
+        rows, token = self.repo.read_rows(name.dataset, name.version, request.page_size, request.page_token)
+        return dataset_pb2.ReadRowsResponse(rows=rows, next_page_token=token)
+
+    def GetValidationReport(
+        self, request: dataset_pb2.GetValidationReportRequest, context: grpc.ServicerContext
+    ) -> dataset_pb2.GetValidationReportResponse:
+        name = parse_dataset_version(request.name)
+        stats, issues, token = self.repo.validation_report(
+            name.dataset, name.version, request.page_size, request.page_token
+        )
+        return dataset_pb2.GetValidationReportResponse(stats=stats, issues=issues, next_page_token=token)
 
 
 def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:

@@ -1,0 +1,768 @@
+"""Parsing and row validation of dataset files (CSV, TSV, JSONL). Pure: no gRPC,
+no store; reads a binary file, writes normalised rows and issues to writers.
+
+Memory stays bounded whatever the file size: the source is read one physical
+line at a time (with a byte cap per line), statistics are kept as histograms,
+and duplicate detection remembers at most DUPLICATE_TRACK_LIMIT row digests.
+
+Row numbers are 1-based data-record numbers, header excluded. Blank lines are
+skipped but keep their number, so for files without multi-line fields row N is
+line N+1 of a CSV/TSV and line N of a JSONL file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from textft.errors import InvalidArgument
+from textft.v1 import common_pb2, dataset_pb2
+
+CSV = dataset_pb2.DATASET_FORMAT_CSV
+TSV = dataset_pb2.DATASET_FORMAT_TSV
+JSONL = dataset_pb2.DATASET_FORMAT_JSONL
+CLASSIFICATION = common_pb2.TASK_TEXT_CLASSIFICATION
+GENERATION = common_pb2.TASK_TEXT_GENERATION
+
+EXTENSIONS = {
+    ".csv": CSV,
+    ".tsv": TSV,
+    ".tab": TSV,
+    ".jsonl": JSONL,
+    ".ndjson": JSONL,
+}
+# Store suffix of the raw source per format.
+SOURCE_SUFFIX = {CSV: "csv", TSV: "tsv", JSONL: "jsonl"}
+
+# Canonical columns and the file column names accepted for each, in order of
+# preference: ours, then clarifai-python's Dataset.upload_from_csv columns
+# (inputid, input, concepts, metadata), then Clarifai's older template names.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "text": ("text", "input", "input.data.text.raw"),
+    "labels": ("labels", "label", "concepts", "input.data.concepts[*].id"),
+    "target": ("target",),
+    "id": ("id", "inputid", "input.id"),
+    "metadata": ("metadata", "input.data.metadata"),
+    "split": ("split",),
+}
+# column_mapping keys accepted in an upload header ("label" is a synonym).
+MAPPING_KEYS = {**{name: name for name in ALIASES}, "label": "labels"}
+# Clarifai's concept columns separate several labels with commas.
+COMMA_LABEL_COLUMNS = {"concepts", "input.data.concepts[*].id"}
+SPLITS = {"train": "train", "training": "train", "eval": "eval", "validation": "eval", "valid": "eval", "val": "eval"}
+SPLITS.update({"test": "eval", "dev": "eval"})
+
+# Columns of the sample that decides a JSONL file's columns and task.
+JSONL_SAMPLE_LINES = 1000
+DUPLICATE_TRACK_LIMIT = 1_000_000
+MAX_ISSUES_PER_CODE_IN_MESSAGE = 5
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A validation finding. row 0 means the whole file (e.g. UNKNOWN_COLUMN)."""
+
+    row: int
+    severity: str
+    code: str
+    message: str
+    field: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ParseOptions:
+    format: int
+    task: int = common_pb2.TASK_UNSPECIFIED
+    # canonical name (or "label") -> file column
+    column_mapping: dict[str, str] = field(default_factory=dict)
+    max_text_chars: int = 100_000
+
+    @property
+    def max_line_bytes(self) -> int:
+        # Text and target at up to 4 UTF-8 bytes per character, plus room for
+        # the other columns; a longer physical line can not be a valid row.
+        return 8 * self.max_text_chars + 1024 * 1024
+
+
+@dataclass
+class Stats:
+    row_count: int = 0
+    valid_row_count: int = 0
+    invalid_row_count: int = 0
+    warning_count: int = 0
+    label_counts: dict[str, int] = field(default_factory=dict)
+    target_count: int = 0
+    text_length_min: int = 0
+    text_length_max: int = 0
+    text_length_mean: float = 0.0
+    text_length_p50: int = 0
+    text_length_p95: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ParseResult:
+    task: int
+    # canonical name -> file column actually used
+    column_mapping: dict[str, str]
+    stats: Stats
+    label_names: list[str]
+    issue_count: int
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def infer_format(fmt: int, filename: str) -> int:
+    """The header's format, else the one its filename's extension implies."""
+    if fmt != dataset_pb2.DATASET_FORMAT_UNSPECIFIED:
+        if fmt not in SOURCE_SUFFIX:
+            raise InvalidArgument.for_field("header.format", f"unknown format value {fmt}")
+        return fmt
+    suffix = Path(filename or "").suffix.lower()
+    if suffix in EXTENSIONS:
+        return EXTENSIONS[suffix]
+    shown = f"the filename {filename!r} does not tell it" if filename else "no filename was given"
+    raise InvalidArgument.for_field(
+        "header.format",
+        f"format is unspecified and {shown}: set format to CSV, TSV or JSONL "
+        f"(or name the file with one of {', '.join(sorted(EXTENSIONS))})",
+        reason="FORMAT_UNSPECIFIED",
+    )
+
+
+def check_column_mapping(mapping: dict[str, str]) -> dict[str, str]:
+    """Normalises mapping keys to canonical names; rejects unknown keys."""
+    result: dict[str, str] = {}
+    for key, column in mapping.items():
+        canonical = MAPPING_KEYS.get(key.strip().lower())
+        if canonical is None:
+            raise InvalidArgument.for_field(
+                f"header.column_mapping[{key}]",
+                f"unknown canonical column {key!r}; use one of {', '.join(sorted(MAPPING_KEYS))}",
+                reason="UNKNOWN_MAPPING_KEY",
+            )
+        if not column:
+            raise InvalidArgument.for_field(f"header.column_mapping[{key}]", "the file column name is empty")
+        result[canonical] = column
+    return result
+
+
+def _accepted_names() -> str:
+    return "; ".join(f"{name}: {', '.join(names)}" for name, names in ALIASES.items())
+
+
+def resolve_columns(columns: list[str], mapping: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Maps canonical names to file columns: the explicit mapping first, then
+    aliases (case-insensitive). Returns (canonical -> column, unknown columns).
+    Raises InvalidArgument when there is no text column."""
+    mapping = check_column_mapping(mapping)
+    present = set(columns)
+    resolved: dict[str, str] = {}
+    for canonical, column in mapping.items():
+        if column not in present:
+            raise InvalidArgument.for_field(
+                f"header.column_mapping[{canonical}]",
+                f"column {column!r} is not in the file; columns found: {_show(columns)}",
+                reason="MAPPED_COLUMN_NOT_FOUND",
+            )
+        resolved[canonical] = column
+    by_lower: dict[str, str] = {}
+    for column in columns:
+        by_lower.setdefault(column.strip().lower(), column)
+    used = set(resolved.values())
+    for canonical, aliases in ALIASES.items():
+        if canonical in resolved:
+            continue
+        for alias in aliases:
+            column = by_lower.get(alias)
+            if column is not None and column not in used:
+                resolved[canonical] = column
+                used.add(column)
+                break
+    if "text" not in resolved:
+        raise InvalidArgument.for_field(
+            "header.column_mapping[text]",
+            f"the file has no text column; columns found: {_show(columns)}. Accepted names: {_accepted_names()}. "
+            "Rename the column or map it with column_mapping {'text': '<your column>'}",
+            reason="NO_TEXT_COLUMN",
+        )
+    unknown = [c for c in columns if c not in used]
+    return resolved, unknown
+
+
+def infer_task(task: int, resolved: dict[str, str], columns: list[str]) -> int:
+    """The requested task, checked against the columns; else inferred from them."""
+    if task == CLASSIFICATION and "labels" not in resolved:
+        raise InvalidArgument.for_field(
+            "header.task",
+            f"task is TEXT_CLASSIFICATION but the file has no label column (columns found: {_show(columns)}); "
+            f"add one named {' or '.join(ALIASES['labels'][:2])}, or map yours with column_mapping",
+            reason="NO_LABEL_COLUMN",
+        )
+    if task == GENERATION and "target" not in resolved:
+        raise InvalidArgument.for_field(
+            "header.task",
+            f"task is TEXT_GENERATION but the file has no target column (columns found: {_show(columns)}); "
+            "add one named target, or map yours with column_mapping",
+            reason="NO_TARGET_COLUMN",
+        )
+    if task in (CLASSIFICATION, GENERATION):
+        return task
+    if task != common_pb2.TASK_UNSPECIFIED:
+        raise InvalidArgument.for_field("header.task", f"unknown task value {task}")
+    if "target" in resolved:
+        return GENERATION
+    if "labels" in resolved:
+        return CLASSIFICATION
+    raise InvalidArgument.for_field(
+        "header.task",
+        f"task is unspecified and can not be inferred: the file has neither a target column (generation) nor a "
+        f"label column (classification); columns found: {_show(columns)}",
+        reason="TASK_NOT_INFERRED",
+    )
+
+
+def _show(columns: list[str]) -> str:
+    shown = ", ".join(repr(c) for c in columns[:30])
+    return (shown + f", … ({len(columns)} in all)") if len(columns) > 30 else (shown or "none")
+
+
+def _bad_unicode(value: str) -> int:
+    """Index of the first character that is not valid UTF-8 (a surrogate), or -1."""
+    try:
+        value.encode("utf-8")
+        return -1
+    except UnicodeEncodeError as e:
+        return e.start
+
+
+def _bad_unicode_any(value: Any) -> bool:
+    if isinstance(value, str):
+        return _bad_unicode(value) >= 0
+    if isinstance(value, dict):
+        return any(_bad_unicode_any(k) or _bad_unicode_any(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_bad_unicode_any(v) for v in value)
+    return False
+
+
+def parse_labels(value: Any, comma: bool = False) -> list[str]:
+    """A label cell: a JSON list (in a string or not), else `a|b` (`a,b` for
+    Clarifai's concepts columns). Raises ValueError for a malformed list."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        items = value
+    elif isinstance(value, bool):
+        items = [str(value).lower()]
+    elif isinstance(value, (int, float)):
+        items = [value]
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError(f"{text[:80]!r} looks like a JSON list but is not valid JSON") from None
+            if not isinstance(items, list):
+                raise ValueError("not a JSON list")
+        else:
+            items = text.split("," if comma else "|")
+    else:
+        raise ValueError(f"labels must be a string or a list, got {type(value).__name__}")
+    labels: list[str] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise ValueError(f"each label must be a string, got {json.dumps(item)[:80]}")
+        label = str(item).strip()
+        if label and label not in labels:
+            labels.append(label)
+    return labels
+
+
+def _scalar(value: Any) -> str | None:
+    """A cell as a string; None for values that are not scalars."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    return None
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    """A metadata cell: an object, or a JSON object in a string (Clarifai's CSVs
+    sometimes use single quotes). Raises ValueError."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            try:
+                parsed = json.loads(value.replace("'", '"'))
+            except json.JSONDecodeError:
+                raise ValueError("metadata is not valid JSON") from None
+        if isinstance(parsed, dict):
+            return parsed
+    raise ValueError("metadata must be a JSON object")
+
+
+# ---------------------------------------------------------------- readers
+
+
+@dataclass
+class _Record:
+    row: int
+    values: dict[str, Any] | None  # file column -> value; None when unreadable
+    issue: Issue | None = None  # why values is None
+
+
+def _lines(source: BinaryIO, limit: int) -> Iterator[tuple[bytes, bool]]:
+    """Physical lines, each at most `limit` bytes; an over-long line is drained
+    and yielded as (first part, True) so memory stays bounded."""
+    while True:
+        line = source.readline(limit)
+        if not line:
+            return
+        if len(line) >= limit and not line.endswith(b"\n"):
+            while True:
+                rest = source.readline(limit)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield line, True
+        else:
+            yield line, False
+
+
+class _DelimitedReader:
+    """CSV/TSV with a header line. Lines are decoded with surrogateescape, so bad
+    bytes survive to the row they belong to and are reported there; the csv
+    module still sees whole records (quoted multi-line fields work)."""
+
+    def __init__(self, source: BinaryIO, delimiter: str, options: ParseOptions) -> None:
+        self.options = options
+        self.delimiter = delimiter
+        self._physical = 0
+        self._lines = _lines(source, options.max_line_bytes)
+        limit = options.max_line_bytes
+        if csv.field_size_limit() < limit:
+            csv.field_size_limit(limit)  # process-wide; only ever raised
+        self._reader = csv.reader(self._text_lines(), delimiter=delimiter)
+        self.columns = self._header()
+
+    def _text_lines(self) -> Iterator[str]:
+        for raw, too_long in self._lines:
+            self._physical += 1
+            if too_long:
+                raise InvalidArgument(
+                    f"line {self._physical} is longer than {self.options.max_line_bytes} bytes; rows are limited "
+                    f"to {self.options.max_text_chars} characters of text (max_text_chars)",
+                    reason="LINE_TOO_LONG",
+                )
+            if self._physical == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # UTF-8 byte order mark (Excel)
+            yield raw.decode("utf-8", "surrogateescape")
+
+    def _header(self) -> list[str]:
+        for record in self._reader:
+            if not record or all(not cell.strip() for cell in record):
+                continue
+            columns = [cell.strip() for cell in record]
+            bad = next((c for c in columns if _bad_unicode(c) >= 0), None)
+            if bad is not None:
+                raise InvalidArgument(
+                    "the header line is not valid UTF-8; save the file as UTF-8", reason="BAD_UTF8_HEADER"
+                )
+            if len(set(columns)) != len(columns):
+                dupes = sorted({c for c in columns if columns.count(c) > 1})
+                raise InvalidArgument(f"the header repeats column(s) {_show(dupes)}", reason="DUPLICATE_COLUMN")
+            self._header_line = self._reader.line_num
+            return columns
+        raise InvalidArgument("the file is empty: expected a header line and data rows", reason="EMPTY_FILE")
+
+    def __iter__(self) -> Iterator[_Record]:
+        row = 0
+        width = len(self.columns)
+        while True:
+            try:
+                record = next(self._reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                row += 1
+                code = "TOO_LONG" if "field limit" in str(e) else "BAD_CSV"
+                yield _Record(row, None, Issue(row, ERROR, code, f"unreadable record: {e}"))
+                continue
+            row += 1  # a blank line keeps its number; a quoted multi-line record counts once
+            if len(record) <= 1 and not "".join(record).strip():
+                continue
+            if len(record) != width:
+                hint = "; quote fields that contain the delimiter" if len(record) > width else ""
+                message = f"expected {width} columns as in the header, found {len(record)}{hint}"
+                yield _Record(row, None, Issue(row, ERROR, "WRONG_COLUMN_COUNT", message))
+                continue
+            yield _Record(row, dict(zip(self.columns, record, strict=True)))
+
+
+class _JsonlReader:
+    """One JSON object per line. Columns are the keys seen in the first
+    JSONL_SAMPLE_LINES lines (decides the task and the column mapping)."""
+
+    def __init__(self, source: BinaryIO, options: ParseOptions) -> None:
+        self.source = source
+        self.options = options
+        self.columns = self._sample()
+
+    def _sample(self) -> list[str]:
+        keys: dict[str, None] = {}
+        content = 0
+        for number, (raw, too_long) in enumerate(self._raw_lines(), 1):
+            if number > JSONL_SAMPLE_LINES:
+                break
+            if too_long or raw.strip():
+                content += 1
+            if too_long:
+                continue
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(value, dict):
+                for key in value:
+                    keys.setdefault(str(key), None)
+        self.source.seek(0)
+        if content == 0:
+            raise InvalidArgument("the file is empty: expected one JSON object per line", reason="EMPTY_FILE")
+        return list(keys)
+
+    def _raw_lines(self) -> Iterator[tuple[bytes, bool]]:
+        for number, (raw, too_long) in enumerate(_lines(self.source, self.options.max_line_bytes), 1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # UTF-8 byte order mark
+            yield raw, too_long
+
+    def __iter__(self) -> Iterator[_Record]:
+        for row, (raw, too_long) in enumerate(self._raw_lines(), 1):
+            if too_long:
+                yield _Record(
+                    row, None, Issue(row, ERROR, "TOO_LONG", f"line longer than {self.options.max_line_bytes} bytes")
+                )
+                continue
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                issue = Issue(
+                    row, ERROR, "BAD_UTF8", f"not valid UTF-8 (byte offset {e.start}); save the file as UTF-8"
+                )
+                yield _Record(row, None, issue)
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield _Record(row, None, Issue(row, ERROR, "BAD_JSON", f"not valid JSON: {e.msg} at column {e.colno}"))
+                continue
+            if not isinstance(value, dict):
+                kind = type(value).__name__
+                yield _Record(row, None, Issue(row, ERROR, "BAD_JSON", f"expected a JSON object, got a {kind}"))
+                continue
+            yield _Record(row, value)
+
+
+# ---------------------------------------------------------------- validation
+
+
+class _Validator:
+    """Turns records into normalised rows or issues, and keeps the statistics."""
+
+    def __init__(self, task: int, resolved: dict[str, str], options: ParseOptions) -> None:
+        self.task = task
+        self.resolved = resolved
+        self.options = options
+        self.stats = Stats()
+        self.labels: Counter[str] = Counter()
+        self.lengths: Counter[int] = Counter()  # histogram: exact percentiles, bounded memory
+        self.seen: dict[bytes, int] = {}
+        self.duplicates_partial = False
+        # JSONL objects need not all use the same key names: aliases are
+        # resolved per row there, except for explicitly mapped columns.
+        self.per_row = options.format == JSONL
+        self.explicit = check_column_mapping(options.column_mapping)
+
+    def _columns(self, values: dict[str, Any]) -> dict[str, str]:
+        if not self.per_row:
+            return self.resolved
+        cols = dict(self.resolved)
+        for canonical, aliases in ALIASES.items():
+            if canonical in self.explicit or cols.get(canonical) in values:
+                continue
+            found = next((alias for alias in aliases if alias in values), None)
+            if found is not None:
+                cols[canonical] = found
+        return cols
+
+    @staticmethod
+    def _get(values: dict[str, Any], cols: dict[str, str], canonical: str) -> Any:
+        column = cols.get(canonical)
+        return values.get(column) if column is not None else None
+
+    def check(self, record: _Record) -> tuple[dict[str, Any] | None, list[Issue]]:
+        """Returns (normalised row or None, issues of this row)."""
+        row = record.row
+        if record.values is None:
+            assert record.issue is not None
+            return None, [record.issue]
+        values = record.values
+        cols = self._columns(values)
+        errors: list[Issue] = []
+        warnings: list[Issue] = []
+        # Bad bytes first: a decoded-with-replacement value would mislead every other check.
+        for column in cols.values():
+            value = values.get(column)
+            if _bad_unicode_any(value):
+                at = _bad_unicode(value) if isinstance(value, str) else -1
+                where = f" at character {at + 1}" if at >= 0 else ""
+                errors.append(Issue(row, ERROR, "BAD_UTF8", f"column {column!r} is not valid UTF-8{where}", column))
+        if errors:
+            return None, errors
+
+        text = _scalar(self._get(values, cols, "text"))
+        text_column = cols["text"]
+        if text is None:
+            errors.append(Issue(row, ERROR, "INVALID_VALUE", "text must be a string", text_column))
+            text = ""
+        elif not text.strip():
+            errors.append(Issue(row, ERROR, "EMPTY_TEXT", "text is missing or empty", text_column))
+        elif len(text) > self.options.max_text_chars:
+            errors.append(
+                Issue(
+                    row,
+                    ERROR,
+                    "TOO_LONG",
+                    f"text has {len(text)} characters; the limit is {self.options.max_text_chars}",
+                    text_column,
+                )
+            )
+
+        labels: list[str] = []
+        if "labels" in cols:
+            try:
+                comma = cols["labels"].strip().lower() in COMMA_LABEL_COLUMNS
+                labels = parse_labels(self._get(values, cols, "labels"), comma)
+            except ValueError as e:
+                errors.append(Issue(row, ERROR, "BAD_LABEL", str(e), cols["labels"]))
+        if self.task == CLASSIFICATION and not labels and not any(i.code == "BAD_LABEL" for i in errors):
+            field_name = cols.get("labels", "label")
+            errors.append(Issue(row, ERROR, "MISSING_LABEL", "classification rows need a label", field_name))
+
+        target = ""
+        if "target" in cols:
+            raw_target = _scalar(self._get(values, cols, "target"))
+            if raw_target is None:
+                errors.append(Issue(row, ERROR, "INVALID_VALUE", "target must be a string", cols["target"]))
+            else:
+                target = raw_target
+                if len(target) > self.options.max_text_chars:
+                    errors.append(
+                        Issue(
+                            row,
+                            ERROR,
+                            "TOO_LONG",
+                            f"target has {len(target)} characters; the limit is {self.options.max_text_chars}",
+                            cols["target"],
+                        )
+                    )
+        if self.task == GENERATION and not target.strip() and not any(i.field == cols.get("target") for i in errors):
+            field_name = cols.get("target", "target")
+            errors.append(Issue(row, ERROR, "MISSING_TARGET", "generation rows need a target", field_name))
+
+        row_id = _scalar(self._get(values, cols, "id"))
+        if row_id is None:
+            errors.append(Issue(row, ERROR, "INVALID_VALUE", "id must be a string", cols["id"]))
+            row_id = ""
+
+        metadata: dict[str, Any] = {}
+        if "metadata" in cols:
+            try:
+                metadata = _metadata(self._get(values, cols, "metadata"))
+            except ValueError as e:
+                warnings.append(
+                    Issue(
+                        row,
+                        WARNING,
+                        "BAD_METADATA",
+                        f"{e}; the row is kept without metadata",
+                        cols["metadata"],
+                    )
+                )
+
+        split = ""
+        raw_split = _scalar(self._get(values, cols, "split"))
+        if raw_split:
+            split = SPLITS.get(raw_split.strip().lower(), "")
+            if not split:
+                warnings.append(
+                    Issue(
+                        row,
+                        WARNING,
+                        "BAD_SPLIT",
+                        f"split {raw_split[:40]!r} is not train or eval; the trainer will assign the row",
+                        cols["split"],
+                    )
+                )
+
+        if errors:
+            return None, errors + warnings
+
+        key = hashlib.blake2b("\x00".join([text, *sorted(labels), "\x01", target]).encode(), digest_size=12).digest()
+        first = self.seen.get(key)
+        if first is not None:
+            warnings.append(
+                Issue(
+                    row, WARNING, "DUPLICATE", f"same text{self._what()} as row {first}; the row is kept", text_column
+                )
+            )
+        elif len(self.seen) < DUPLICATE_TRACK_LIMIT:
+            self.seen[key] = row
+        else:
+            self.duplicates_partial = True
+
+        normalised = {
+            "row": row,
+            "text": text,
+            "labels": labels,
+            "target": target,
+            "id": row_id,
+            "metadata": metadata,
+            "split": split,
+        }
+        return normalised, warnings
+
+    def _what(self) -> str:
+        return {CLASSIFICATION: " and labels", GENERATION: " and target"}.get(self.task, "")
+
+    def count(self, normalised: dict[str, Any] | None, issues: list[Issue]) -> None:
+        s = self.stats
+        s.row_count += 1
+        s.warning_count += sum(1 for i in issues if i.severity == WARNING)
+        if normalised is None:
+            s.invalid_row_count += 1
+            return
+        s.valid_row_count += 1
+        self.labels.update(normalised["labels"])
+        if normalised["target"]:
+            s.target_count += 1
+        self.lengths[len(normalised["text"])] += 1
+
+    def finish(self) -> Stats:
+        s = self.stats
+        s.label_counts = dict(sorted(self.labels.items()))
+        total = sum(self.lengths.values())
+        if total:
+            ordered = sorted(self.lengths.items())
+            s.text_length_min = ordered[0][0]
+            s.text_length_max = ordered[-1][0]
+            s.text_length_mean = sum(length * n for length, n in ordered) / total
+            s.text_length_p50 = _percentile(ordered, total, 0.50)
+            s.text_length_p95 = _percentile(ordered, total, 0.95)
+        return s
+
+
+def _percentile(ordered: list[tuple[int, int]], total: int, q: float) -> int:
+    """Nearest-rank percentile over a (value, count) histogram."""
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for value, n in ordered:
+        seen += n
+        if seen >= rank:
+            return value
+    return ordered[-1][0]
+
+
+def validate(
+    source: BinaryIO,
+    options: ParseOptions,
+    write_row: Callable[[dict[str, Any]], None],
+    write_issue: Callable[[Issue], None],
+) -> ParseResult:
+    """Parses and validates a whole file (seekable binary stream), calling
+    write_row for each valid normalised row and write_issue for each finding.
+    Raises InvalidArgument for file-level problems (empty, no text column,
+    task that does not fit the columns, a CSV line over the byte cap)."""
+    reader: _DelimitedReader | _JsonlReader
+    if options.format == JSONL:
+        reader = _JsonlReader(source, options)
+    elif options.format in (CSV, TSV):
+        reader = _DelimitedReader(source, "," if options.format == CSV else "\t", options)
+    else:
+        raise InvalidArgument.for_field("header.format", f"unknown format value {options.format}")
+    resolved, unknown = resolve_columns(reader.columns, options.column_mapping)
+    if options.format == JSONL:  # other aliases are used per row (see _Validator._columns)
+        known = {alias for aliases in ALIASES.values() for alias in aliases}
+        unknown = [c for c in unknown if c not in known]
+    task = infer_task(options.task, resolved, reader.columns)
+    validator = _Validator(task, resolved, options)
+    issue_count = 0
+
+    def emit(issue: Issue) -> None:
+        nonlocal issue_count
+        issue_count += 1
+        write_issue(issue)
+
+    for column in unknown:
+        validator.stats.warning_count += 1
+        emit(Issue(0, WARNING, "UNKNOWN_COLUMN", f"column {column!r} is not used (ignored)", column))
+    for record in reader:
+        normalised, issues = validator.check(record)
+        validator.count(normalised, issues)
+        for issue in issues:
+            emit(issue)
+        if normalised is not None:
+            write_row(normalised)
+    if validator.stats.row_count == 0:
+        raise InvalidArgument("the file has no data rows, only a header", reason="NO_DATA_ROWS")
+    if validator.duplicates_partial:
+        validator.stats.warning_count += 1
+        emit(
+            Issue(
+                0,
+                WARNING,
+                "DUPLICATE_CHECK_PARTIAL",
+                f"duplicates were looked for among the first {DUPLICATE_TRACK_LIMIT} distinct rows only",
+            )
+        )
+    stats = validator.finish()
+    return ParseResult(task, resolved, stats, sorted(stats.label_counts), issue_count)
+
+
+def validate_bytes(data: bytes, options: ParseOptions) -> tuple[ParseResult, list[dict[str, Any]], list[Issue]]:
+    """validate() over an in-memory file, collecting rows and issues (tests, previews)."""
+    import io
+
+    rows: list[dict[str, Any]] = []
+    issues: list[Issue] = []
+    result = validate(io.BytesIO(data), options, rows.append, issues.append)
+    return result, rows, issues
