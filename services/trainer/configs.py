@@ -195,7 +195,7 @@ def _check_dict(section: str, values: dict[str, Any], allowed: dict[str, Any], e
         if why:
             bad.append(FieldViolation(path, f"not allowed: {why}"))
             continue
-        if key not in allowed and not (extra_ok and extra_ok.match(key)):
+        if key not in allowed and not (extra_ok and extra_ok.fullmatch(key)):
             near = [k for k in allowed if key.lower() in k.lower() or k.lower() in key.lower()][:3]
             hint = f"; did you mean {', '.join(near)}?" if near else ""
             bad.append(FieldViolation(path, f"unknown key for {section}{hint}"))
@@ -217,10 +217,10 @@ def check_model_source(value: Any, path: str) -> list[FieldViolation]:
     if not isinstance(value, str) or not value:
         return [FieldViolation(path, "required: a hub model id (e.g. EleutherAI/gpt-neo-125m) or store://base-models/<name>")]
     if value.startswith("store://"):
-        if not _STORE_URI_RE.match(value) or ".." in value.split("/"):
+        if not _STORE_URI_RE.fullmatch(value) or ".." in value.split("/"):
             return [FieldViolation(path, "store URIs have the form store://base-models/<name>")]
         return []
-    if not _HUB_ID_RE.match(value) or ".." in value:
+    if not _HUB_ID_RE.fullmatch(value) or ".." in value:
         return [FieldViolation(path, "must be a hub model id like org/name or store://base-models/<name>; local paths are not accepted")]
     return []
 
