@@ -19,7 +19,7 @@ $(STAMP): clients/python/pyproject.toml services/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e clients/python -e "services[test,dev]"
+	$(PY) -m pip install -q -e clients/python -e "services[test,dev,demo]"
 	touch $(STAMP)
 
 # Stubs are generated into the SDK package (textft.v1), with .pyi type stubs.

@@ -8,12 +8,11 @@ import random
 
 import grpc
 import pytest
+from conftest import TINY_BASE_URI
 
 from textft import Client
 from textft.errors import FailedPrecondition, InvalidArgument, NotFound, TextftError
 from textft.v1 import common_pb2, trainer_pb2
-
-from conftest import TINY_BASE_URI
 
 MV = trainer_pb2.ModelVersion
 POSITIVE = ["great", "wonderful", "loved", "excellent", "superb", "delightful"]
@@ -35,7 +34,7 @@ def sentiment_csv(n: int = 160, seed: int = 0, bad_rows: int = 0) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def cls_version(stack) -> str:  # noqa: ANN001 - fixture
+def cls_version(stack) -> str:
     with stack.client() as client:
         client.create_dataset("reviews")
         return client.upload_dataset("reviews", sentiment_csv(), task="classification", format="csv").name
@@ -61,7 +60,14 @@ def test_classification_upload_train_predict(client: Client, cls_version: str) -
     assert run.state == MV.STATE_QUEUED
     events = list(client.watch(run.name, timeout=600))
     states = [MV.State.Name(e.state) for e in events if e.kind == trainer_pb2.ModelVersionEvent.KIND_STATE]
-    assert states == ["STATE_QUEUED", "STATE_PREPARING_DATA", "STATE_TRAINING", "STATE_EVALUATING", "STATE_UPLOADING", "STATE_READY"]
+    assert states == [
+        "STATE_QUEUED",
+        "STATE_PREPARING_DATA",
+        "STATE_TRAINING",
+        "STATE_EVALUATING",
+        "STATE_UPLOADING",
+        "STATE_READY",
+    ]
     losses = [e.loss for e in events if e.kind == trainer_pb2.ModelVersionEvent.KIND_PROGRESS and e.loss > 0]
     assert len(losses) >= 3 and losses[-1] < losses[0]
     assert [e.sequence for e in events] == list(range(len(events)))
@@ -78,7 +84,9 @@ def test_classification_upload_train_predict(client: Client, cls_version: str) -
     replay = list(client.watch(run.name, timeout=60))
     assert [e.sequence for e in replay] == [e.sequence for e in events]
 
-    response = client.predict(run.name, ["the film was wonderful from start to end", "the film was dreadful from start to end"])
+    response = client.predict(
+        run.name, ["the film was wonderful from start to end", "the film was dreadful from start to end"]
+    )
     assert response.model_version == run.name
     top = [p.classification.scores[0].label for p in response.predictions]
     assert top == ["pos", "neg"]
@@ -89,11 +97,20 @@ def test_classification_upload_train_predict(client: Client, cls_version: str) -
     assert client.predict("models/sentiment", ["superb"]).model_version == run.name
 
 
-def test_adapter_is_plain_peft_format(stack, client: Client, cls_version: str) -> None:  # noqa: ANN001
-    versions = [v for v in client.trainer.ListModelVersions(trainer_pb2.ListModelVersionsRequest(parent="models/sentiment"), metadata=client.metadata).model_versions if v.state == MV.STATE_READY]
+def test_adapter_is_plain_peft_format(stack, client: Client, cls_version: str) -> None:
+    versions = [
+        v
+        for v in client.trainer.ListModelVersions(
+            trainer_pb2.ListModelVersionsRequest(parent="models/sentiment"), metadata=client.metadata
+        ).model_versions
+        if v.state == MV.STATE_READY
+    ]
     assert versions, "the classification test trains first"
     keys = set(stack.store.list(versions[0].adapter_uri + "/"))
-    assert {versions[0].adapter_uri + "/adapter_config.json", versions[0].adapter_uri + "/adapter_model.safetensors"} <= keys
+    assert {
+        versions[0].adapter_uri + "/adapter_config.json",
+        versions[0].adapter_uri + "/adapter_model.safetensors",
+    } <= keys
 
 
 def test_generation_upload_train_predict(client: Client) -> None:
@@ -128,7 +145,9 @@ def test_refused_configs_never_queue(client: Client, cls_version: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         client.train("refusals", cls_version, CLS_TEMPLATE, invalid_data_tolerance_percent=150)
     assert info.value.violations[0].field == "invalid_data_tolerance_percent"
-    listed = client.trainer.ListModelVersions(trainer_pb2.ListModelVersionsRequest(parent="models/refusals"), metadata=client.metadata)
+    listed = client.trainer.ListModelVersions(
+        trainer_pb2.ListModelVersionsRequest(parent="models/refusals"), metadata=client.metadata
+    )
     assert list(listed.model_versions) == []
 
 

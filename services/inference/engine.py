@@ -87,10 +87,13 @@ class Engine:
             names.parse_model_version(name, field_name)
             version = self.trainer.get_model_version(name)
         except Unauthenticated:
-            raise Unavailable("the inference service could not authenticate to the trainer (check TEXTFT_API_KEY)") from None
+            raise Unavailable(
+                "the inference service could not authenticate to the trainer (check TEXTFT_API_KEY)"
+            ) from None
         if version.state != MV.STATE_READY:
             raise FailedPrecondition(
-                f"model version {version.name} is {MV.State.Name(version.state)}, not READY", reason="MODEL_VERSION_NOT_READY"
+                f"model version {version.name} is {MV.State.Name(version.state)}, not READY",
+                reason="MODEL_VERSION_NOT_READY",
             )
         return version
 
@@ -127,7 +130,9 @@ class Engine:
         try:
             self.store.download_dir(version.adapter_uri, local)
         except NotFound:
-            raise FailedPrecondition(f"the adapter of {version.name} is missing from the store ({version.adapter_uri})") from None
+            raise FailedPrecondition(
+                f"the adapter of {version.name} is missing from the store ({version.adapter_uri})"
+            ) from None
         meta = json.loads((local / "textft.json").read_text())
         task, labels = meta["task"], list(meta.get("label_names") or [])
         base_name = meta["model_config"]["pretrained_model_name_or_path"]
@@ -228,12 +233,19 @@ class Engine:
         if not texts:
             raise InvalidArgument.for_field("texts", "at least one text is required")
         if len(texts) > self.settings.inference_max_batch_texts:
-            raise InvalidArgument.for_field("texts", f"at most {self.settings.inference_max_batch_texts} texts per request, got {len(texts)}")
+            raise InvalidArgument.for_field(
+                "texts", f"at most {self.settings.inference_max_batch_texts} texts per request, got {len(texts)}"
+            )
         for i, text in enumerate(texts):
             if len(text) > self.settings.inference_max_input_chars:
-                raise InvalidArgument.for_field(f"texts[{i}]", f"{len(text)} characters, the limit is {self.settings.inference_max_input_chars}")
+                raise InvalidArgument.for_field(
+                    f"texts[{i}]", f"{len(text)} characters, the limit is {self.settings.inference_max_input_chars}"
+                )
         if not 0 <= params.max_new_tokens <= MAX_NEW_TOKENS:
-            raise InvalidArgument.for_field("generation.max_new_tokens", f"must be between 0 (default {DEFAULT_MAX_NEW_TOKENS}) and {MAX_NEW_TOKENS}")
+            raise InvalidArgument.for_field(
+                "generation.max_new_tokens",
+                f"must be between 0 (default {DEFAULT_MAX_NEW_TOKENS}) and {MAX_NEW_TOKENS}",
+            )
         if params.temperature < 0:
             raise InvalidArgument.for_field("generation.temperature", "must be 0 (greedy) or positive")
         if not 0 <= params.top_p <= 1:
@@ -241,7 +253,9 @@ class Engine:
         if params.top_k < 0:
             raise InvalidArgument.for_field("generation.top_k", "must be 0 (off) or positive")
 
-    def predict(self, name: str, texts: list[str], params: inference_pb2.GenerationParameters) -> inference_pb2.PredictResponse:
+    def predict(
+        self, name: str, texts: list[str], params: inference_pb2.GenerationParameters
+    ) -> inference_pb2.PredictResponse:
         self.check_inputs(texts, params)
         adapter = self.load(name)
         if adapter.task == "TEXT_CLASSIFICATION":
@@ -259,7 +273,9 @@ class Engine:
         with base.lock, torch.no_grad():
             base.model.set_adapter(adapter.adapter_name)
             base.tokenizer.padding_side = "right"
-            batch = base.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=adapter.max_length)
+            batch = base.tokenizer(
+                texts, return_tensors="pt", padding=True, truncation=True, max_length=adapter.max_length
+            )
             logits = base.model(**batch.to(base.model.device)).logits.float()
         scores = torch.sigmoid(logits) if adapter.multi_label else torch.softmax(logits, dim=-1)
         out = []
@@ -274,7 +290,9 @@ class Engine:
             )
         return out
 
-    def _generate(self, adapter: Adapter, texts: list[str], params: inference_pb2.GenerationParameters) -> list[inference_pb2.Prediction]:
+    def _generate(
+        self, adapter: Adapter, texts: list[str], params: inference_pb2.GenerationParameters
+    ) -> list[inference_pb2.Prediction]:
         import torch
 
         base = adapter.base
@@ -293,7 +311,9 @@ class Engine:
         with base.lock, torch.no_grad():
             base.model.set_adapter(adapter.adapter_name)
             tokenizer.padding_side = "left"  # batched generation continues from the right edge
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=adapter.max_length)
+            batch = tokenizer(
+                prompts, return_tensors="pt", padding=True, truncation=True, max_length=adapter.max_length
+            )
             if params.HasField("seed"):
                 torch.manual_seed(params.seed)
             generated = base.model.generate(**batch.to(base.model.device), **kwargs)

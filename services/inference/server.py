@@ -20,7 +20,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def Predict(self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext) -> inference_pb2.PredictResponse:
+    def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.PredictResponse:
         return self.engine.predict(request.model_version, list(request.texts), request.generation)
 
     def LoadModelVersion(

@@ -186,7 +186,9 @@ def lora_fields() -> dict[str, Any]:
     return {k: v for k, v in _dataclass_types(LoraConfig).items() if k not in _PEFT_NOT_USER}
 
 
-def _check_dict(section: str, values: dict[str, Any], allowed: dict[str, Any], extra_ok: re.Pattern[str] | None = None) -> tuple[dict[str, Any], list[FieldViolation]]:
+def _check_dict(
+    section: str, values: dict[str, Any], allowed: dict[str, Any], extra_ok: re.Pattern[str] | None = None
+) -> tuple[dict[str, Any], list[FieldViolation]]:
     out: dict[str, Any] = {}
     bad: list[FieldViolation] = []
     for key, value in values.items():
@@ -215,13 +217,21 @@ def _check_dict(section: str, values: dict[str, Any], allowed: dict[str, Any], e
 
 def check_model_source(value: Any, path: str) -> list[FieldViolation]:
     if not isinstance(value, str) or not value:
-        return [FieldViolation(path, "required: a hub model id (e.g. EleutherAI/gpt-neo-125m) or store://base-models/<name>")]
+        return [
+            FieldViolation(
+                path, "required: a hub model id (e.g. EleutherAI/gpt-neo-125m) or store://base-models/<name>"
+            )
+        ]
     if value.startswith("store://"):
         if not _STORE_URI_RE.fullmatch(value) or ".." in value.split("/"):
             return [FieldViolation(path, "store URIs have the form store://base-models/<name>")]
         return []
     if not _HUB_ID_RE.fullmatch(value) or ".." in value:
-        return [FieldViolation(path, "must be a hub model id like org/name or store://base-models/<name>; local paths are not accepted")]
+        return [
+            FieldViolation(
+                path, "must be a hub model id like org/name or store://base-models/<name>; local paths are not accepted"
+            )
+        ]
     return []
 
 
@@ -232,11 +242,15 @@ def validate(section_values: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     violations: list[FieldViolation] = []
     model, bad = _check_dict("model_config", section_values.get("model_config", {}), MODEL_KWARGS, _MODEL_DROPOUT_RE)
     violations += bad
-    violations += check_model_source(model.get("pretrained_model_name_or_path"), "model_config.pretrained_model_name_or_path")
+    violations += check_model_source(
+        model.get("pretrained_model_name_or_path"), "model_config.pretrained_model_name_or_path"
+    )
     tokenizer, bad = _check_dict("tokenizer_config", section_values.get("tokenizer_config", {}), TOKENIZER_KWARGS)
     violations += bad
     if "pretrained_model_name_or_path" in tokenizer:
-        violations += check_model_source(tokenizer["pretrained_model_name_or_path"], "tokenizer_config.pretrained_model_name_or_path")
+        violations += check_model_source(
+            tokenizer["pretrained_model_name_or_path"], "tokenizer_config.pretrained_model_name_or_path"
+        )
     peft_values = dict(section_values.get("peft_config", {}))
     peft_type = peft_values.pop("peft_type", "LORA")
     if str(peft_type).upper() != "LORA":
@@ -259,7 +273,9 @@ def validate(section_values: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     report_to = trainer.get("report_to", "none")
     reports = [report_to] if isinstance(report_to, str) else list(report_to or [])
     if any(r not in REPORT_TO_ALLOWED for r in reports):
-        violations.append(FieldViolation("trainer_config.report_to", f"allowed: {', '.join(sorted(REPORT_TO_ALLOWED))}"))
+        violations.append(
+            FieldViolation("trainer_config.report_to", f"allowed: {', '.join(sorted(REPORT_TO_ALLOWED))}")
+        )
     for key in ("learning_rate", "num_train_epochs"):
         if isinstance(trainer.get(key), float) and trainer[key] <= 0:
             violations.append(FieldViolation(f"trainer_config.{key}", "must be positive"))
@@ -272,7 +288,9 @@ def validate(section_values: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
         first = violations[0]
         more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
         raise InvalidArgument(
-            f"invalid {first.field}: {first.description}{more}", reason="MODEL_TRAINING_INVALID_PARAMS", violations=violations
+            f"invalid {first.field}: {first.description}{more}",
+            reason="MODEL_TRAINING_INVALID_PARAMS",
+            violations=violations,
         )
     return {
         "model_config": model,

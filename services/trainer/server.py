@@ -22,26 +22,38 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, core: TrainerCore) -> None:
         self.core = core
 
-    def ListTemplates(self, request: trainer_pb2.ListTemplatesRequest, context: grpc.ServicerContext) -> trainer_pb2.ListTemplatesResponse:
+    def ListTemplates(
+        self, request: trainer_pb2.ListTemplatesRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ListTemplatesResponse:
         page, token = paginate(self.core.list_templates(request.task), request.page_size, request.page_token)
         return trainer_pb2.ListTemplatesResponse(templates=page, next_page_token=token)
 
-    def GetTemplate(self, request: trainer_pb2.GetTemplateRequest, context: grpc.ServicerContext) -> trainer_pb2.GetTemplateResponse:
+    def GetTemplate(
+        self, request: trainer_pb2.GetTemplateRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.GetTemplateResponse:
         from ..common.names import parse_template
 
         return trainer_pb2.GetTemplateResponse(template=self.core.template_pb(parse_template(request.name, "name")))
 
-    def CreateModel(self, request: trainer_pb2.CreateModelRequest, context: grpc.ServicerContext) -> trainer_pb2.CreateModelResponse:
+    def CreateModel(
+        self, request: trainer_pb2.CreateModelRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.CreateModelResponse:
         return trainer_pb2.CreateModelResponse(model=self.core.create_model(request))
 
-    def GetModel(self, request: trainer_pb2.GetModelRequest, context: grpc.ServicerContext) -> trainer_pb2.GetModelResponse:
+    def GetModel(
+        self, request: trainer_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.GetModelResponse:
         return trainer_pb2.GetModelResponse(model=self.core.get_model(request.name))
 
-    def ListModels(self, request: trainer_pb2.ListModelsRequest, context: grpc.ServicerContext) -> trainer_pb2.ListModelsResponse:
+    def ListModels(
+        self, request: trainer_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ListModelsResponse:
         page, token = paginate(self.core.list_models(), request.page_size, request.page_token)
         return trainer_pb2.ListModelsResponse(models=page, next_page_token=token)
 
-    def DeleteModel(self, request: trainer_pb2.DeleteModelRequest, context: grpc.ServicerContext) -> trainer_pb2.DeleteModelResponse:
+    def DeleteModel(
+        self, request: trainer_pb2.DeleteModelRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.DeleteModelResponse:
         self.core.delete_model(request.name)
         return trainer_pb2.DeleteModelResponse()
 

@@ -47,7 +47,10 @@ from .worker import EVENT_PREFIX
 log = logging.getLogger("textft.trainer")
 MV = trainer_pb2.ModelVersion
 FINAL = {MV.STATE_READY, MV.STATE_FAILED, MV.STATE_CANCELLED}
-TASK_NAMES = {common_pb2.TASK_TEXT_CLASSIFICATION: "TEXT_CLASSIFICATION", common_pb2.TASK_TEXT_GENERATION: "TEXT_GENERATION"}
+TASK_NAMES = {
+    common_pb2.TASK_TEXT_CLASSIFICATION: "TEXT_CLASSIFICATION",
+    common_pb2.TASK_TEXT_GENERATION: "TEXT_GENERATION",
+}
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -90,7 +93,9 @@ class Run:
 
 
 class TrainerCore:
-    def __init__(self, settings: Settings, store: ObjectStore, launcher: Launcher, datasets: Client | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: ObjectStore, launcher: Launcher, datasets: Client | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.launcher = launcher
@@ -184,12 +189,16 @@ class TrainerCore:
 
     def list_models(self) -> list[trainer_pb2.Model]:
         keys = [k for k in self.store.list("models/") if k.count("/") == 2 and k.endswith("/model.json")]
-        return [json_format.ParseDict(self.store.get_json(k), trainer_pb2.Model(), ignore_unknown_fields=True) for k in keys]
+        return [
+            json_format.ParseDict(self.store.get_json(k), trainer_pb2.Model(), ignore_unknown_fields=True) for k in keys
+        ]
 
     def delete_model(self, name: str) -> None:
         model = self.get_model(name)
         model_id = model.name.split("/")[1]
-        active = [r.version.name for r in self.runs.values() if r.version.name.startswith(model.name + "/") and not r.final]
+        active = [
+            r.version.name for r in self.runs.values() if r.version.name.startswith(model.name + "/") and not r.final
+        ]
         if active:
             raise FailedPrecondition(f"model {name} has runs in progress ({', '.join(active)}); cancel them first")
         self.store.delete_prefix(_model_prefix(model_id) + "/")
@@ -232,7 +241,9 @@ class TrainerCore:
         except NotFound:
             raise NotFound(f"dataset version {name} not found", reason="DATASET_NOT_FOUND", violations=[]) from None
         except Unauthenticated:
-            raise Unavailable("the trainer could not authenticate to the dataset service (check TEXTFT_API_KEY)") from None
+            raise Unavailable(
+                "the trainer could not authenticate to the dataset service (check TEXTFT_API_KEY)"
+            ) from None
         issues = [
             {"row": i.row, "code": i.code, "message": i.message}
             for i in report.issues
@@ -251,11 +262,14 @@ class TrainerCore:
         template = get_template(names.parse_template(request.template, "template"))
         if template.task != model.task:
             raise InvalidArgument.for_field(
-                "template", f"{template.name} is for {common_pb2.Task.Name(template.task)}, the model is {common_pb2.Task.Name(model.task)}"
+                "template",
+                f"{template.name} is for {common_pb2.Task.Name(template.task)}, the model is {common_pb2.Task.Name(model.task)}",
             )
         tolerance = request.invalid_data_tolerance_percent
         if not 0.0 <= tolerance <= 100.0:
-            raise InvalidArgument.for_field("invalid_data_tolerance_percent", f"must be between 0 and 100, got {tolerance:g}")
+            raise InvalidArgument.for_field(
+                "invalid_data_tolerance_percent", f"must be between 0 and 100, got {tolerance:g}"
+            )
         overrides = {
             section: json_format.MessageToDict(getattr(request, section))
             for section in ("model_config", "peft_config", "tokenizer_config", "trainer_config")
@@ -326,7 +340,9 @@ class TrainerCore:
         if handle is not None:
             handle.terminate()  # the worker thread records CANCELLED when the child exits
         else:
-            self._finish(run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled before it started"))
+            self._finish(
+                run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled before it started")
+            )
         return self.get_version(name)
 
     # ---- events ----
@@ -350,7 +366,9 @@ class TrainerCore:
         with run.cond:
             run.version.state = state
             run.version.update_time.CopyFrom(_now())
-        self._event(run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=state, message=message or MV.State.Name(state))
+        self._event(
+            run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=state, message=message or MV.State.Name(state)
+        )
 
     def _finish(self, run: Run, state: int, failure: common_pb2.Failure | None = None) -> None:
         with run.cond:
@@ -380,7 +398,9 @@ class TrainerCore:
             model.latest_ready_version = version.name
             self.store.put_json(f"{model_name}/model.json", _to_json(model))
 
-    def watch(self, name: str, from_sequence: int, is_active: Callable[[], bool]) -> Iterator[trainer_pb2.ModelVersionEvent]:
+    def watch(
+        self, name: str, from_sequence: int, is_active: Callable[[], bool]
+    ) -> Iterator[trainer_pb2.ModelVersionEvent]:
         """History first, then live events until the run is final or the client leaves."""
         version = self.get_version(name)
         run = self.runs.get(version.name)
@@ -391,7 +411,9 @@ class TrainerCore:
             except NotFound:
                 data = ""
             for line in data.splitlines():
-                event = json_format.ParseDict(json.loads(line), trainer_pb2.ModelVersionEvent(), ignore_unknown_fields=True)
+                event = json_format.ParseDict(
+                    json.loads(line), trainer_pb2.ModelVersionEvent(), ignore_unknown_fields=True
+                )
                 if event.sequence >= from_sequence:
                     yield event
             return
@@ -470,7 +492,9 @@ class TrainerCore:
                     samples_per_second=event.get("samples_per_second", 0.0),
                 )
             elif kind == "log":
-                self._event(run, persist=False, kind=trainer_pb2.ModelVersionEvent.KIND_LOG, message=event.get("message", ""))
+                self._event(
+                    run, persist=False, kind=trainer_pb2.ModelVersionEvent.KIND_LOG, message=event.get("message", "")
+                )
             elif kind == "data":
                 with run.cond:
                     run.version.train_row_count = event["train_rows"]
@@ -480,17 +504,24 @@ class TrainerCore:
                 evaluation = json_format.ParseDict(event, trainer_pb2.Evaluation(), ignore_unknown_fields=True)
                 with run.cond:
                     run.version.evaluation.CopyFrom(evaluation)
-                self._event(run, kind=trainer_pb2.ModelVersionEvent.KIND_EVALUATION, eval_metrics=dict(evaluation.metrics))
+                self._event(
+                    run, kind=trainer_pb2.ModelVersionEvent.KIND_EVALUATION, eval_metrics=dict(evaluation.metrics)
+                )
             elif kind == "result":
                 result = event
             elif kind == "failure":
                 failure = common_pb2.Failure(
-                    reason=event.get("reason", ""), message=event.get("message", ""), field=event.get("field", ""), rows=event.get("rows", [])
+                    reason=event.get("reason", ""),
+                    message=event.get("message", ""),
+                    field=event.get("field", ""),
+                    rows=event.get("rows", []),
                 )
         code = run.handle.wait()
         log.info("run %s: job exited with %s after %.1fs", run.version.name, code, time.monotonic() - started)
         if run.cancel_requested:
-            self._finish(run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled by request"))
+            self._finish(
+                run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled by request")
+            )
         elif code == 0 and result is not None:
             with run.cond:
                 run.version.adapter_uri = result["adapter_uri"]
@@ -502,5 +533,7 @@ class TrainerCore:
             if failure is None:
                 how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
                 hint = " (out of memory?)" if code in (-9, 137) else ""
-                failure = common_pb2.Failure(reason="MODEL_TRAINING_CRASHED", message=f"the training process {how}{hint}")
+                failure = common_pb2.Failure(
+                    reason="MODEL_TRAINING_CRASHED", message=f"the training process {how}{hint}"
+                )
             self._finish(run, MV.STATE_FAILED, failure)

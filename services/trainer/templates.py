@@ -68,7 +68,12 @@ _GPT_NEO_LORA: dict[str, Any] = {
     "target_modules": ["q_proj", "v_proj"],
 }
 _ANY_LORA: dict[str, Any] = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
-_BIG = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4, "gradient_checkpointing": True, "bf16": True}
+_BIG = {
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 4,
+    "gradient_checkpointing": True,
+    "bf16": True,
+}
 
 
 def _gpt_neo(size: str, task: int, extra_trainer: dict[str, Any] | None = None) -> Template:

@@ -95,7 +95,13 @@ def prepare_rows(job: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any
             labels = row.get("labels") or []
             unknown = [lab for lab in labels if lab not in label_names]
             if not labels or unknown:
-                task_issues.append({"row": row["row"], "code": "MISSING_LABEL" if not labels else "UNKNOWN_LABEL", "message": f"labels {labels}"})
+                task_issues.append(
+                    {
+                        "row": row["row"],
+                        "code": "MISSING_LABEL" if not labels else "UNKNOWN_LABEL",
+                        "message": f"labels {labels}",
+                    }
+                )
                 continue
         else:
             target = row.get("target") or ""
@@ -105,7 +111,11 @@ def prepare_rows(job: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any
             prompt_len = len(tokenizer(PROMPT_TEMPLATE.format(text=text))["input_ids"])
             if prompt_len >= max_length - 1:
                 task_issues.append(
-                    {"row": row["row"], "code": "TOO_LONG_AFTER_TOKENIZATION", "message": f"prompt is {prompt_len} tokens, max_length {max_length} leaves no room for the target"}
+                    {
+                        "row": row["row"],
+                        "code": "TOO_LONG_AFTER_TOKENIZATION",
+                        "message": f"prompt is {prompt_len} tokens, max_length {max_length} leaves no room for the target",
+                    }
                 )
                 continue
         valid.append(row)
@@ -151,7 +161,9 @@ def prepare_rows(job: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any
     return Prepared(train, evaluation, invalid, source, label_names, multi_label)
 
 
-def _encode_classification(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, label_names: list[str], multi_label: bool) -> list[dict[str, Any]]:
+def _encode_classification(
+    rows: list[dict[str, Any]], tokenizer: Any, max_length: int, label_names: list[str], multi_label: bool
+) -> list[dict[str, Any]]:
     index = {name: i for i, name in enumerate(label_names)}
     encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
     out = []
@@ -162,7 +174,9 @@ def _encode_classification(rows: list[dict[str, Any]], tokenizer: Any, max_lengt
                 label[index[lab]] = 1.0
         else:
             label = index[row["labels"][0]]
-        out.append({"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": label})
+        out.append(
+            {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": label}
+        )
     return out
 
 
@@ -211,7 +225,12 @@ def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
             if "loss" not in logs:
                 return
             elapsed = time.monotonic() - self.start
-            samples = state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+            samples = (
+                state.global_step
+                * args.per_device_train_batch_size
+                * args.gradient_accumulation_steps
+                * max(args.world_size, 1)
+            )
             emitter.emit(
                 "progress",
                 **self._progress(state),
@@ -223,7 +242,9 @@ def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
     return ProgressCallback()
 
 
-def evaluate_classification(model: Any, encoded: list[dict[str, Any]], collator: Any, label_names: list[str], multi_label: bool, batch_size: int) -> dict[str, Any]:
+def evaluate_classification(
+    model: Any, encoded: list[dict[str, Any]], collator: Any, label_names: list[str], multi_label: bool, batch_size: int
+) -> dict[str, Any]:
     """Accuracy, macro-F1, per-label ROC AUC with curve points, confusion matrix, loss."""
     import numpy as np
     import torch
@@ -263,7 +284,9 @@ def evaluate_classification(model: Any, encoded: list[dict[str, Any]], collator:
             per_label[name] = float(roc_auc_score(onehot[:, i], scores[:, i]))
             fpr, tpr, _ = roc_curve(onehot[:, i], scores[:, i])
             keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 50)).astype(int))
-            curves.append({"label": name, "false_positive_rate": fpr[keep].tolist(), "true_positive_rate": tpr[keep].tolist()})
+            curves.append(
+                {"label": name, "false_positive_rate": fpr[keep].tolist(), "true_positive_rate": tpr[keep].tolist()}
+            )
     metrics = {"accuracy": accuracy, "macro_f1": macro_f1, "loss": sum(losses) / len(encoded)}
     if per_label:
         metrics["roc_auc"] = float(np.mean(list(per_label.values())))
@@ -277,7 +300,15 @@ def evaluate_classification(model: Any, encoded: list[dict[str, Any]], collator:
     }
 
 
-def evaluate_generation(model: Any, tokenizer: Any, rows: list[dict[str, Any]], encoded: list[dict[str, Any]], collator: Any, batch_size: int, max_exact: int = 32) -> dict[str, Any]:
+def evaluate_generation(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    encoded: list[dict[str, Any]],
+    collator: Any,
+    batch_size: int,
+    max_exact: int = 32,
+) -> dict[str, Any]:
     """Loss and perplexity on target tokens; exact match of greedy generations on a sample."""
     import torch
 
@@ -300,18 +331,26 @@ def evaluate_generation(model: Any, tokenizer: Any, rows: list[dict[str, Any]], 
             prompts = [PROMPT_TEMPLATE.format(text=r["text"]) for r in chunk]
             inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
             longest = max(len(tokenizer(r["target"])["input_ids"]) for r in chunk) + 2
-            generated = model.generate(**inputs, max_new_tokens=longest, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            generated = model.generate(
+                **inputs, max_new_tokens=longest, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
             for row, ids in zip(chunk, generated[:, inputs["input_ids"].shape[1] :], strict=True):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 matches += int(text.strip() == row["target"].strip())
         tokenizer.padding_side = "right"
     return {
-        "metrics": {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "exact_match": matches / max(len(sample), 1)},
+        "metrics": {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "exact_match": matches / max(len(sample), 1),
+        },
         "example_count": len(encoded),
     }
 
 
-def run_job(job: dict[str, Any], store: ObjectStore, settings: Settings, workdir: Path, emitter: Emitter) -> dict[str, Any]:
+def run_job(
+    job: dict[str, Any], store: ObjectStore, settings: Settings, workdir: Path, emitter: Emitter
+) -> dict[str, Any]:
     import peft
     import torch
     import transformers
@@ -381,7 +420,9 @@ def run_job(job: dict[str, Any], store: ObjectStore, settings: Settings, workdir
     try:
         model = get_peft_model(model, LoraConfig(task_type=task_type, **peft_kwargs))
     except ValueError as e:  # e.g. target modules that do not exist in this model
-        raise JobFailure("MODEL_TRAINING_INVALID_PARAMS", f"peft_config rejected for {base_name}: {e}", field="peft_config") from None
+        raise JobFailure(
+            "MODEL_TRAINING_INVALID_PARAMS", f"peft_config rejected for {base_name}: {e}", field="peft_config"
+        ) from None
     trainable, total = model.get_nb_trainable_parameters()
     emitter.log(f"base {base_name}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%)")
 
@@ -404,7 +445,9 @@ def run_job(job: dict[str, Any], store: ObjectStore, settings: Settings, workdir
     emitter.state("EVALUATING")
     batch = args.per_device_eval_batch_size
     if classification:
-        evaluation = evaluate_classification(model, eval_set, collator, prepared.label_names, prepared.multi_label, batch)
+        evaluation = evaluate_classification(
+            model, eval_set, collator, prepared.label_names, prepared.multi_label, batch
+        )
     else:
         evaluation = evaluate_generation(model, tokenizer, prepared.eval, eval_set, collator, batch)
     evaluation["metrics"]["train_loss"] = float(result.training_loss)
@@ -417,7 +460,11 @@ def run_job(job: dict[str, Any], store: ObjectStore, settings: Settings, workdir
     lineage = {
         "base_model": base_name,
         "base_model_revision": basemodels.revision_of(model.get_base_model().config, base_name),
-        "library_versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        "library_versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
     }
     (adapter_dir / "textft.json").write_text(
         json.dumps(
