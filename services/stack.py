@@ -203,14 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         open_store(Settings.from_env(env).store)  # waits for MinIO: the client retries the bucket check
     ports = {name: getattr(args, f"{name}_port") for name in SERVICES}
     stack = start_stack(env, ports, args.host)
+    # Handlers before the "up" lines: a Ctrl-C right after them must stop the
+    # services, not raise KeyboardInterrupt past them (which orphaned them).
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
     where = env["MINIO_ENDPOINT"] if env.get("TEXTFT_STORE") == "s3" else str(home / "store")
     print(f"textft is up (store: {env.get('TEXTFT_STORE')} {where})")
     for name, address in stack.addresses.items():
         print(f"  {name:<9} {address}")
     print(f"  API key in {home / 'api_key'} (or TEXTFT_API_KEY); Ctrl-C stops everything", flush=True)
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
     for svc in stack.services.values():  # one service dying takes the stack down, loudly
         threading.Thread(target=lambda s=svc: (s.proc.wait(), stopping.set()), daemon=True).start()
     stopping.wait()

@@ -233,6 +233,27 @@ class Client:
         request = dataset_pb2.GetDatasetVersionRequest(name=name)
         return self.call(self.datasets.GetDatasetVersion, request).dataset_version
 
+    def list_dataset_versions(
+        self, dataset: str, page_size: int = 0, page_token: str = ""
+    ) -> dataset_pb2.ListDatasetVersionsResponse:
+        """Versions of one dataset, newest first, one page."""
+        request = dataset_pb2.ListDatasetVersionsRequest(
+            parent=_named("datasets", dataset), page_size=page_size, page_token=page_token
+        )
+        return self.call(self.datasets.ListDatasetVersions, request)
+
+    def read_rows(self, name: str, page_size: int = 0, page_token: str = "") -> dataset_pb2.ReadRowsResponse:
+        """One page of a version's normalised (valid) rows."""
+        request = dataset_pb2.ReadRowsRequest(name=name, page_size=page_size, page_token=page_token)
+        return self.call(self.datasets.ReadRows, request)
+
+    def get_validation_report(
+        self, name: str, page_size: int = 0, page_token: str = ""
+    ) -> dataset_pb2.GetValidationReportResponse:
+        """A version's stats and one page of its row-level validation issues."""
+        request = dataset_pb2.GetValidationReportRequest(name=name, page_size=page_size, page_token=page_token)
+        return self.call(self.datasets.GetValidationReport, request)
+
     # ---- templates, models, training ----
     def list_templates(self, task: str | int = common_pb2.TASK_UNSPECIFIED) -> list[trainer_pb2.Template]:
         request = trainer_pb2.ListTemplatesRequest(task=task_of(task), page_size=1000)
@@ -244,6 +265,23 @@ class Client:
 
     def get_model(self, name: str) -> trainer_pb2.Model:
         return self.call(self.trainer.GetModel, trainer_pb2.GetModelRequest(name=_named("models", name))).model
+
+    def list_models(self, page_size: int = 0, page_token: str = "") -> trainer_pb2.ListModelsResponse:
+        request = trainer_pb2.ListModelsRequest(page_size=page_size, page_token=page_token)
+        return self.call(self.trainer.ListModels, request)
+
+    def list_model_versions(
+        self, model: str, page_size: int = 0, page_token: str = ""
+    ) -> trainer_pb2.ListModelVersionsResponse:
+        """Training runs of one model, one page."""
+        request = trainer_pb2.ListModelVersionsRequest(
+            parent=_named("models", model), page_size=page_size, page_token=page_token
+        )
+        return self.call(self.trainer.ListModelVersions, request)
+
+    def get_template(self, name: str) -> trainer_pb2.Template:
+        request = trainer_pb2.GetTemplateRequest(name=_named("templates", name))
+        return self.call(self.trainer.GetTemplate, request).template
 
     def train(
         self,

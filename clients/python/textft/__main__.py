@@ -1,0 +1,5 @@
+"""`python -m textft`: the textft command line."""
+
+from .cli import main
+
+raise SystemExit(main())
