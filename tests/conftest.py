@@ -165,3 +165,16 @@ def stack(
 def client(stack: RunningStack) -> Iterator[Client]:
     with stack.client() as c:
         yield c
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "reliability: the reliability and security suite (make check-reliability)")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from reliability import table
+
+    text = table()
+    if text:
+        terminalreporter.write_sep("=", "reliability figures")
+        terminalreporter.write_line(text)
