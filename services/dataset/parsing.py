@@ -110,6 +110,9 @@ class Stats:
     text_length_mean: float = 0.0
     text_length_p50: int = 0
     text_length_p95: int = 0
+    # Valid rows a split column marks as train / eval.
+    split_train_row_count: int = 0
+    split_eval_row_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -676,6 +679,11 @@ class _Validator:
         if normalised["target"]:
             s.target_count += 1
         self.lengths[len(normalised["text"])] += 1
+        split = normalised["split"]
+        if split == "eval":
+            s.split_eval_row_count += 1
+        elif split == "train":
+            s.split_train_row_count += 1
 
     def finish(self) -> Stats:
         s = self.stats
@@ -702,16 +710,25 @@ def _percentile(ordered: list[tuple[int, int]], total: int, q: float) -> int:
     return ordered[-1][0]
 
 
-def validate(
-    source: BinaryIO,
-    options: ParseOptions,
-    write_row: Callable[[dict[str, Any]], None],
-    write_issue: Callable[[Issue], None],
-) -> ParseResult:
-    """Parses and validates a whole file (seekable binary stream), calling
-    write_row for each valid normalised row and write_issue for each finding.
-    Raises InvalidArgument for file-level problems (empty, no text column,
-    task that does not fit the columns, a CSV line over the byte cap)."""
+@dataclass
+class Validation:
+    """A file whose header (columns, task) has been checked; run() validates its rows."""
+
+    reader: _DelimitedReader | _JsonlReader
+    resolved: dict[str, str]
+    unknown: list[str]
+    task: int
+    options: ParseOptions
+
+    def run(self, write_row: Callable[[dict[str, Any]], None], write_issue: Callable[[Issue], None]) -> ParseResult:
+        return _run(self, write_row, write_issue)
+
+
+def prepare(source: BinaryIO, options: ParseOptions) -> Validation:
+    """Reads and checks the header (CSV/TSV) or a sample (JSONL): the columns,
+    their mapping and the task. Raises InvalidArgument for file-level problems
+    (empty, no text column, a task that does not fit the columns), so a caller
+    learns about them before it commits to anything."""
     reader: _DelimitedReader | _JsonlReader
     if options.format == JSONL:
         reader = _JsonlReader(source, options)
@@ -724,7 +741,27 @@ def validate(
         known = {alias for aliases in ALIASES.values() for alias in aliases}
         unknown = [c for c in unknown if c not in known]
     task = infer_task(options.task, resolved, reader.columns)
-    validator = _Validator(task, resolved, options)
+    return Validation(reader, resolved, unknown, task, options)
+
+
+def validate(
+    source: BinaryIO,
+    options: ParseOptions,
+    write_row: Callable[[dict[str, Any]], None],
+    write_issue: Callable[[Issue], None],
+) -> ParseResult:
+    """Parses and validates a whole file (seekable binary stream), calling
+    write_row for each valid normalised row and write_issue for each finding.
+    Raises InvalidArgument for file-level problems (empty, no text column,
+    task that does not fit the columns, a CSV line over the byte cap)."""
+    return prepare(source, options).run(write_row, write_issue)
+
+
+def _run(
+    prepared: Validation, write_row: Callable[[dict[str, Any]], None], write_issue: Callable[[Issue], None]
+) -> ParseResult:
+    reader, resolved, unknown, task = prepared.reader, prepared.resolved, prepared.unknown, prepared.task
+    validator = _Validator(task, resolved, prepared.options)
     issue_count = 0
 
     def emit(issue: Issue) -> None:
@@ -752,6 +789,17 @@ def validate(
                 WARNING,
                 "DUPLICATE_CHECK_PARTIAL",
                 f"duplicates were looked for among the first {DUPLICATE_TRACK_LIMIT} distinct rows only",
+            )
+        )
+    if validator.stats.split_train_row_count and not validator.stats.split_eval_row_count:
+        validator.stats.warning_count += 1
+        emit(
+            Issue(
+                0,
+                WARNING,
+                "SPLIT_WITHOUT_EVAL",
+                "the split column marks no valid row as eval; the trainer holds out a seeded random share instead",
+                resolved.get("split", "split"),
             )
         )
     stats = validator.finish()

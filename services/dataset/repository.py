@@ -21,25 +21,28 @@ cut-off stream writes nothing at all.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from textft.errors import AlreadyExists, InvalidArgument, NotFound
+from textft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from textft.v1 import common_pb2, dataset_pb2
 
 from ..common.config import Settings
 from ..common.names import check_id, paginate, version_sort_key
 from ..common.store import ObjectStore, check_key
 from . import parsing
+from .inuse import UsageCheck
 
 log = logging.getLogger("textft.dataset")
 COPY_BUFFER = 1024 * 1024
@@ -72,6 +75,18 @@ def version_prefix(dataset: str, version: str) -> str:
 
 def manifest_key(dataset: str, version: str) -> str:
     return version_prefix(dataset, version) + "manifest.json"
+
+
+def sha256_key(dataset: str, sha256: str) -> str:
+    """Index: the first finished version of a dataset with these source bytes."""
+    return f"datasets/{dataset}/by-sha256/{sha256}.json"
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps(..., ensure_ascii=False) builds one per call
+
+
+def _encode(value: Any) -> str:
+    return _ENCODER.encode(value)
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -169,12 +184,14 @@ class _CappedSpool:
 class DatasetRepository:
     """The dataset service's domain: datasets, versions, rows and reports."""
 
-    def __init__(self, store: ObjectStore, settings: Settings) -> None:
+    def __init__(self, store: ObjectStore, settings: Settings, usage: UsageCheck | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.usage = usage  # who uses a dataset (the trainer); None: nobody is asked
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._tmp_root = Path(settings.home) / "tmp" / "dataset"
+        self._reserved: dict[str, set[str]] = {}  # version ids being written, per dataset
 
     def _lock(self, dataset: str) -> threading.Lock:
         with self._locks_guard:
@@ -202,6 +219,11 @@ class DatasetRepository:
         dataset = json_format.ParseDict(data, dataset_pb2.Dataset(), ignore_unknown_fields=True)
         dataset.latest_version = latest
         return dataset
+
+    def require_any(self, dataset_id: str) -> None:
+        """NotFound unless some object of the dataset is left (even a half-deleted one)."""
+        if next(iter(self.store.list(dataset_prefix(dataset_id))), None) is None:
+            raise NotFound(f"dataset datasets/{dataset_id} not found", reason="DATASET_NOT_FOUND")
 
     def require_dataset(self, dataset_id: str) -> None:
         if not self.store.exists(dataset_key(dataset_id)):
@@ -246,7 +268,20 @@ class DatasetRepository:
                 continue
         return datasets, token
 
-    def delete_dataset(self, dataset_id: str) -> None:
+    def delete_dataset(self, dataset_id: str, force: bool = False) -> None:
+        """Removes every object of the dataset. Unless force, refuses while
+        unfinished model versions use it (as the trainer reports them)."""
+        self.require_any(dataset_id)
+        users = None if force or self.usage is None else self.usage.in_use(dataset_id)
+        if users:
+            shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+            raise FailedPrecondition(
+                f"datasets/{dataset_id} is used by model versions that have not finished: {shown}; "
+                "wait for them or cancel them, or delete with force=true (they then fail if they have not "
+                "read their rows yet)",
+                reason="DATASET_IN_USE",
+                metadata={"model_versions": ",".join(users[:50])},
+            )
         with self._lock(dataset_id):
             keys = list(self.store.list(dataset_prefix(dataset_id)))
             if not keys:
@@ -366,64 +401,112 @@ class DatasetRepository:
     def _create_version(
         self, spec: UploadSpec, options: parsing.ParseOptions, work: Path, sha256: str, size: int
     ) -> dataset_pb2.DatasetVersion:
+        """Validates the spooled source and publishes the version. The header is
+        checked first; then the version id is reserved, the source is copied to
+        the store in the background while the rows are validated and streamed
+        to the store as they come, and the manifest is written last. Any
+        failure removes everything under the version's prefix."""
         if size == 0:
             raise InvalidArgument(
                 "the file is empty (0 bytes): send its bytes as chunk messages after the header", reason="EMPTY_FILE"
             )
-        rows_path, issues_path, report_path = work / "rows.jsonl", work / "issues.jsonl", work / "report.json"
-        with (
-            open(work / "source", "rb") as source,
-            open(rows_path, "w", encoding="utf-8") as rows_out,
-            open(issues_path, "w", encoding="utf-8") as issues_out,
-        ):
-            result = parsing.validate(
-                source,
-                options,
-                lambda row: rows_out.write(json.dumps(row, ensure_ascii=False) + "\n"),
-                lambda issue: issues_out.write(json.dumps(issue.to_dict(), ensure_ascii=False) + "\n"),
-            )
-        stats = result.stats.to_dict()
-        with open(report_path, "w", encoding="utf-8") as out, open(issues_path, encoding="utf-8") as issues:
-            write_report(out, stats, result.issue_count, issues)
-
         dataset = spec.dataset
-        with self._lock(dataset):
-            self.require_dataset(dataset)  # deleted while we parsed?
-            existing = {key.split("/")[3] for key in self.store.list(f"datasets/{dataset}/versions/")}
-            numbers = [version_sort_key(v)[0] for v in existing if version_sort_key(v)[1] == ""]
-            version_id = f"v{max(numbers, default=0) + 1}"
+        issues_path, report_path = work / "issues.jsonl", work / "report.json"
+        with open(work / "source", "rb", buffering=COPY_BUFFER) as source:
+            validation = parsing.prepare(source, options)  # header problems: nothing written yet
+            version_id = self._reserve(dataset)
             prefix = version_prefix(dataset, version_id)
             source_key = prefix + f"source.{parsing.SOURCE_SUFFIX[options.format]}"
-            version = dataset_pb2.DatasetVersion(
-                name=f"datasets/{dataset}/versions/{version_id}",
-                task=result.task,
-                format=options.format,
-                stats=stats_to_proto(stats),
-                label_names=result.label_names,
-                source_sha256=sha256,
-                source_size_bytes=size,
-                source_object=source_key,
-                rows_object=prefix + "rows.jsonl",
-                description=spec.description,
-                create_time=_now(),
-                column_mapping=result.column_mapping,
-            )
+            rows_key = prefix + "rows.jsonl"
+            copies: list[_Background] = []
             try:
-                self.store.put_file(source_key, work / "source")
-                self.store.put_file(prefix + "rows.jsonl", rows_path)
+                copies.append(_Background(lambda: self.store.put_file(source_key, work / "source")))
+                rows_out = _RowPipe(lambda stream: self.store.put_stream(rows_key, stream, -1, "application/x-ndjson"))
+                copies.append(rows_out.upload)
+                try:
+                    with open(issues_path, "w", encoding="utf-8") as issues_out:
+                        result = validation.run(
+                            rows_out.write, lambda issue: issues_out.write(_encode(issue.to_dict()) + "\n")
+                        )
+                finally:
+                    rows_out.close()
+                for copy in copies:
+                    copy.result()
+                stats = result.stats.to_dict()
+                with open(report_path, "w", encoding="utf-8") as out, open(issues_path, encoding="utf-8") as issues:
+                    write_report(out, stats, result.issue_count, issues)
                 self.store.put_file(prefix + "report.json", report_path)
-                self.store.put_json(prefix + "manifest.json", _to_dict(version))
+                with self._lock(dataset):
+                    self.require_dataset(dataset)  # deleted while we parsed?
+                    earlier = self._same_source(dataset, sha256)
+                    version = dataset_pb2.DatasetVersion(
+                        name=f"datasets/{dataset}/versions/{version_id}",
+                        task=result.task,
+                        format=options.format,
+                        stats=stats_to_proto(stats),
+                        label_names=result.label_names,
+                        source_sha256=sha256,
+                        source_size_bytes=size,
+                        source_object=source_key,
+                        rows_object=rows_key,
+                        description=spec.description,
+                        create_time=_now(),
+                        column_mapping=result.column_mapping,
+                        duplicate_of=earlier,
+                        split_source=(
+                            dataset_pb2.SPLIT_SOURCE_COLUMN
+                            if result.stats.split_eval_row_count
+                            else dataset_pb2.SPLIT_SOURCE_SEEDED
+                        ),
+                    )
+                    self.store.put_json(prefix + "manifest.json", _to_dict(version))
             except BaseException:
+                for copy in copies:  # no write may land after the clean-up
+                    copy.wait()
                 self._discard(prefix)
                 raise
+            finally:
+                self._release(dataset, version_id)
+        if not earlier:
+            try:  # after the manifest: an index entry always names a finished version
+                self.store.put_json(sha256_key(dataset, sha256), {"version": version_id})
+            except Exception:
+                log.exception("could not record the sha256 of %s; re-uploads of it will not be flagged", version.name)
         log.info(
-            "created %s: %d rows, %d valid, %d invalid",
+            "created %s: %d rows, %d valid, %d invalid%s",
             version.name,
             result.stats.row_count,
             result.stats.valid_row_count,
             result.stats.invalid_row_count,
+            f" (same bytes as {earlier})" if earlier else "",
         )
         return version
+
+    def _reserve(self, dataset: str) -> str:
+        """The next version id: past every id in the store or being written by
+        this process. Released (and reusable) if the version is never published."""
+        with self._lock(dataset):
+            self.require_dataset(dataset)
+            existing = {key.split("/")[3] for key in self.store.list(f"datasets/{dataset}/versions/")}
+            existing |= self._reserved.get(dataset, set())
+            numbers = [version_sort_key(v)[0] for v in existing if version_sort_key(v)[1] == ""]
+            version_id = f"v{max(numbers, default=0) + 1}"
+            self._reserved.setdefault(dataset, set()).add(version_id)
+            return version_id
+
+    def _release(self, dataset: str, version_id: str) -> None:
+        with self._lock(dataset):
+            self._reserved.get(dataset, set()).discard(version_id)
+
+    def _same_source(self, dataset: str, sha256: str) -> str:
+        """The finished version of this dataset with these source bytes, or ""."""
+        try:
+            earlier = self.store.get_json(sha256_key(dataset, sha256))["version"]
+        except (NotFound, KeyError, TypeError, ValueError):
+            return ""
+        if not self.store.exists(manifest_key(dataset, earlier)):
+            return ""
+        return f"datasets/{dataset}/versions/{earlier}"
 
     def _discard(self, prefix: str) -> None:
         """Best effort: a failed write must not leave a half version behind."""
@@ -432,6 +515,85 @@ class DatasetRepository:
             self.store.delete_prefix(prefix)
         except Exception:
             log.exception("could not clean up %s; it has no manifest, so it stays invisible", prefix)
+
+
+class _Background:
+    """Runs fn in a thread; result() re-raises its exception."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="dataset-store-write", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as e:  # handed to the caller by result()
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+class _RowPipe:
+    """Normalised rows as JSON lines, streamed to the store while they are
+    produced: an OS pipe between the validating thread and a background
+    put_stream (multipart, unknown length), so memory holds one part at most."""
+
+    BATCH = 1024 * 1024
+
+    def __init__(self, put: Callable[[BinaryIO], None]) -> None:
+        read_fd, write_fd = os.pipe()
+        try:  # a bigger pipe: fewer hand-overs between the threads (Linux; else the default)
+            fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), self.BATCH)
+        except OSError:
+            pass
+        self._reader = open(read_fd, "rb", buffering=self.BATCH)  # noqa: SIM115 - closed by the upload thread
+        self._writer = open(write_fd, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._pending: list[str] = []
+        self._size = 0
+
+        def upload() -> None:
+            with self._reader:
+                put(self._reader)  # type: ignore[arg-type]
+
+        self.upload = _Background(upload)
+
+    def write(self, row: dict[str, Any]) -> None:
+        line = _ENCODER.encode(row)
+        self._pending.append(line)
+        self._size += len(line)
+        if self._size >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._pending.append("")
+            try:
+                self._writer.write("\n".join(self._pending).encode("utf-8"))
+            except BrokenPipeError:  # the upload failed: result() says why
+                self.upload.result()
+                raise
+            self._pending.clear()
+            self._size = 0
+
+    def close(self) -> None:
+        """Ends the stream (the upload then completes); safe to call twice."""
+        if self._writer.closed:
+            return
+        try:
+            self._flush()
+        finally:
+            self._pending.clear()
+            try:
+                self._writer.close()
+            except BrokenPipeError:
+                pass
 
 
 class _TempDir(tempfile.TemporaryDirectory):  # type: ignore[type-arg]

@@ -14,6 +14,7 @@ from ..common.bootstrap import run_service
 from ..common.config import Settings
 from ..common.names import parse_dataset, parse_dataset_version
 from ..common.store import ObjectStore, open_store
+from .inuse import TrainerUsage, UsageCheck
 from .repository import DatasetRepository, UploadSpec
 
 
@@ -46,9 +47,10 @@ def _chunks(
 class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     """Converts requests to domain calls and results back; errors are mapped by the interceptor."""
 
-    def __init__(self, settings: Settings, store: ObjectStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: ObjectStore | None = None, usage: UsageCheck | None = None) -> None:
         self.settings = settings
-        self.repo = DatasetRepository(store or open_store(settings.store), settings)
+        self.usage = usage or TrainerUsage(settings)
+        self.repo = DatasetRepository(store or open_store(settings.store), settings, self.usage)
 
     def CreateDataset(
         self, request: dataset_pb2.CreateDatasetRequest, context: grpc.ServicerContext
@@ -70,7 +72,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     def DeleteDataset(
         self, request: dataset_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.DeleteDatasetResponse:
-        self.repo.delete_dataset(parse_dataset(request.name))
+        self.repo.delete_dataset(parse_dataset(request.name), force=request.force)
         return dataset_pb2.DeleteDatasetResponse()
 
     def UploadDatasetVersion(
@@ -127,7 +129,7 @@ def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Calla
         dataset_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)
         return [dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name]
 
-    return register, lambda: None
+    return register, servicer.usage.close
 
 
 def main(argv: Sequence[str] | None = None) -> None:
