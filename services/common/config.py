@@ -75,6 +75,16 @@ class Settings:
     inference_max_adapter_bytes: int = 2 * 1024**3
     inference_max_batch_texts: int = 256
     inference_max_input_chars: int = 20_000
+    # Micro-batching: concurrent Predict calls for one base model are gathered
+    # for up to batch_wait_ms into one forward pass of at most max_batch_size
+    # texts; at most queue_size requests wait (beyond: RESOURCE_EXHAUSTED).
+    inference_batch_wait_ms: int = 5
+    inference_max_batch_size: int = 32
+    inference_queue_size: int = 64
+    # Base models held at once (each with its adapters); least recently used go first.
+    inference_max_base_models: int = 2
+    # Prometheus text format over HTTP at /metrics; 0 turns it off.
+    metrics_port: int = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -123,6 +133,11 @@ class Settings:
             inference_max_adapter_bytes=_int(env, "TEXTFT_INFERENCE_MAX_ADAPTER_BYTES", 2 * 1024**3),
             inference_max_batch_texts=_int(env, "TEXTFT_INFERENCE_MAX_BATCH_TEXTS", 256),
             inference_max_input_chars=_int(env, "TEXTFT_INFERENCE_MAX_INPUT_CHARS", 20_000),
+            inference_batch_wait_ms=_int(env, "TEXTFT_INFERENCE_BATCH_WAIT_MS", 5),
+            inference_max_batch_size=_int(env, "TEXTFT_INFERENCE_MAX_BATCH_SIZE", 32),
+            inference_queue_size=_int(env, "TEXTFT_INFERENCE_QUEUE_SIZE", 64),
+            inference_max_base_models=_int(env, "TEXTFT_INFERENCE_MAX_BASE_MODELS", 2),
+            metrics_port=_int(env, "TEXTFT_METRICS_PORT", 0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

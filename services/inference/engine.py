@@ -1,20 +1,26 @@
 """Inference domain: resolve a model version through TrainerService's RPC, load
 its base model once (shared by all of its adapters) and its adapter from the
-store, keep adapters in an LRU bounded by count and bytes, and predict.
+store, keep adapters in an LRU bounded by count and bytes (and base models by
+count), and predict through the micro-batching lanes of batcher.py.
 
 Adapters are read and checked (textft.json: task, labels, base model) before
-any weights load, as LoRAX does.
+any weights load, as LoRAX does. An adapter with requests in flight is pinned:
+eviction or unload retires it from the cache at once and frees its weights
+when its last request finishes.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import queue
 import re
 import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +31,19 @@ from textft.v1 import common_pb2, inference_pb2, trainer_pb2
 from ..common import basemodels, names
 from ..common.config import Settings
 from ..common.store import ObjectStore
+from .batcher import CLASSIFY, GENERATE, STREAM, Admission, Lane, Work
+from .metrics import InferenceMetrics
 
 log = logging.getLogger("textft.inference")
 MV = trainer_pb2.ModelVersion
+Gen = inference_pb2.Generation
 DEFAULT_MAX_NEW_TOKENS = 64
 MAX_NEW_TOKENS = 2048
+# Registers a callback run when the RPC ends (grpc.ServicerContext.add_callback).
+OnRpcDone = Callable[[Callable[[], None]], bool]
 
 
-@dataclass
+@dataclass(eq=False)
 class Base:
     """A base model shared by the adapters of one (base model, task, label count)."""
 
@@ -41,9 +52,11 @@ class Base:
     tokenizer: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
     adapters: set[str] = field(default_factory=set)
+    lane: Lane | None = None
+    mixed_ok: bool = True  # PEFT mixed-adapter batches work on this model
 
 
-@dataclass
+@dataclass(eq=False)
 class Adapter:
     version: str
     adapter_name: str
@@ -57,23 +70,37 @@ class Adapter:
     load_seconds: float
     base_model: str
     last_used: float = field(default_factory=time.time)
+    pins: int = 0  # requests in flight
+    retired: bool = False  # out of the cache; weights freed when pins reach 0
+
+
+_serial = itertools.count(1)
 
 
 def _adapter_name(version: str) -> str:
-    """PEFT adapter names become module keys: no dots or slashes."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", version)
+    """PEFT adapter names become module keys: no dots or slashes. A serial keeps
+    a reloaded version apart from a retired copy still finishing requests."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", version) + f"-{next(_serial)}"
 
 
 class Engine:
-    def __init__(self, settings: Settings, store: ObjectStore, trainer: Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        trainer: Client | None = None,
+        metrics: InferenceMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.trainer = trainer or Client(trainer_target=settings.trainer_addr, api_key=settings.api_key)
+        self.metrics = metrics or InferenceMetrics()
         self.cache_dir = settings.home / "inference" / "adapters"
         self.bases: dict[tuple[str, str, int], Base] = {}
-        self.adapters: OrderedDict[str, Adapter] = OrderedDict()
-        self.lock = threading.RLock()
-        self.loading: dict[str, threading.Lock] = {}
+        self.adapters: OrderedDict[str, Adapter] = OrderedDict()  # LRU: least recently used first
+        self.lock = threading.RLock()  # the maps above
+        self.load_lock = threading.RLock()  # cold loads and drops, one at a time
+        self.admission = Admission(settings.inference_queue_size, self.metrics)
 
     # ---- resolution ----
     def resolve(self, name: str, field_name: str = "model_version") -> trainer_pb2.ModelVersion:
@@ -98,33 +125,92 @@ class Engine:
         return version
 
     # ---- loading and the LRU ----
-    def load(self, name: str) -> Adapter:
+    def load(self, name: str, pin: bool = False) -> Adapter:
+        """The version's adapter, loaded if need be; `pin` holds it in memory
+        until release() (one per request in flight)."""
         version = self.resolve(name)
         with self.lock:
-            adapter = self.adapters.get(version.name)
-            if adapter is not None:
-                self.adapters.move_to_end(version.name)
-                adapter.last_used = time.time()
-                return adapter
-            gate = self.loading.setdefault(version.name, threading.Lock())
-        with gate:  # one cold load per version, however many requests wait for it
+            adapter = self._hit(version.name, pin)
+        if adapter is not None:
+            return adapter
+        with self.load_lock:  # one cold load at a time, however many requests wait for it
             with self.lock:
-                if version.name in self.adapters:
-                    return self.adapters[version.name]
+                adapter = self._hit(version.name, pin)
+            if adapter is not None:
+                return adapter
+            self.metrics.cache_misses.inc()
             adapter = self._cold_load(version)
             with self.lock:
                 self.adapters[version.name] = adapter
-                self.loading.pop(version.name, None)
-                self._evict()
+                adapter.pins += int(pin)
+            self._evict()
+            self._export_cache()
             return adapter
+
+    def _hit(self, version: str, pin: bool) -> Adapter | None:
+        adapter = self.adapters.get(version)
+        if adapter is None:
+            return None
+        self.metrics.cache_hits.inc()
+        self.adapters.move_to_end(version)
+        adapter.last_used = time.time()
+        adapter.pins += int(pin)
+        return adapter
+
+    def release(self, adapter: Adapter) -> None:
+        with self.lock:
+            adapter.pins -= 1
+            drop = adapter.retired and adapter.pins == 0
+        if drop:
+            self._drop(adapter)
+
+    def _base_for(self, key: tuple[str, str, int], local: Any, meta: dict[str, Any]) -> Base:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+        with self.lock:
+            base = self.bases.get(key)
+        if base is not None:
+            return base
+        started = time.monotonic()
+        base_name, task, num_labels = key
+        path = basemodels.resolve(base_name, self.store, self.settings.base_model_cache)
+        kwargs = {k: v for k, v in meta["model_config"].items() if k != "pretrained_model_name_or_path"}
+        tokenizer = AutoTokenizer.from_pretrained(str(local))  # saved with the adapter
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if task == "TEXT_CLASSIFICATION":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id, **kwargs
+            )
+            model.config.pad_token_id = tokenizer.pad_token_id
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            if model.config.pad_token_id is None:
+                model.config.pad_token_id = tokenizer.pad_token_id
+        model.eval()
+        base = Base(key, model, tokenizer)
+        base.lane = Lane(
+            f"{base_name}:{task}:{num_labels}",
+            lambda works: self._run(base, works),
+            self.admission,
+            self.metrics,
+            self.settings.inference_batch_wait_ms,
+            self.settings.inference_max_batch_size,
+        )
+        seconds = time.monotonic() - started
+        self.metrics.base_load_seconds.observe(seconds)
+        log.info("loaded base model %s (%s) in %.2fs", base_name, task, seconds)
+        with self.lock:
+            self.bases[key] = base
+        return base
 
     def _cold_load(self, version: trainer_pb2.ModelVersion) -> Adapter:
         import torch
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
         started = time.monotonic()
-        local = self.cache_dir / _adapter_name(version.name)
+        adapter_name = _adapter_name(version.name)
+        local = self.cache_dir / adapter_name
         if local.exists():
             shutil.rmtree(local)
         try:
@@ -136,38 +222,17 @@ class Engine:
         meta = json.loads((local / "textft.json").read_text())
         task, labels = meta["task"], list(meta.get("label_names") or [])
         base_name = meta["model_config"]["pretrained_model_name_or_path"]
-        key = (base_name, task, len(labels))
-        with self.lock:
-            base = self.bases.get(key)
-        if base is None:
-            path = basemodels.resolve(base_name, self.store, self.settings.base_model_cache)
-            kwargs = {k: v for k, v in meta["model_config"].items() if k != "pretrained_model_name_or_path"}
-            tokenizer = AutoTokenizer.from_pretrained(str(local))  # saved with the adapter
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            if task == "TEXT_CLASSIFICATION":
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    path, num_labels=len(labels), pad_token_id=tokenizer.pad_token_id, **kwargs
-                )
-                model.config.pad_token_id = tokenizer.pad_token_id
-            else:
-                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-                if model.config.pad_token_id is None:
-                    model.config.pad_token_id = tokenizer.pad_token_id
-            model.eval()
-            base = Base(key, model, tokenizer)
-            with self.lock:
-                self.bases[key] = base
-        adapter_name = _adapter_name(version.name)
+        base = self._base_for((base_name, task, len(labels)), local, meta)
         with base.lock, torch.no_grad():
-            if base.adapters:
+            if isinstance(base.model, PeftModel):
                 base.model.load_adapter(str(local), adapter_name=adapter_name)
             else:
                 base.model = PeftModel.from_pretrained(base.model, str(local), adapter_name=adapter_name)
-                base.model.eval()
+            base.model.eval()
             base.adapters.add(adapter_name)
         nbytes = sum(p.stat().st_size for p in local.glob("adapter_model.*"))
         seconds = time.monotonic() - started
+        self.metrics.load_seconds.observe(seconds)
         log.info("loaded %s on %s in %.2fs (%d adapter bytes)", version.name, base_name, seconds, nbytes)
         return Adapter(
             version=version.name,
@@ -184,25 +249,52 @@ class Engine:
         )
 
     def _evict(self) -> None:
-        """Least recently used adapters go first, past the count or byte bound."""
-        while len(self.adapters) > 1 and (
-            len(self.adapters) > self.settings.inference_max_adapters
-            or sum(a.nbytes for a in self.adapters.values()) > self.settings.inference_max_adapter_bytes
-        ):
-            _, victim = self.adapters.popitem(last=False)
-            self._drop(victim)
+        """Least recently used adapters leave the cache past the count or byte
+        bound, and every adapter of base models past the base-model bound."""
+        victims: list[Adapter] = []
+        with self.lock:
+            keep_bases: list[Base] = []
+            for adapter in reversed(self.adapters.values()):  # most recent first
+                if adapter.base not in keep_bases:
+                    keep_bases.append(adapter.base)
+            keep_bases = keep_bases[: max(1, self.settings.inference_max_base_models)]
+            for version, adapter in list(self.adapters.items()):
+                if adapter.base not in keep_bases:
+                    victims.append(self.adapters.pop(version))
+            while len(self.adapters) > 1 and (
+                len(self.adapters) > self.settings.inference_max_adapters
+                or sum(a.nbytes for a in self.adapters.values()) > self.settings.inference_max_adapter_bytes
+            ):
+                victims.append(self.adapters.popitem(last=False)[1])
+        for victim in victims:
+            self.metrics.evictions.inc(reason="lru")
+            self._retire(victim)
+
+    def _retire(self, adapter: Adapter) -> None:
+        with self.lock:
+            adapter.retired = True
+            busy = adapter.pins > 0
+        if busy:
+            log.info("retired %s; its weights go when its %d request(s) finish", adapter.version, adapter.pins)
+        else:
+            self._drop(adapter)
 
     def _drop(self, adapter: Adapter) -> None:
         base = adapter.base
-        with base.lock:
-            base.adapters.discard(adapter.adapter_name)
-            if base.adapters:
-                base.model.delete_adapter(adapter.adapter_name)
-        if not base.adapters:  # last adapter of this base: free the base too
-            with self.lock:
-                self.bases.pop(base.key, None)
+        with self.load_lock:
+            with base.lock:
+                base.adapters.discard(adapter.adapter_name)
+                if base.adapters:
+                    base.model.delete_adapter(adapter.adapter_name)
+            if not base.adapters:  # last adapter of this base: free the base too
+                with self.lock:
+                    self.bases.pop(base.key, None)
+                if base.lane is not None:
+                    base.lane.close()
+                log.info("unloaded base model %s (%s)", base.key[0], base.key[1])
         shutil.rmtree(self.cache_dir / adapter.adapter_name, ignore_errors=True)
         log.info("unloaded %s", adapter.version)
+        self._export_cache()
 
     def unload(self, name: str) -> None:
         names.parse_model_version(name, "model_version")
@@ -210,7 +302,14 @@ class Engine:
             adapter = self.adapters.pop(name, None)
         if adapter is None:
             raise NotFound(f"model version {name} is not loaded", reason="NOT_LOADED")
-        self._drop(adapter)
+        self.metrics.evictions.inc(reason="unload")
+        self._retire(adapter)
+
+    def _export_cache(self) -> None:
+        with self.lock:
+            self.metrics.loaded_adapters.set(len(self.adapters))
+            self.metrics.loaded_bases.set(len(self.bases))
+            self.metrics.adapter_bytes.set(sum(a.nbytes for a in self.adapters.values()))
 
     def loaded(self) -> list[inference_pb2.LoadedModelVersion]:
         with self.lock:
@@ -228,18 +327,28 @@ class Engine:
             out.append(item)
         return out
 
-    # ---- prediction ----
-    def check_inputs(self, texts: list[str], params: inference_pb2.GenerationParameters) -> None:
+    def close(self) -> None:
+        with self.lock:
+            bases = list(self.bases.values())
+        for base in bases:
+            if base.lane is not None:
+                base.lane.close()
+
+    # ---- requests ----
+    def check_inputs(
+        self, texts: list[str], params: inference_pb2.GenerationParameters, field_name: str = "texts"
+    ) -> None:
         if not texts:
-            raise InvalidArgument.for_field("texts", "at least one text is required")
+            raise InvalidArgument.for_field(field_name, "at least one text is required")
         if len(texts) > self.settings.inference_max_batch_texts:
             raise InvalidArgument.for_field(
-                "texts", f"at most {self.settings.inference_max_batch_texts} texts per request, got {len(texts)}"
+                field_name, f"at most {self.settings.inference_max_batch_texts} texts per request, got {len(texts)}"
             )
         for i, text in enumerate(texts):
             if len(text) > self.settings.inference_max_input_chars:
+                where = f"{field_name}[{i}]" if field_name == "texts" else field_name
                 raise InvalidArgument.for_field(
-                    f"texts[{i}]", f"{len(text)} characters, the limit is {self.settings.inference_max_input_chars}"
+                    where, f"{len(text)} characters, the limit is {self.settings.inference_max_input_chars}"
                 )
         if not 0 <= params.max_new_tokens <= MAX_NEW_TOKENS:
             raise InvalidArgument.for_field(
@@ -253,34 +362,197 @@ class Engine:
         if params.top_k < 0:
             raise InvalidArgument.for_field("generation.top_k", "must be 0 (off) or positive")
 
+    def _work(self, adapter: Adapter, kind: str, texts: list[str], params: Any, deadline: float | None) -> Work:
+        if kind == CLASSIFY:
+            key: Any = (CLASSIFY, adapter.max_length)
+        elif kind == GENERATE and not params.HasField("seed"):  # a seeded request samples alone
+            key = (
+                GENERATE,
+                adapter.max_length,
+                params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                round(params.temperature, 6),
+                round(params.top_p, 6) if params.temperature > 0 else 0,
+                params.top_k if params.temperature > 0 else 0,
+                params.ignore_eos,
+            )
+        else:
+            key = object()
+        work = Work(adapter=adapter, kind=kind, texts=texts, params=params, key=key, deadline=deadline)
+        if kind == STREAM:
+            work.events = queue.Queue()
+        return work
+
+    def _submit(self, work: Work, on_done: OnRpcDone | None) -> None:
+        lane = work.adapter.base.lane
+        assert lane is not None
+        lane.submit(work)
+        if on_done is not None and not on_done(lambda: lane.abandon(work)):
+            lane.abandon(work)  # the RPC had already ended
+
     def predict(
-        self, name: str, texts: list[str], params: inference_pb2.GenerationParameters
+        self,
+        name: str,
+        texts: list[str],
+        params: inference_pb2.GenerationParameters,
+        deadline: float | None = None,
+        on_done: OnRpcDone | None = None,
     ) -> inference_pb2.PredictResponse:
         self.check_inputs(texts, params)
-        adapter = self.load(name)
-        if adapter.task == "TEXT_CLASSIFICATION":
-            predictions = self._classify(adapter, texts)
-        else:
-            predictions = self._generate(adapter, texts, params)
+        adapter = self.load(name, pin=True)
+        try:
+            kind = CLASSIFY if adapter.task == "TEXT_CLASSIFICATION" else GENERATE
+            work = self._work(adapter, kind, texts, params, deadline)
+            self._submit(work, on_done)
+            predictions = work.future.result()
+        finally:
+            self.release(adapter)
         return inference_pb2.PredictResponse(
             model_version=adapter.version, task=common_pb2.Task.Value("TASK_" + adapter.task), predictions=predictions
         )
 
-    def _classify(self, adapter: Adapter, texts: list[str]) -> list[inference_pb2.Prediction]:
+    def predict_stream(
+        self,
+        name: str,
+        text: str,
+        params: inference_pb2.GenerationParameters,
+        deadline: float | None = None,
+        on_done: OnRpcDone | None = None,
+    ) -> Iterator[inference_pb2.PredictStreamResponse]:
+        """Yields text deltas as tokens are produced; the last message carries
+        the finish reason. Stop sequences end generation early."""
+        self.check_inputs([text], params, field_name="text")
+        adapter = self.load(name, pin=True)
+        try:
+            if adapter.task != "TEXT_GENERATION":
+                raise InvalidArgument.for_field(
+                    "model_version", f"{adapter.version} is a {adapter.task} model; PredictStream is for generation"
+                )
+            work = self._work(adapter, STREAM, [text], params, deadline)
+            self._submit(work, on_done)
+            yield from self._relay(work)
+        finally:
+            self.release(adapter)
+
+    def _relay(self, work: Work) -> Iterator[inference_pb2.PredictStreamResponse]:
+        tokenizer = work.adapter.base.tokenizer
+        stops = [s for s in work.params.stop if s]
+        ids: list[int] = []
+        sent = ""
+        finish = Gen.FINISH_REASON_LENGTH
+        assert work.events is not None
+        while True:
+            kind, value = work.events.get()
+            if kind == "error":
+                raise value
+            if kind == "end":
+                break
+            for token in value:
+                if token == tokenizer.eos_token_id and not work.params.ignore_eos:
+                    finish = Gen.FINISH_REASON_EOS
+                    work.outcome = "eos"  # before the RPC ends and its callback marks the work cancelled
+                    break
+                ids.append(token)
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:  # a stop sequence: send what precedes it and stop generating
+                work.outcome = "stopped"
+                work.cancelled.set()
+                if text[:cut] != sent:
+                    yield inference_pb2.PredictStreamResponse(text=text[len(sent) : cut])
+                finish = Gen.FINISH_REASON_STOP
+                break
+            # Hold back an incomplete character and a tail that may begin a stop sequence.
+            ready = len(text.rstrip("\ufffd"))
+            for s in stops:
+                for n in range(min(len(s) - 1, ready), 0, -1):
+                    if text[:ready].endswith(s[:n]):
+                        ready = min(ready, len(text[:ready]) - n)
+                        break
+            if ready > len(sent):
+                yield inference_pb2.PredictStreamResponse(text=text[len(sent) : ready])
+                sent = text[:ready]
+            if finish == Gen.FINISH_REASON_EOS:
+                break
+        if finish != Gen.FINISH_REASON_STOP:
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            if len(text) > len(sent):
+                yield inference_pb2.PredictStreamResponse(text=text[len(sent) :])
+        yield inference_pb2.PredictStreamResponse(finish_reason=finish, generated_tokens=len(ids))
+
+    # ---- forward passes (lane worker threads) ----
+    def _run(self, base: Base, works: list[Work]) -> None:
+        rows = sum(w.rows for w in works)
+        adapters = {w.adapter.adapter_name for w in works}
+        self.metrics.batch_rows.observe(rows)
+        self.metrics.batch_requests.observe(len(works))
+        self.metrics.batch_adapters.observe(len(adapters))
+        if len(adapters) > 1:
+            self.metrics.mixed_batches.inc()
+        kind = works[0].kind
+        if kind == STREAM:
+            self._stream(base, works[0])
+            return
+        texts = [t for w in works for t in w.texts]
+        if kind == GENERATE:
+            texts = [w.adapter.prompt_template.format(text=t) for w in works for t in w.texts]
+        names_per_row = [w.adapter.adapter_name for w in works for _ in w.texts]
+        fn = self._classify if kind == CLASSIFY else self._generate
+
+        def forward(names: list[str] | None, rows: list[int] | None = None) -> list[Any]:
+            return fn(base, works, texts, names, rows)
+
+        try:
+            outputs = self._mixed(base, names_per_row, forward)
+        except (TypeError, ValueError) as exc:
+            if len(adapters) == 1 or not base.mixed_ok:
+                raise
+            # Not every module type supports PEFT mixed batches: one pass per adapter instead.
+            log.warning("mixed-adapter batches unsupported on %s (%s); grouping by adapter", base.key[0], exc)
+            base.mixed_ok = False
+            outputs = self._mixed(base, names_per_row, forward)
+        i = 0
+        for work in works:
+            work.succeed(outputs[i : i + work.rows])
+            i += work.rows
+
+    def _mixed(self, base: Base, names: list[str], forward: Callable[..., list[Any]]) -> list[Any]:
+        """Runs `forward` once with per-row adapter names, or, where a batch
+        holds one adapter or mixed batches are off, once per adapter."""
         import torch
 
-        base = adapter.base
+        unique = list(dict.fromkeys(names))
         with base.lock, torch.no_grad():
-            base.model.set_adapter(adapter.adapter_name)
-            base.tokenizer.padding_side = "right"
-            batch = base.tokenizer(
-                texts, return_tensors="pt", padding=True, truncation=True, max_length=adapter.max_length
-            )
-            logits = base.model(**batch.to(base.model.device)).logits.float()
-        scores = torch.sigmoid(logits) if adapter.multi_label else torch.softmax(logits, dim=-1)
+            if len(unique) == 1 or base.mixed_ok:
+                base.model.set_adapter(unique[0])  # the active adapter must exist for modules_to_save heads
+                return forward(None if len(unique) == 1 else names)
+            out: list[Any] = [None] * len(names)
+            for name in unique:
+                rows = [i for i, n in enumerate(names) if n == name]
+                base.model.set_adapter(name)
+                for i, value in zip(rows, forward(None, rows), strict=True):
+                    out[i] = value
+            return out
+
+    def _classify(
+        self, base: Base, works: list[Work], texts: list[str], names: list[str] | None, rows: list[int] | None = None
+    ) -> list[inference_pb2.Prediction]:
+        import torch
+
+        row_works = [w for w in works for _ in w.texts]
+        if rows is not None:
+            texts, row_works = [texts[i] for i in rows], [row_works[i] for i in rows]
+        tokenizer = base.tokenizer
+        tokenizer.padding_side = "right"
+        batch = tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=works[0].adapter.max_length
+        )
+        extra = {"adapter_names": names} if names is not None else {}
+        logits = base.model(**batch.to(base.model.device), **extra).logits.float()
         out = []
-        for row in scores.tolist():
-            ranked = sorted(zip(adapter.label_names, row, strict=True), key=lambda x: -x[1])
+        for work, row in zip(row_works, logits, strict=True):
+            adapter = work.adapter
+            scores = torch.sigmoid(row) if adapter.multi_label else torch.softmax(row, dim=-1)
+            ranked = sorted(zip(adapter.label_names, scores.tolist(), strict=True), key=lambda x: -x[1])
             out.append(
                 inference_pb2.Prediction(
                     classification=inference_pb2.Classification(
@@ -290,15 +562,11 @@ class Engine:
             )
         return out
 
-    def _generate(
-        self, adapter: Adapter, texts: list[str], params: inference_pb2.GenerationParameters
-    ) -> list[inference_pb2.Prediction]:
-        import torch
-
-        base = adapter.base
-        tokenizer = base.tokenizer
+    def _generate_kwargs(self, base: Base, params: inference_pb2.GenerationParameters) -> dict[str, Any]:
         max_new = params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": tokenizer.pad_token_id}
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": base.tokenizer.pad_token_id}
+        if params.ignore_eos:
+            kwargs["min_new_tokens"] = max_new
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature)
             if params.top_p:
@@ -307,31 +575,102 @@ class Engine:
                 kwargs["top_k"] = params.top_k
         else:
             kwargs["do_sample"] = False
-        prompts = [adapter.prompt_template.format(text=t) for t in texts]
-        with base.lock, torch.no_grad():
-            base.model.set_adapter(adapter.adapter_name)
-            tokenizer.padding_side = "left"  # batched generation continues from the right edge
-            batch = tokenizer(
-                prompts, return_tensors="pt", padding=True, truncation=True, max_length=adapter.max_length
-            )
-            if params.HasField("seed"):
-                torch.manual_seed(params.seed)
-            generated = base.model.generate(**batch.to(base.model.device), **kwargs)
-            tokenizer.padding_side = "right"
+        return kwargs
+
+    def _generate(
+        self, base: Base, works: list[Work], prompts: list[str], names: list[str] | None, rows: list[int] | None = None
+    ) -> list[inference_pb2.Prediction]:
+        import torch
+
+        row_works = [w for w in works for _ in w.texts]
+        if rows is not None:
+            prompts, row_works = [prompts[i] for i in rows], [row_works[i] for i in rows]
+        params = works[0].params
+        tokenizer = base.tokenizer
+        tokenizer.padding_side = "left"  # batched generation continues from the right edge
+        batch = tokenizer(
+            prompts, return_tensors="pt", padding=True, truncation=True, max_length=works[0].adapter.max_length
+        )
+        tokenizer.padding_side = "right"
+        if params.HasField("seed"):
+            torch.manual_seed(params.seed)
+        extra = {"adapter_names": names} if names is not None else {}
+        generated = base.model.generate(**batch.to(base.model.device), **extra, **self._generate_kwargs(base, params))
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
         out = []
-        for ids in new_tokens.tolist():
-            finish = inference_pb2.Generation.FINISH_REASON_LENGTH
-            if tokenizer.eos_token_id in ids:
+        for work, ids in zip(row_works, new_tokens.tolist(), strict=True):
+            finish = Gen.FINISH_REASON_LENGTH
+            if tokenizer.eos_token_id in ids and not work.params.ignore_eos:
                 ids = ids[: ids.index(tokenizer.eos_token_id)]
-                finish = inference_pb2.Generation.FINISH_REASON_EOS
+                finish = Gen.FINISH_REASON_EOS
+            self.metrics.generated_tokens.inc(len(ids))
             text = tokenizer.decode(ids, skip_special_tokens=True)
-            cut = min((text.find(s) for s in params.stop if s and s in text), default=-1)
+            cut = min((text.find(s) for s in work.params.stop if s and s in text), default=-1)
             if cut >= 0:
-                text, finish = text[:cut], inference_pb2.Generation.FINISH_REASON_STOP
+                text, finish = text[:cut], Gen.FINISH_REASON_STOP
             out.append(
-                inference_pb2.Prediction(
-                    generation=inference_pb2.Generation(text=text, generated_tokens=len(ids), finish_reason=finish)
-                )
+                inference_pb2.Prediction(generation=Gen(text=text, generated_tokens=len(ids), finish_reason=finish))
             )
         return out
+
+    def _stream(self, base: Base, work: Work) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        events = work.events
+        assert events is not None
+        metrics = self.metrics
+
+        class Relay(BaseStreamer):
+            """Hands each new token to the RPC thread (the first put is the prompt)."""
+
+            def __init__(self) -> None:
+                self.prompt_seen = False
+                self.tokens = 0
+
+            def put(self, value: Any) -> None:
+                if not self.prompt_seen:
+                    self.prompt_seen = True
+                    return
+                ids = value.reshape(-1).tolist()
+                self.tokens += len(ids)
+                metrics.generated_tokens.inc(len(ids))
+                events.put(("tokens", ids))
+
+            def end(self) -> None:
+                pass
+
+        class StopWhenCancelled(StoppingCriteria):
+            """Ends generation once the RPC is cancelled or its stream has finished."""
+
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), work.cancelled.is_set(), dtype=torch.bool)
+
+        adapter = work.adapter
+        tokenizer = base.tokenizer
+        relay = Relay()
+        prompt = adapter.prompt_template.format(text=work.texts[0])
+        batch = tokenizer([prompt], return_tensors="pt", truncation=True, max_length=adapter.max_length)
+        ok = False
+        try:
+            with base.lock, torch.no_grad():
+                base.model.set_adapter(adapter.adapter_name)
+                if work.params.HasField("seed"):
+                    torch.manual_seed(work.params.seed)
+                base.model.generate(
+                    **batch.to(base.model.device),
+                    streamer=relay,
+                    stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
+                    **self._generate_kwargs(base, work.params),
+                )
+            ok = True
+        finally:
+            # Outcomes: completed (max_new_tokens), eos, stopped (a stop sequence), cancelled (the RPC ended).
+            outcome = work.outcome or ("cancelled" if work.cancelled.is_set() else "completed")
+            outcome = outcome if ok else "error"
+            metrics.streams.inc(outcome=outcome)
+            log.info("stream for %s ended (%s) after %d tokens", adapter.version, outcome, relay.tokens)
+            if ok:  # on error the lane hands the exception to the RPC thread instead
+                events.put(("end", outcome))
+        work.succeed(relay.tokens)

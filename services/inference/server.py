@@ -1,17 +1,40 @@
-"""Inference service process: thin gRPC handlers over the Engine."""
+"""Inference service process: thin gRPC handlers over the Engine, plus the
+Prometheus endpoint (TEXTFT_METRICS_PORT)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
+from textft.errors import TextftError
 from textft.v1 import inference_pb2, inference_pb2_grpc
 
 from ..common.bootstrap import run_service
 from ..common.config import Settings
 from ..common.store import open_store
+from . import metrics as metrics_mod
 from .engine import Engine
+
+F = TypeVar("F", bound=Callable[..., Any])
+NO_DEADLINE = 1e8  # grpc reports a far-future time_remaining() when the client set none
+
+
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The RPC's deadline on the time.monotonic() clock, or None."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE:
+        return None
+    return time.monotonic() + remaining
+
+
+def _code(exc: BaseException, context: grpc.ServicerContext) -> str:
+    if isinstance(exc, TextftError):
+        return exc.code.name
+    return "CANCELLED" if not context.is_active() else "INTERNAL"
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -19,12 +42,57 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.metrics = engine.metrics
 
+    @staticmethod
+    def _observed(method: F) -> F:
+        """Counts requests by final status and records latency."""
+        name = method.__name__
+
+        @functools.wraps(method)
+        def unary(self: InferenceServicer, request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.monotonic()
+            code = "OK"
+            try:
+                return method(self, request, context)
+            except BaseException as exc:
+                code = _code(exc, context)
+                raise
+            finally:
+                self.metrics.requests.inc(method=name, code=code)
+                self.metrics.latency.observe(time.monotonic() - started, method=name)
+
+        return unary  # type: ignore[return-value]
+
+    @_observed
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictResponse:
-        return self.engine.predict(request.model_version, list(request.texts), request.generation)
+        return self.engine.predict(
+            request.model_version, list(request.texts), request.generation, deadline_of(context), context.add_callback
+        )
 
+    def PredictStream(
+        self, request: inference_pb2.PredictStreamRequest, context: grpc.ServicerContext
+    ) -> Iterator[inference_pb2.PredictStreamResponse]:
+        started = time.monotonic()
+        code = "OK"
+        try:
+            for message in self.engine.predict_stream(
+                request.model_version, request.text, request.generation, deadline_of(context), context.add_callback
+            ):
+                if not context.is_active():
+                    code = "CANCELLED"
+                    return
+                yield message
+        except BaseException as exc:
+            code = _code(exc, context)
+            raise
+        finally:
+            self.metrics.requests.inc(method="PredictStream", code=code)
+            self.metrics.latency.observe(time.monotonic() - started, method="PredictStream")
+
+    @_observed
     def LoadModelVersion(
         self, request: inference_pb2.LoadModelVersionRequest, context: grpc.ServicerContext
     ) -> inference_pb2.LoadModelVersionResponse:
@@ -32,12 +100,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         loaded = next(item for item in self.engine.loaded() if item.model_version == adapter.version)
         return inference_pb2.LoadModelVersionResponse(loaded=loaded)
 
+    @_observed
     def UnloadModelVersion(
         self, request: inference_pb2.UnloadModelVersionRequest, context: grpc.ServicerContext
     ) -> inference_pb2.UnloadModelVersionResponse:
         self.engine.unload(request.model_version)
         return inference_pb2.UnloadModelVersionResponse()
 
+    @_observed
     def ListLoadedModelVersions(
         self, request: inference_pb2.ListLoadedModelVersionsRequest, context: grpc.ServicerContext
     ) -> inference_pb2.ListLoadedModelVersionsResponse:
@@ -45,13 +115,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
-    servicer = InferenceServicer(Engine(settings, open_store(settings.store)))
+    engine = Engine(settings, open_store(settings.store))
+    servicer = InferenceServicer(engine)
+    http = metrics_mod.serve(engine.metrics, settings.host, settings.metrics_port) if settings.metrics_port else None
 
     def register(server: grpc.Server) -> list[str]:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
         return [inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name]
 
-    return register, lambda: None
+    def shutdown() -> None:
+        engine.close()
+        if http is not None:
+            http.shutdown()
+
+    return register, shutdown
 
 
 def main(argv: Sequence[str] | None = None) -> None:

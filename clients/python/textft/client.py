@@ -348,14 +348,72 @@ class Client:
         stop: list[str] | None = None,
         seed: int | None = None,
         timeout: float | None = None,
+        ignore_eos: bool = False,
     ) -> inference_pb2.PredictResponse:
-        params = inference_pb2.GenerationParameters(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop or []
-        )
-        if seed is not None:
-            params.seed = seed
+        params = _generation(max_new_tokens, temperature, top_p, top_k, stop, seed, ignore_eos)
         request = inference_pb2.PredictRequest(model_version=model_version, texts=texts, generation=params)
         return self.call(self.inference.Predict, request, timeout=timeout)
+
+    def predict_stream(
+        self,
+        model_version: str,
+        text: str,
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_p: float = 0.0,
+        top_k: int = 0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[inference_pb2.PredictStreamResponse]:
+        """Generation, streamed: text deltas as tokens are produced; the last
+        message carries the finish reason. Closing the iterator early (break,
+        or .close()) cancels the RPC, and the server stops generating."""
+        params = _generation(max_new_tokens, temperature, top_p, top_k, stop, seed, ignore_eos)
+        request = inference_pb2.PredictStreamRequest(model_version=model_version, text=text, generation=params)
+        call = self.inference.PredictStream(request, metadata=self.metadata, timeout=timeout)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()  # no-op once the stream has ended
+
+    def load_model_version(self, model_version: str) -> inference_pb2.LoadedModelVersion:
+        """Warms the inference cache (base model and adapter) ahead of traffic."""
+        request = inference_pb2.LoadModelVersionRequest(model_version=model_version)
+        return self.call(self.inference.LoadModelVersion, request).loaded
+
+    def unload_model_version(self, model_version: str) -> None:
+        request = inference_pb2.UnloadModelVersionRequest(model_version=model_version)
+        self.call(self.inference.UnloadModelVersion, request)
+
+    def list_loaded_model_versions(self) -> list[inference_pb2.LoadedModelVersion]:
+        request = inference_pb2.ListLoadedModelVersionsRequest()
+        return list(self.call(self.inference.ListLoadedModelVersions, request).model_versions)
+
+
+def _generation(
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    stop: list[str] | None,
+    seed: int | None,
+    ignore_eos: bool,
+) -> inference_pb2.GenerationParameters:
+    params = inference_pb2.GenerationParameters(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        stop=stop or [],
+        ignore_eos=ignore_eos,
+    )
+    if seed is not None:
+        params.seed = seed
+    return params
 
 
 def _named(collection: str, value: str) -> str:
