@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .config import Settings
+from .config import Settings, TlsSettings
 from .interceptors import AuthInterceptor, ErrorInterceptor
 from .logs import setup_logging
 
@@ -46,6 +46,16 @@ def parse_args(service: str, default_port: int, argv: Sequence[str] | None = Non
     parser.add_argument("--host", default=None, help="address to bind (env TEXTFT_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=default_port, help=f"port (default {default_port}; 0 picks one)")
     return parser.parse_args(argv)
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    """TLS with the configured certificate; with a client CA, callers must
+    present a certificate signed by it (mutual TLS)."""
+    assert tls.cert is not None and tls.key is not None
+    pair = [(tls.key.read_bytes(), tls.cert.read_bytes())]
+    if tls.client_ca is None:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(pair, root_certificates=tls.client_ca.read_bytes(), require_client_auth=True)
 
 
 def start_server(
@@ -76,7 +86,11 @@ def start_server(
     for name in [*names, ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host or settings.host}:{port}")
+    address = f"{host or settings.host}:{port}"
+    if settings.tls.enabled:
+        bound = server.add_secure_port(address, server_credentials(settings.tls))
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise RuntimeError(f"could not bind {host or settings.host}:{port}")
     server.start()
@@ -99,8 +113,9 @@ def run_service(
     register, on_shutdown = build(settings)
     running = start_server(settings, args.port, register, args.host)
     host = args.host or settings.host
-    log.info("%s service listening on %s:%d", service, host, running.port)
-    ready: dict[str, Any] = {"service": service, "host": host, "port": running.port}
+    tls = "mutual TLS" if settings.tls.client_ca else "TLS" if settings.tls.enabled else "plaintext"
+    log.info("%s service listening on %s:%d (%s)", service, host, running.port, tls)
+    ready: dict[str, Any] = {"service": service, "host": host, "port": running.port, "tls": settings.tls.enabled}
     sys.stdout.write(READY_PREFIX + json.dumps(ready) + "\n")
     sys.stdout.flush()
 

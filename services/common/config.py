@@ -30,6 +30,21 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
+def _path(env: dict[str, str], name: str) -> Path | None:
+    raw = env.get(name, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
+def _tls(env: dict[str, str]) -> TlsSettings:
+    cert, key = _path(env, "TEXTFT_TLS_CERT"), _path(env, "TEXTFT_TLS_KEY")
+    client_ca = _path(env, "TEXTFT_TLS_CLIENT_CA")
+    if (cert is None) != (key is None):
+        raise ValueError("TEXTFT_TLS_CERT and TEXTFT_TLS_KEY go together: set both (TLS) or neither (plaintext)")
+    if client_ca is not None and cert is None:
+        raise ValueError("TEXTFT_TLS_CLIENT_CA (mutual TLS) needs TEXTFT_TLS_CERT and TEXTFT_TLS_KEY")
+    return TlsSettings(cert=cert, key=key, client_ca=client_ca)
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Where datasets, adapters and run records live."""
@@ -43,6 +58,22 @@ class StoreSettings:
     secure: bool = False
     region: str = ""
     bucket: str = "textft"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS of the gRPC servers (cert + key) and, optionally, mutual TLS (client_ca:
+    callers must present a certificate it signed). Empty paths mean plaintext.
+    The clients a service uses to call the others read TEXTFT_TLS_CA (and
+    TEXTFT_TLS_CLIENT_CERT/KEY for mTLS) themselves: see textft.client."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,8 @@ class Settings:
     inference_max_base_models: int = 2
     # Prometheus text format over HTTP at /metrics; 0 turns it off.
     metrics_port: int = 0
+    # TLS of this service's server (TEXTFT_TLS_CERT/KEY, TEXTFT_TLS_CLIENT_CA).
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -111,6 +144,7 @@ class Settings:
         if api_key and not keys:
             keys = (api_key,)
         return cls(
+            tls=_tls(env),
             home=home,
             store=store,
             api_keys=keys,

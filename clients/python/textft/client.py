@@ -1,7 +1,7 @@
 """The textft Python SDK: one Client reaching the three services.
 
     from textft import Client
-    client = Client()                      # targets and key from TEXTFT_* env
+    client = Client()                      # targets, key and TLS from TEXTFT_* env
     client.create_dataset("reviews")
     version = client.upload_dataset("reviews", "reviews.csv", task="classification")
     client.create_model("sentiment", task="classification")
@@ -10,6 +10,10 @@
     print(client.predict(run.name, ["great film"]))
 
 Every failed call raises a textft.errors.TextftError subclass.
+
+TLS: `Client(tls_ca="ca.pem")` (or TEXTFT_TLS_CA) verifies the servers against
+that root; `Client(tls=True)` (or TEXTFT_TLS=on) uses the system roots; mutual
+TLS adds `tls_cert`/`tls_key` (TEXTFT_TLS_CLIENT_CERT, TEXTFT_TLS_CLIENT_KEY).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -57,16 +61,68 @@ FORMATS = {
 }
 
 
-def default_api_key() -> str:
+def default_api_key(env: Mapping[str, str] | None = None) -> str:
     """TEXTFT_API_KEY, else the key `textft up` wrote to $TEXTFT_HOME/api_key."""
-    key = os.environ.get("TEXTFT_API_KEY", "")
+    env = os.environ if env is None else env
+    key = env.get("TEXTFT_API_KEY", "")
     if key:
         return key
-    path = Path(os.environ.get("TEXTFT_HOME", ".textft")).expanduser() / "api_key"
+    path = Path(env.get("TEXTFT_HOME", ".textft")).expanduser() / "api_key"
     try:
         return path.read_text().strip()
     except OSError:
         return ""
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in {"", "0", "false", "no", "off"}:
+        return False
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    raise ValueError(f"environment variable {name} must be on/off, true/false, yes/no or 1/0, got {raw!r}")
+
+
+def _read_file(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read the {what} {os.fspath(path)!r}: {err.strerror}") from None
+
+
+def channel_credentials(
+    tls_ca: str | os.PathLike[str] | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS credentials for a channel: servers verified against `tls_ca` (PEM
+    file; None means the system roots), and a client certificate for mutual
+    TLS when `tls_cert` and `tls_key` are given."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("a client certificate needs both tls_cert and tls_key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_file(tls_ca, "TLS root certificate"),
+        private_key=_read_file(tls_key, "TLS client key"),
+        certificate_chain=_read_file(tls_cert, "TLS client certificate"),
+    )
+
+
+def open_channel(
+    target: str,
+    options: list[tuple[str, Any]] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str = "",
+) -> grpc.Channel:
+    """A plaintext channel, or a TLS one when credentials are given (with the
+    name to check the server's certificate against, when not the target's host)."""
+    options = list(options or [])
+    if credentials is None:
+        return grpc.insecure_channel(target, options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.secure_channel(target, credentials, options)
 
 
 def task_of(task: str | int) -> int:
@@ -91,7 +147,14 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
 
 
 class Client:
-    """Typed access to the dataset, trainer and inference services."""
+    """Typed access to the dataset, trainer and inference services.
+
+    Whatever is not given is read from the environment (`env`, default
+    os.environ): TEXTFT_{DATASET,TRAINER,INFERENCE}_ADDR, TEXTFT_API_KEY (else
+    $TEXTFT_HOME/api_key), TEXTFT_TLS_CA / TEXTFT_TLS (TLS), TEXTFT_TLS_CLIENT_CERT
+    and TEXTFT_TLS_CLIENT_KEY (mutual TLS), TEXTFT_TLS_SERVER_NAME. `tls=False`
+    forces plaintext whatever the environment says.
+    """
 
     def __init__(
         self,
@@ -102,23 +165,44 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         max_message_bytes: int = 16 * 1024 * 1024,
         retries: int = 3,
+        *,
+        tls: bool | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_server_name: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        env = os.environ
-        self.api_key = default_api_key() if api_key is None else api_key
+        env = os.environ if env is None else env
+        self.api_key = default_api_key(env) if api_key is None else api_key
         self.timeout = timeout
         self.retries = retries
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
-        self._channels = [
-            grpc.insecure_channel(dataset_target or env.get("TEXTFT_DATASET_ADDR", "127.0.0.1:50051"), options),
-            grpc.insecure_channel(trainer_target or env.get("TEXTFT_TRAINER_ADDR", "127.0.0.1:50052"), options),
-            grpc.insecure_channel(inference_target or env.get("TEXTFT_INFERENCE_ADDR", "127.0.0.1:50053"), options),
-        ]
+        if tls is not False:
+            tls_ca = tls_ca or env.get("TEXTFT_TLS_CA") or None
+            tls_cert = tls_cert or env.get("TEXTFT_TLS_CLIENT_CERT") or None
+            tls_key = tls_key or env.get("TEXTFT_TLS_CLIENT_KEY") or None
+        self.tls = bool(tls) if tls is not None else bool(tls_ca or tls_cert) or _env_flag(env, "TEXTFT_TLS")
+        credentials = channel_credentials(tls_ca, tls_cert, tls_key) if self.tls else None
+        server_name = tls_server_name if tls_server_name is not None else env.get("TEXTFT_TLS_SERVER_NAME", "")
+        self.targets = {
+            "dataset": dataset_target or env.get("TEXTFT_DATASET_ADDR", "127.0.0.1:50051"),
+            "trainer": trainer_target or env.get("TEXTFT_TRAINER_ADDR", "127.0.0.1:50052"),
+            "inference": inference_target or env.get("TEXTFT_INFERENCE_ADDR", "127.0.0.1:50053"),
+        }
+        self._channels = [open_channel(target, options, credentials, server_name) for target in self.targets.values()]
         self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channels[0])
         self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels[1])
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels[2])
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Client:
+        """A client configured only from TEXTFT_* variables of `env` (default
+        os.environ), with keyword overrides: `Client.from_env(timeout=10)`."""
+        return cls(env=env, **overrides)
 
     # ---- plumbing ----
     def close(self) -> None:
@@ -421,4 +505,13 @@ def _named(collection: str, value: str) -> str:
     return value if value.startswith(collection + "/") else f"{collection}/{value}"
 
 
-__all__ = ["Client", "TextftError", "struct_to_dict", "task_of", "to_struct"]
+__all__ = [
+    "Client",
+    "TextftError",
+    "channel_credentials",
+    "default_api_key",
+    "open_channel",
+    "struct_to_dict",
+    "task_of",
+    "to_struct",
+]
