@@ -100,6 +100,9 @@ class Settings:
     # trainer service
     trainer_workdir: Path = Path(".textft/trainer")
     trainer_concurrency: int = 1
+    # Processes per training job: above 1 the job runs under torchrun (DDP;
+    # gloo on CPU, NCCL on GPUs), one process per device.
+    trainer_nproc: int = 1
     base_model_cache: Path = Path(".textft/base-models")
     # inference service
     inference_max_adapters: int = 8
@@ -162,6 +165,7 @@ class Settings:
             max_text_chars=_int(env, "TEXTFT_MAX_TEXT_CHARS", 100_000),
             trainer_workdir=Path(env.get("TEXTFT_TRAINER_WORKDIR", str(home / "trainer"))).expanduser(),
             trainer_concurrency=_int(env, "TEXTFT_TRAINER_CONCURRENCY", 1),
+            trainer_nproc=_int(env, "TEXTFT_TRAINER_NPROC", 1),
             base_model_cache=Path(env.get("TEXTFT_BASE_MODEL_CACHE", str(home / "base-models"))).expanduser(),
             inference_max_adapters=_int(env, "TEXTFT_INFERENCE_MAX_ADAPTERS", 8),
             inference_max_adapter_bytes=_int(env, "TEXTFT_INFERENCE_MAX_ADAPTER_BYTES", 2 * 1024**3),

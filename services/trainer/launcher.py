@@ -1,7 +1,9 @@
 """How a training job is started: one small interface. The embedded default
 runs the job as a local child process in its own process group, so a crash or
 an out-of-memory kill fails the job, not the service, and cancel is a signal.
-A Kubernetes launcher runs the same entry point (`textft-train-job`) as a Job."""
+With nproc > 1 the child is `torchrun --nproc_per_node=N` (DDP; HF Trainer
+sets it up from torchrun's environment). A Kubernetes launcher runs the same
+entry point (`textft-train-job`) as a Job."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+WORKER_MODULE = "textft_services.trainer.worker"
 
 
 class JobHandle(ABC):
@@ -25,48 +30,104 @@ class JobHandle(ABC):
 
     @abstractmethod
     def terminate(self) -> None:
-        """Asks the job to stop (SIGTERM), then kills it if it lingers."""
+        """Asks the job to stop (SIGTERM) and returns at once; the job is killed
+        if it lingers. Safe to call on a job that has ended."""
+
+    def describe(self) -> str:
+        """Where the job runs, for the run's log (a pid, a Kubernetes Job name)."""
+        return ""
 
 
 class Launcher(ABC):
     @abstractmethod
-    def start(self, job_key: str, workdir: Path, env: dict[str, str]) -> JobHandle: ...
+    def start(
+        self, job_key: str, workdir: Path, env: dict[str, str], extra_args: Sequence[str] = (), distributed: bool = True
+    ) -> JobHandle:
+        """Starts the worker entry point for job_key. extra_args are passed to
+        it (e.g. --evaluate); distributed=False runs it as one process."""
 
 
 class LocalProcessHandle(JobHandle):
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], kill_after: float = 10.0, torchrun: bool = False) -> None:
         self.proc = proc
+        self.kill_after = kill_after
+        self.torchrun = torchrun
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def describe(self) -> str:
+        what = "torchrun" if self.torchrun else "local process"
+        return f"{what} pid {self.proc.pid} (process group {self.proc.pid})"
 
     def lines(self) -> Iterator[str]:
         assert self.proc.stdout is not None
         yield from self.proc.stdout
 
     def wait(self) -> int:
-        return self.proc.wait()
+        code = self.proc.wait()
+        # The job's lifeline: workers exit on stdin EOF. Closing it here also
+        # ends torchrun's ranks, which run in sessions of their own, if torchrun
+        # itself was killed before it could stop them.
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        return code
+
+    def _signal(self, sig: int) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def terminate(self) -> None:
         if self.proc.poll() is not None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self._signal(signal.SIGTERM)
+        timer = threading.Timer(self.kill_after, self._signal, args=(signal.SIGKILL,))
+        timer.daemon = True
+        timer.start()
 
 
 class LocalProcessLauncher(Launcher):
-    """Runs `python -m textft_services.trainer.worker` as a child process."""
+    """Runs `python -m textft_services.trainer.worker` as a child process, or
+    `python -m torch.distributed.run --nproc_per_node=N` around it."""
 
-    def start(self, job_key: str, workdir: Path, env: dict[str, str]) -> JobHandle:
+    def __init__(self, nproc: int = 1) -> None:
+        self.nproc = max(1, nproc)
+
+    def command(
+        self, job_key: str, workdir: Path, extra_args: Sequence[str] = (), distributed: bool = True
+    ) -> list[str]:
+        worker = ["-m", WORKER_MODULE, "--job", job_key, "--workdir", str(workdir), "--exit-on-stdin-eof", *extra_args]
+        if distributed and self.nproc > 1:
+            # --standalone: a local rendezvous on a free port, so jobs never collide.
+            return [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={self.nproc}",
+                *worker,
+            ]
+        return [sys.executable, *worker]
+
+    def start(
+        self, job_key: str, workdir: Path, env: dict[str, str], extra_args: Sequence[str] = (), distributed: bool = True
+    ) -> JobHandle:
         workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "textft_services.trainer.worker", "--job", job_key, "--workdir", str(workdir)]
+        cmd = self.command(job_key, workdir, extra_args, distributed)
         stderr = open(workdir / "job.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             proc = subprocess.Popen(
                 cmd,
                 env=env,
+                stdin=subprocess.PIPE,  # the lifeline (see LocalProcessHandle.wait)
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 text=True,
@@ -75,4 +136,4 @@ class LocalProcessLauncher(Launcher):
             )
         finally:
             stderr.close()
-        return LocalProcessHandle(proc)
+        return LocalProcessHandle(proc, torchrun=cmd[2] == "torch.distributed.run")

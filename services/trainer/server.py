@@ -84,9 +84,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_pb2.CancelModelVersionResponse:
         return trainer_pb2.CancelModelVersionResponse(model_version=self.core.cancel(request.name))
 
+    def EvaluateModelVersion(
+        self, request: trainer_pb2.EvaluateModelVersionRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.EvaluateModelVersionResponse:
+        evaluation = self.core.evaluate(request.name, request.dataset_version, context.add_callback)
+        return trainer_pb2.EvaluateModelVersionResponse(evaluation=evaluation)
+
 
 def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
-    core = TrainerCore(settings, open_store(settings.store), LocalProcessLauncher())
+    core = TrainerCore(settings, open_store(settings.store), LocalProcessLauncher(settings.trainer_nproc))
     core.start()
     servicer = TrainerServicer(core)
 

@@ -6,8 +6,15 @@ Store layout:
     models/{model}/versions/{version}/version.json   the ModelVersion (proto JSON), rewritten on change
     models/{model}/versions/{version}/job.json       what the job runs (resolved configs, rows)
     models/{model}/versions/{version}/events.jsonl   the run's events
-    models/{model}/versions/{version}/metrics.json   evaluation
+    models/{model}/versions/{version}/metrics.json   evaluation (+ "evaluations": per dataset version)
     models/{model}/versions/{version}/adapter/       PEFT save_pretrained layout + tokenizer + textft.json
+    models/{model}/versions/{version}/checkpoints/step-{n}/   Trainer checkpoints (see checkpoints.py)
+
+Restarts: the store is the truth. On start, unfinished versions are taken up
+again: QUEUED or PREPARING_DATA ones are queued afresh (nothing was trained),
+later ones resume from their newest checkpoint, or FAIL with
+MODEL_TRAINING_INTERRUPTED when they have none. One trainer per store: two
+trainers on one bucket would both take up the same unfinished runs.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from textft import Client
 from textft.errors import (
     AlreadyExists,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     TextftError,
@@ -39,8 +47,8 @@ from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
 from ..common import names
 from ..common.config import Settings
 from ..common.store import ObjectStore
-from . import configs
-from .launcher import Launcher
+from . import checkpoints, configs
+from .launcher import JobHandle, Launcher
 from .templates import TEMPLATES, get_template
 from .worker import EVENT_PREFIX
 
@@ -115,33 +123,72 @@ class TrainerCore:
         for t in self.threads:
             t.start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 20.0) -> None:
+        """Stops running jobs and leaves their versions as they are in the
+        store, for the next start to resume (or fail) them."""
         self._stopping = True
         for run in list(self.runs.values()):
             if run.handle is not None and not run.final:
                 run.handle.terminate()
         for _ in self.threads:
             self.queue.put(None)
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            if t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
 
     def _recover(self) -> None:
-        """Runs left unfinished by a previous process cannot continue here yet:
-        they are failed with a reason rather than left QUEUED forever."""
+        """Takes up the versions a previous trainer process left unfinished."""
+        pending = []
         for key in self.store.list("models/"):
-            if not key.endswith("/version.json"):
-                continue
-            version = self._load_version_key(key)
-            if version.state in FINAL:
-                continue
-            version.state = MV.STATE_FAILED
-            version.failure.CopyFrom(
-                common_pb2.Failure(
-                    reason="MODEL_TRAINING_INTERRUPTED",
-                    message="the trainer service restarted while this run was in progress; create a new version to retry",
+            if key.endswith("/version.json") and key.count("/") == 4:
+                version = self._load_version_key(key)
+                if version.state not in FINAL:
+                    pending.append(version)
+        for version in sorted(pending, key=lambda v: (v.create_time.seconds, v.create_time.nanos)):
+            prefix = _version_prefix(names.parse_model_version(version.name))
+            step = checkpoints.latest_step(self.store, checkpoints.checkpoints_prefix(prefix))
+            was = MV.State.Name(version.state)
+            run = Run(version, events=self._stored_events(prefix))
+            self.runs[version.name] = run
+            if step is not None:
+                with run.cond:
+                    run.version.resumed_from_step = step
+                message = f"trainer restarted while the run was {was}: queued to resume from checkpoint step {step}"
+            elif version.state in (MV.STATE_QUEUED, MV.STATE_PREPARING_DATA):
+                message = f"trainer restarted while the run was {was}: queued again (no training had started)"
+            else:
+                self._finish(
+                    run,
+                    MV.STATE_FAILED,
+                    common_pb2.Failure(
+                        reason="MODEL_TRAINING_INTERRUPTED",
+                        message=(
+                            f"the trainer service restarted while this run was {was} and the run has no checkpoint "
+                            "to resume from; create a new version to retry (set trainer_config.save_strategy=steps "
+                            "and save_steps to make long runs resumable)"
+                        ),
+                    ),
                 )
-            )
-            version.update_time.CopyFrom(_now())
-            self._save_version(version)
-            log.warning("marked interrupted run %s as FAILED", version.name)
+                log.warning("run %s was %s without a checkpoint: FAILED", version.name, was)
+                continue
+            log.info("run %s: %s", version.name, message)
+            self._set_state(run, MV.STATE_QUEUED, message)
+            self.queue.put(version.name)
+
+    def _stored_events(self, prefix: str) -> list[trainer_pb2.ModelVersionEvent]:
+        try:
+            data = self.store.get_bytes(f"{prefix}/events.jsonl").decode()
+        except NotFound:
+            return []
+        events = [
+            json_format.ParseDict(json.loads(line), trainer_pb2.ModelVersionEvent(), ignore_unknown_fields=True)
+            for line in data.splitlines()
+            if line.strip()
+        ]
+        for i, event in enumerate(events):  # contiguous, whatever a crash left unpersisted
+            event.sequence = i
+        return events
 
     # ---- templates ----
     def list_templates(self, task: int) -> list[trainer_pb2.Template]:
@@ -317,6 +364,7 @@ class TrainerCore:
                 "dataset_issues": issues,
                 "adapter_prefix": f"{prefix}/adapter",
                 "metrics_object": f"{prefix}/metrics.json",
+                "checkpoints_prefix": checkpoints.checkpoints_prefix(prefix),
             }
             self.store.put_json(f"{prefix}/job.json", job)
             self._save_version(version)
@@ -345,6 +393,76 @@ class TrainerCore:
             )
         return self.get_version(name)
 
+    # ---- evaluation ----
+    def evaluate(
+        self, name: str, dataset_version: str, on_rpc_done: Callable[[Callable[[], None]], Any] | None = None
+    ) -> trainer_pb2.Evaluation:
+        """Runs the worker's --evaluate mode in a child process and waits for it.
+        on_rpc_done registers a callback run when the RPC ends (a client that
+        leaves or a deadline that passes stops the child)."""
+        version = self.get_version(name)
+        if version.state != MV.STATE_READY:
+            raise FailedPrecondition(
+                f"model version {version.name} is {MV.State.Name(version.state)}; only READY versions can be evaluated",
+                reason="MODEL_VERSION_NOT_READY",
+            )
+        if not dataset_version:
+            raise InvalidArgument.for_field("dataset_version", "required: datasets/{dataset}/versions/{version}")
+        dataset, _ = self._resolve_dataset(dataset_version, version.task)
+        parsed = names.parse_model_version(version.name)
+        prefix = _version_prefix(parsed)
+        workdir = self.settings.trainer_workdir / parsed.model / parsed.version / f"eval-{time.time_ns()}"
+        handle: JobHandle = self.launcher.start(
+            f"{prefix}/job.json",
+            workdir,
+            dict(os.environ),
+            extra_args=["--evaluate", dataset.name or dataset_version, "--rows", dataset.rows_object],
+            distributed=False,
+        )
+        if on_rpc_done is not None:
+            on_rpc_done(handle.terminate)
+        evaluation: trainer_pb2.Evaluation | None = None
+        failure: dict[str, Any] = {}
+        for line in handle.lines():
+            if not line.startswith(EVENT_PREFIX):
+                continue
+            try:
+                event = json.loads(line[len(EVENT_PREFIX) :])
+            except json.JSONDecodeError:
+                continue
+            kind = event.pop("type", "")
+            if kind == "evaluation":
+                evaluation = json_format.ParseDict(event, trainer_pb2.Evaluation(), ignore_unknown_fields=True)
+            elif kind == "failure":
+                failure = event
+        code = handle.wait()
+        if evaluation is None or code != 0:
+            if failure.get("reason") == "EVALUATION_NO_USABLE_ROWS":
+                raise FailedPrecondition(failure.get("message", ""), reason=failure["reason"])
+            log.error("evaluation of %s on %s failed (exit %s): %s", version.name, dataset_version, code, failure)
+            raise Internal("the evaluation process failed; see the trainer's log", reason="EVALUATION_FAILED")
+        self._store_evaluation(version.name, prefix, evaluation)
+        return evaluation
+
+    def _store_evaluation(self, name: str, prefix: str, evaluation: trainer_pb2.Evaluation) -> None:
+        """Latest evaluation per dataset version, on the version and in metrics.json."""
+        with self.lock:
+            run = self.runs.get(name)
+            version = run.version if run is not None else self.get_version(name)
+            cond = run.cond if run is not None else threading.Condition()
+            with cond:
+                kept = [e for e in version.evaluations if e.dataset_version != evaluation.dataset_version]
+                del version.evaluations[:]
+                version.evaluations.extend([*kept, evaluation])
+                snapshot = trainer_pb2.ModelVersion().FromString(version.SerializeToString())
+            self._save_version(snapshot)
+            try:
+                metrics = self.store.get_json(f"{prefix}/metrics.json")
+            except NotFound:
+                metrics = {}
+            metrics.setdefault("evaluations", {})[evaluation.dataset_version] = _to_json(evaluation)
+            self.store.put_json(f"{prefix}/metrics.json", metrics)
+
     # ---- events ----
     def _event(self, run: Run, persist: bool = True, **fields: Any) -> None:
         with run.cond:
@@ -371,6 +489,8 @@ class TrainerCore:
         )
 
     def _finish(self, run: Run, state: int, failure: common_pb2.Failure | None = None) -> None:
+        if state == MV.STATE_READY:  # before watchers learn the run is final
+            self._mark_latest_ready(run.version)
         with run.cond:
             if run.final:
                 return
@@ -385,8 +505,6 @@ class TrainerCore:
             failure=failure,
             message=failure.message if failure is not None else MV.State.Name(state),
         )
-        if state == MV.STATE_READY:
-            self._mark_latest_ready(run.version)
 
     def _mark_latest_ready(self, version: trainer_pb2.ModelVersion) -> None:
         model_name = version.name.rsplit("/versions/", 1)[0]
@@ -406,14 +524,7 @@ class TrainerCore:
         run = self.runs.get(version.name)
         if run is None:  # finished before this process started: replay from the store
             prefix = _version_prefix(names.parse_model_version(version.name))
-            try:
-                data = self.store.get_bytes(f"{prefix}/events.jsonl").decode()
-            except NotFound:
-                data = ""
-            for line in data.splitlines():
-                event = json_format.ParseDict(
-                    json.loads(line), trainer_pb2.ModelVersionEvent(), ignore_unknown_fields=True
-                )
+            for event in self._stored_events(prefix):
                 if event.sequence >= from_sequence:
                     yield event
             return
@@ -451,9 +562,13 @@ class TrainerCore:
         workdir = self.settings.trainer_workdir / name.model / name.version
         env = dict(os.environ)
         with run.cond:
-            if run.cancel_requested or run.final:
+            if run.cancel_requested or run.final or self._stopping:
                 return
             run.handle = self.launcher.start(f"{prefix}/job.json", workdir, env)
+        if run.handle.describe():
+            self._event(
+                run, kind=trainer_pb2.ModelVersionEvent.KIND_LOG, message=f"job started: {run.handle.describe()}"
+            )
         started = time.monotonic()
         failure: common_pb2.Failure | None = None
         result: dict[str, Any] | None = None
@@ -518,6 +633,15 @@ class TrainerCore:
                 )
         code = run.handle.wait()
         log.info("run %s: job exited with %s after %.1fs", run.version.name, code, time.monotonic() - started)
+        if self._stopping and not run.cancel_requested:
+            # Not the job's fault: the version stays as it is in the store and
+            # the next trainer start resumes it from its last checkpoint.
+            self._event(
+                run,
+                kind=trainer_pb2.ModelVersionEvent.KIND_LOG,
+                message="interrupted by a trainer shutdown; resumes from its last checkpoint on restart",
+            )
+            return
         if run.cancel_requested:
             self._finish(
                 run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled by request")

@@ -9,6 +9,15 @@ adapter (exactly as `save_pretrained` writes it) and metrics.json back.
 It reports to its launcher as JSON lines on stdout prefixed with
 EVENT_PREFIX; anything else a library prints there is treated as a log line.
 Exit code 0 means READY; a failure is reported as an event before exiting 3.
+
+Checkpoints: whenever the Trainer saves (trainer_config.save_strategy), the
+checkpoint is uploaded to the store (checkpoints.py); a job that finds complete
+checkpoints of its version in the store resumes from the newest one, so a
+re-run after a crash or a trainer restart continues where it left off.
+
+Under torchrun (several processes, DDP) every rank trains; only rank 0 emits
+events, evaluates and uploads. `--evaluate` runs the evaluation of a finished
+version against another dataset version, with the same code.
 """
 
 from __future__ import annotations
@@ -30,9 +39,11 @@ from ..common import basemodels
 from ..common.config import Settings
 from ..common.logs import setup_logging
 from ..common.store import ObjectStore, open_store
+from . import checkpoints
 
 EVENT_PREFIX = "TEXTFT_EVENT "
 EXIT_FAILED = 3
+EXIT_ORPHANED = 4  # the launcher went away (its lifeline pipe closed)
 PROMPT_TEMPLATE = "{text}\n"  # generation: the model sees the text, then learns to continue with the target
 log = logging.getLogger("textft.worker")
 
@@ -43,13 +54,26 @@ class JobFailure(Exception):
         self.reason, self.message, self.field, self.rows = reason, message, field, rows or []
 
 
-class Emitter:
-    """Writes events for the launcher; never raises (a closed pipe must not kill training)."""
+def rank() -> int:
+    """This process's global rank under torchrun; 0 when run alone."""
+    return int(os.environ.get("RANK", "0"))
 
-    def __init__(self, stream: Any = None) -> None:
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class Emitter:
+    """Writes events for the launcher; never raises (a closed pipe must not kill
+    training). Silent on ranks other than 0, so a DDP job reports once."""
+
+    def __init__(self, stream: Any = None, enabled: bool = True) -> None:
         self.stream = stream or sys.stdout
+        self.enabled = enabled
 
     def emit(self, kind: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
         try:
             self.stream.write(EVENT_PREFIX + json.dumps({"type": kind, **fields}) + "\n")
             self.stream.flush()
@@ -192,6 +216,26 @@ def _encode_generation(rows: list[dict[str, Any]], tokenizer: Any, max_length: i
     return out
 
 
+class DropLength:
+    """Wraps a collator: the `length` column (precomputed for the length-grouped
+    sampler) is not a model input. A class, so DataLoader workers can pickle it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, features: list[dict[str, Any]]) -> Any:
+        return self.inner([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+
+def to_dataset(encoded: list[dict[str, Any]], length_column: str = "length") -> Any:
+    """A datasets.Dataset with each example's token count in `length_column`:
+    the Trainer's LengthGroupedSampler reads it instead of decoding every row
+    (with remove_unused_columns=False nothing else would drop it)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{**e, length_column: len(e["input_ids"])} for e in encoded])
+
+
 def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
     from transformers import TrainerCallback
 
@@ -200,12 +244,18 @@ def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
 
         def __init__(self) -> None:
             self.start = time.monotonic()
+            self.start_step = 0
             self.last_emit = 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.start = time.monotonic()
+            self.start_step = state.global_step  # not 0 when resumed from a checkpoint
 
         def _progress(self, state: Any) -> dict[str, Any]:
             elapsed = time.monotonic() - self.start
             step, total = state.global_step, max(state.max_steps, 1)
-            eta = elapsed / step * (total - step) if step else None
+            done = step - self.start_step
+            eta = elapsed / done * (total - step) if done > 0 else None
             return {
                 "step": step,
                 "total_steps": total,
@@ -226,7 +276,7 @@ def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
                 return
             elapsed = time.monotonic() - self.start
             samples = (
-                state.global_step
+                (state.global_step - self.start_step)
                 * args.per_device_train_batch_size
                 * args.gradient_accumulation_steps
                 * max(args.world_size, 1)
@@ -240,6 +290,25 @@ def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
             )
 
     return ProgressCallback()
+
+
+def _checkpoint_callback(store: ObjectStore, prefix: str, emitter: Emitter, keep: int | None) -> Any:
+    from transformers import TrainerCallback
+
+    class CheckpointUploader(TrainerCallback):  # type: ignore[misc]
+        """After each save, the Trainer's local checkpoint goes to the store (rank 0)."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if not state.is_world_process_zero:
+                return
+            local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if not local.is_dir():
+                return
+            started = time.monotonic()
+            target = checkpoints.upload(store, local, prefix, state.global_step, keep)
+            emitter.log(f"checkpoint step {state.global_step} saved to {target} in {time.monotonic() - started:.1f}s")
+
+    return CheckpointUploader()
 
 
 def evaluate_classification(
@@ -308,9 +377,14 @@ def evaluate_generation(
     collator: Any,
     batch_size: int,
     max_exact: int = 32,
+    prompt_template: str = PROMPT_TEMPLATE,
 ) -> dict[str, Any]:
-    """Loss and perplexity on target tokens; exact match of greedy generations on a sample."""
+    """Loss and perplexity on target tokens; exact match and ROUGE-L (F-measure,
+    Google's rouge-score package) of greedy generations on a sample."""
     import torch
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
 
     model.eval()
     total_loss, total_tokens = 0.0, 0
@@ -323,12 +397,12 @@ def evaluate_generation(
             total_loss += float(out.loss) * tokens
             total_tokens += tokens
         loss = total_loss / max(total_tokens, 1)
-        matches = 0
+        matches, rouge_l = 0, 0.0
         sample = rows[:max_exact]
         tokenizer.padding_side = "left"  # batched generation needs left padding
         for start in range(0, len(sample), batch_size):
             chunk = sample[start : start + batch_size]
-            prompts = [PROMPT_TEMPLATE.format(text=r["text"]) for r in chunk]
+            prompts = [prompt_template.format(text=r["text"]) for r in chunk]
             inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
             longest = max(len(tokenizer(r["target"])["input_ids"]) for r in chunk) + 2
             generated = model.generate(
@@ -337,33 +411,119 @@ def evaluate_generation(
             for row, ids in zip(chunk, generated[:, inputs["input_ids"].shape[1] :], strict=True):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 matches += int(text.strip() == row["target"].strip())
+                rouge_l += scorer.score(row["target"], text)["rougeL"].fmeasure
         tokenizer.padding_side = "right"
     return {
         "metrics": {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),
             "exact_match": matches / max(len(sample), 1),
+            "rouge_l": rouge_l / max(len(sample), 1),
         },
         "example_count": len(encoded),
     }
 
 
+@dataclass
+class Loaded:
+    """A tokenizer and a base model made ready for the job's task."""
+
+    tokenizer: Any
+    model: Any
+    base_name: str
+    max_length: int
+
+
+def load_tokenizer(tokenizer_kwargs: dict[str, Any], path: str) -> tuple[Any, int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, **tokenizer_kwargs)
+    if tokenizer.pad_token is None:  # GPT-Neo has none: reuse EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer, min(int(tokenizer.model_max_length or 512), 4096)
+
+
+def load_base_model(
+    classification: bool, base_path: str, model_kwargs: dict[str, Any], tokenizer: Any, labels: list[str], multi: bool
+) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if classification:
+        kwargs = dict(model_kwargs)
+        kwargs.setdefault("problem_type", "multi_label_classification" if multi else "single_label_classification")
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            pad_token_id=tokenizer.pad_token_id,  # the tokenizer alone is not enough for batches > 1
+            **kwargs,
+        )
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return model
+    model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def encode(
+    classification: bool, rows: list[dict[str, Any]], tokenizer: Any, max_length: int, labels: list[str], multi: bool
+) -> list[dict[str, Any]]:
+    if classification:
+        return _encode_classification(rows, tokenizer, max_length, labels, multi)
+    return _encode_generation(rows, tokenizer, max_length)
+
+
+def make_collator(classification: bool, tokenizer: Any) -> Any:
+    """Dynamic padding: each batch is padded to its own longest row."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    if classification:
+        return DropLength(DataCollatorWithPadding(tokenizer))
+    return DropLength(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
+
+
+def evaluate(
+    classification: bool,
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    encoded: list[dict[str, Any]],
+    collator: Any,
+    labels: list[str],
+    multi: bool,
+    batch_size: int,
+    max_generations: int = 32,
+    prompt_template: str = PROMPT_TEMPLATE,
+) -> dict[str, Any]:
+    if classification:
+        return evaluate_classification(model, encoded, collator, labels, multi, batch_size)
+    return evaluate_generation(model, tokenizer, rows, encoded, collator, batch_size, max_generations, prompt_template)
+
+
+def build_training_args(trainer_kwargs: dict[str, Any], out_dir: Path) -> Any:
+    """TrainingArguments as the job uses them: the job's directory, no tqdm,
+    our collators see every column (they drop `length`), gloo for DDP on CPU."""
+    import torch
+    from transformers import TrainingArguments
+
+    kwargs = dict(trainer_kwargs)
+    if world_size() > 1 and not torch.cuda.is_available():
+        kwargs.setdefault("ddp_backend", "gloo")
+    return TrainingArguments(output_dir=str(out_dir), disable_tqdm=True, remove_unused_columns=False, **kwargs)
+
+
 def run_job(
     job: dict[str, Any], store: ObjectStore, settings: Settings, workdir: Path, emitter: Emitter
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """Trains, evaluates and uploads; returns the result on rank 0, None on other ranks."""
     import peft
     import torch
     import transformers
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorForSeq2Seq,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import Trainer
 
     configs = job["configs"]
     model_kwargs = dict(configs["model_config"])
@@ -371,17 +531,15 @@ def run_job(
     peft_kwargs = {k: v for k, v in configs["peft_config"].items() if k != "peft_type"}
     trainer_kwargs = dict(configs["trainer_config"])
     classification = job["task"] == "TEXT_CLASSIFICATION"
+    version_prefix = job["metrics_object"].rsplit("/", 1)[0]
+    ckpt_prefix = job.get("checkpoints_prefix") or checkpoints.checkpoints_prefix(version_prefix)
 
     emitter.state("PREPARING_DATA")
     base_name = model_kwargs.pop("pretrained_model_name_or_path")
     base_path = basemodels.resolve(base_name, store, settings.base_model_cache)
     tok_name = tokenizer_kwargs.pop("pretrained_model_name_or_path", base_name)
     tok_path = basemodels.resolve(tok_name, store, settings.base_model_cache)
-    tokenizer = AutoTokenizer.from_pretrained(tok_path, **tokenizer_kwargs)
-    if tokenizer.pad_token is None:  # GPT-Neo has none: reuse EOS
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    max_length = min(int(tokenizer.model_max_length or 512), 4096)
+    tokenizer, max_length = load_tokenizer(tokenizer_kwargs, tok_path)
 
     rows = _read_rows(store, job["rows_object"])
     prepared = prepare_rows(job, rows, tokenizer, max_length)
@@ -390,32 +548,12 @@ def run_job(
     )
     emitter.emit("data", train_rows=len(prepared.train), eval_rows=len(prepared.eval), skipped_rows=prepared.skipped)
 
-    if classification:
-        labels = prepared.label_names
-        model_kwargs.setdefault(
-            "problem_type", "multi_label_classification" if prepared.multi_label else "single_label_classification"
-        )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            pad_token_id=tokenizer.pad_token_id,  # the tokenizer alone is not enough for batches > 1
-            **model_kwargs,
-        )
-        model.config.pad_token_id = tokenizer.pad_token_id
-        task_type = TaskType.SEQ_CLS  # PEFT adds the score head to modules_to_save itself
-        train_set = _encode_classification(prepared.train, tokenizer, max_length, labels, prepared.multi_label)
-        eval_set = _encode_classification(prepared.eval, tokenizer, max_length, labels, prepared.multi_label)
-        collator = DataCollatorWithPadding(tokenizer)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-        task_type = TaskType.CAUSAL_LM
-        train_set = _encode_generation(prepared.train, tokenizer, max_length)
-        eval_set = _encode_generation(prepared.eval, tokenizer, max_length)
-        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
+    labels, multi = prepared.label_names, prepared.multi_label
+    model = load_base_model(classification, base_path, model_kwargs, tokenizer, labels, multi)
+    task_type = TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM  # SEQ_CLS saves the score head itself
+    train_set = encode(classification, prepared.train, tokenizer, max_length, labels, multi)
+    eval_set = encode(classification, prepared.eval, tokenizer, max_length, labels, multi)
+    collator = make_collator(classification, tokenizer)
 
     try:
         model = get_peft_model(model, LoraConfig(task_type=task_type, **peft_kwargs))
@@ -427,30 +565,47 @@ def run_job(
     emitter.log(f"base {base_name}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%)")
 
     out_dir = workdir / "out"
-    args = TrainingArguments(output_dir=str(out_dir), disable_tqdm=True, remove_unused_columns=False, **trainer_kwargs)
-    from datasets import Dataset
+    if rank() == 0 and out_dir.exists():  # checkpoints of an earlier attempt: the store's are the truth
+        import shutil
 
+        shutil.rmtree(out_dir, ignore_errors=True)
+    args = build_training_args(trainer_kwargs, out_dir)
+    if args.world_size > 1:
+        emitter.log(f"distributed: {args.world_size} processes, backend {args.ddp_backend or 'default'}")
+    callbacks = [_progress_callback(emitter, len(train_set))]
+    if args.save_strategy != "no":
+        callbacks.append(_checkpoint_callback(store, ckpt_prefix, emitter, args.save_total_limit))
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(train_set),
-        eval_dataset=Dataset.from_list(eval_set) if args.eval_strategy != "no" else None,
+        train_dataset=to_dataset(train_set, args.length_column_name),
+        eval_dataset=to_dataset(eval_set, args.length_column_name) if args.eval_strategy != "no" else None,
         data_collator=collator,
-        callbacks=[_progress_callback(emitter, len(train_set))],
+        callbacks=callbacks,
     )
+    resume_from = None
+    step = checkpoints.latest_step(store, ckpt_prefix)
+    if step is not None:
+        resume_from = checkpoints.download(store, ckpt_prefix, step, workdir / f"resume-rank{rank()}")
     emitter.state("TRAINING")
-    result = trainer.train()
-    emitter.log(f"training done: {result.global_step} steps, train loss {result.training_loss:.4f}")
+    if resume_from is not None:
+        emitter.log(f"resumed from step {step} (checkpoint {ckpt_prefix}/step-{step})")
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    speed = float(result.metrics.get("train_samples_per_second", 0.0))
+    runtime = float(result.metrics.get("train_runtime", 0.0))
+    emitter.log(
+        f"training done: {result.global_step} steps in {runtime:.2f}s ({speed:.1f} samples/s), "
+        f"train loss {result.training_loss:.4f}"
+    )
+    if rank() != 0:
+        return None
 
     emitter.state("EVALUATING")
     batch = args.per_device_eval_batch_size
-    if classification:
-        evaluation = evaluate_classification(
-            model, eval_set, collator, prepared.label_names, prepared.multi_label, batch
-        )
-    else:
-        evaluation = evaluate_generation(model, tokenizer, prepared.eval, eval_set, collator, batch)
+    evaluation = evaluate(classification, model, tokenizer, prepared.eval, eval_set, collator, labels, multi, batch)
     evaluation["metrics"]["train_loss"] = float(result.training_loss)
+    evaluation["metrics"]["train_samples_per_second"] = speed
+    evaluation["metrics"]["train_runtime_seconds"] = runtime
     emitter.emit("evaluation", **evaluation)
 
     emitter.state("UPLOADING")
@@ -489,22 +644,135 @@ def run_job(
     return {"adapter_uri": prefix, "lineage": lineage, "evaluation": evaluation}
 
 
+def evaluate_version(
+    job: dict[str, Any],
+    store: ObjectStore,
+    settings: Settings,
+    workdir: Path,
+    rows_object: str,
+    dataset_version: str,
+    max_generations: int = 200,
+) -> dict[str, Any]:
+    """Evaluates the version's stored adapter on every usable row of another
+    dataset version (EvaluateModelVersion), with the training job's metrics."""
+    from peft import PeftModel
+
+    classification = job["task"] == "TEXT_CLASSIFICATION"
+    adapter_dir = workdir / "adapter"
+    if adapter_dir.exists():
+        import shutil
+
+        shutil.rmtree(adapter_dir)
+    store.download_dir(job["adapter_prefix"], adapter_dir)
+    meta = json.loads((adapter_dir / "textft.json").read_text())
+    labels, multi = list(meta.get("label_names") or []), bool(meta.get("multi_label"))
+    model_kwargs = {k: v for k, v in meta["model_config"].items() if k != "pretrained_model_name_or_path"}
+    base_path = basemodels.resolve(
+        meta["model_config"]["pretrained_model_name_or_path"], store, settings.base_model_cache
+    )
+    tokenizer, max_length = load_tokenizer({}, str(adapter_dir))
+    max_length = min(max_length, int(meta.get("max_length", max_length)))
+    prompt_template = meta.get("prompt_template", PROMPT_TEMPLATE)
+
+    usable, skipped = [], []
+    for row in _read_rows(store, rows_object):
+        if not row.get("text"):
+            skipped.append(row)
+        elif classification and (not row.get("labels") or any(lab not in labels for lab in row["labels"])):
+            skipped.append(row)  # a label the model was not trained on cannot be scored
+        elif not classification and not row.get("target"):
+            skipped.append(row)
+        else:
+            usable.append(row)
+    if not usable:
+        known = f" (the model knows labels {labels})" if classification else ""
+        raise JobFailure(
+            "EVALUATION_NO_USABLE_ROWS",
+            f"{dataset_version} has no rows this model can be evaluated on{known}",
+            field="dataset_version",
+            rows=[int(r.get("row", 0)) for r in skipped[:20]],
+        )
+    model = load_base_model(classification, base_path, model_kwargs, tokenizer, labels, multi)
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    encoded = encode(classification, usable, tokenizer, max_length, labels, multi)
+    collator = make_collator(classification, tokenizer)
+    batch = int(job["configs"]["trainer_config"].get("per_device_eval_batch_size", 16))
+    evaluation = evaluate(
+        classification,
+        model,
+        tokenizer,
+        usable,
+        encoded,
+        collator,
+        labels,
+        multi,
+        batch,
+        max_generations,
+        prompt_template,
+    )
+    evaluation["dataset_version"] = dataset_version
+    evaluation["skipped_row_count"] = len(skipped)
+    return evaluation
+
+
+def _lifeline() -> None:
+    """Exits when stdin reaches EOF: the launcher holds the pipe's other end, so
+    a launcher that dies (even SIGKILLed) takes its jobs with it instead of
+    leaving orphans that keep training and uploading beside a resumed run."""
+    import threading
+
+    fd = sys.stdin.fileno()
+
+    def watch() -> None:
+        # os.read on the raw descriptor: a daemon thread blocked inside
+        # sys.stdin's buffered reader aborts the interpreter at exit.
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            pass
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="textft-train-job", description="Run one textft training job.")
     parser.add_argument("--job", required=True, help="store key of the job.json to run")
     parser.add_argument("--workdir", required=True, help="scratch directory of this job")
+    parser.add_argument(
+        "--evaluate",
+        metavar="DATASET_VERSION",
+        help="instead of training, evaluate the version's adapter on this dataset version (needs --rows)",
+    )
+    parser.add_argument("--rows", help="store key of the dataset version's rows.jsonl (with --evaluate)")
+    parser.add_argument(
+        "--exit-on-stdin-eof",
+        action="store_true",
+        help="exit when stdin closes (the local launcher keeps it open for the job's lifetime)",
+    )
     args = parser.parse_args(argv)
+    if args.evaluate and not args.rows:
+        parser.error("--evaluate needs --rows")
     settings = Settings.from_env()
     setup_logging("train-job", settings.log_level, settings.log_format, settings.secrets())
-    emitter = Emitter()
-    workdir = Path(args.workdir)
+    if args.exit_on_stdin_eof:
+        _lifeline()
+    emitter = Emitter(enabled=rank() == 0)
+    workdir = Path(args.workdir)  # shared by the ranks of one node: only rank 0 writes outside out/
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)  # relative paths a library might write land in the job's directory
     try:
         store = open_store(settings.store)
         job = store.get_json(args.job)
+        if args.evaluate:
+            evaluation = evaluate_version(job, store, settings, workdir, args.rows, args.evaluate)
+            emitter.emit("evaluation", **evaluation)
+            return 0
         result = run_job(job, store, settings, workdir, emitter)
-        emitter.emit("result", **result)
+        if result is not None:
+            emitter.emit("result", **result)
         return 0
     except JobFailure as failure:
         emitter.emit("failure", reason=failure.reason, message=failure.message, field=failure.field, rows=failure.rows)
