@@ -279,6 +279,14 @@ def validate(section_values: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
     for key in ("learning_rate", "num_train_epochs"):
         if isinstance(trainer.get(key), float) and trainer[key] <= 0:
             violations.append(FieldViolation(f"trainer_config.{key}", "must be positive"))
+    if trainer.get("save_only_model") and trainer.get("save_strategy", "no") != "no":
+        violations.append(
+            FieldViolation(
+                "trainer_config.save_only_model",
+                "checkpoints are kept in the store to resume interrupted runs; without optimizer and "
+                "scheduler state they cannot be resumed from",
+            )
+        )
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if isinstance(trainer.get(key), int) and trainer[key] < 1:
             violations.append(FieldViolation(f"trainer_config.{key}", "must be at least 1"))
