@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from textft.errors import TextftError
+from textft.errors import FieldViolation, TextftError
 
 log = logging.getLogger("textft.rpc")
 
@@ -57,6 +57,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     def _handle(self, method: str, context: grpc.ServicerContext, exc: BaseException) -> None:
         if isinstance(exc, TextftError):
             exc.message = self._scrub(exc.message)
+            # Field descriptions and metadata echo user input too: scrub them all.
+            exc.violations = [FieldViolation(self._scrub(v.field), self._scrub(v.description)) for v in exc.violations]
+            exc.metadata = {k: self._scrub(v) for k, v in exc.metadata.items()}
             log.info("%s -> %s: %s", method, exc.code.name, exc.message)
             abort_with(context, exc)
         code = context.code() if hasattr(context, "code") else None
