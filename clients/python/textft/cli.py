@@ -11,6 +11,7 @@ messages as JSON for scripts. Errors from the services are printed as
     textft models create sentiment --task classification
     textft train sentiment datasets/reviews/versions/v1 --template gpt-neo-125m-lora-text-classification
     textft predict sentiment "what a great film"
+    textft plot models/sentiment/versions/v1 --out plots/   # loss and ROC curves (PNG; needs textft[plots])
 """
 
 from __future__ import annotations
@@ -698,6 +699,22 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(client: Client, args: argparse.Namespace) -> int:
+    from .plots import PlotsUnavailable, save_run_plots
+
+    try:
+        paths = save_run_plots(client, _model_version_name(args.version), args.out, wait=args.wait)
+    except (PlotsUnavailable, ValueError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
+    if args.json:
+        _print_json({"files": [str(p) for p in paths]})
+    else:
+        for path in paths:
+            print(f"saved {path}")
+    return 0
+
+
 def cmd_up(rest: list[str]) -> int:
     try:
         from textft_services import stack  # lazy: the services bring torch and friends
@@ -837,6 +854,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--top", type=int, default=0, help="classification: show only the N best labels")
     p.set_defaults(func=cmd_predict)
+
+    # plots
+    p = sub.add_parser("plot", help="save a run's training loss and ROC curves as PNG (needs textft[plots])")
+    p.add_argument("version", help="models/{model}/versions/{version}")
+    p.add_argument("--out", default=".", help="directory for the PNG files (default: here)")
+    p.add_argument("--wait", action="store_true", help="wait for a run still going instead of refusing")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 
