@@ -15,7 +15,24 @@ UNSPEC = p.common_pb2.TASK_UNSPECIFIED
 
 
 def run(data: bytes, fmt: int = p.CSV, task: int = UNSPEC, mapping: dict[str, str] | None = None, max_chars: int = 100):
-    return p.validate_bytes(data, p.ParseOptions(fmt, task, mapping or {}, max_chars))
+    """validate_bytes, without RARE_LABEL warnings (these small files are full of
+    single-row labels; test_rare_labels_are_warned checks them)."""
+    result, rows, issues = p.validate_bytes(data, p.ParseOptions(fmt, task, mapping or {}, max_chars))
+    rare = [i for i in issues if i.code == "RARE_LABEL"]
+    result.stats.warning_count -= len(rare)
+    return result, rows, [i for i in issues if i.code != "RARE_LABEL"]
+
+
+def test_rare_labels_and_a_split_without_eval_are_warned() -> None:
+    data = b"text,label,split\na,x,train\nb,y,train\nc,x,\nd,z,train\n"
+    result, _, issues = p.validate_bytes(data, p.ParseOptions(p.CSV))
+    assert [(i.row, i.severity, i.code, i.field) for i in issues] == [
+        (2, p.WARNING, "RARE_LABEL", "label"),
+        (4, p.WARNING, "RARE_LABEL", "label"),
+        (0, p.WARNING, "SPLIT_WITHOUT_EVAL", "split"),
+    ]
+    assert "'y'" in issues[0].message and result.stats.warning_count == 3
+    assert (result.stats.split_train_row_count, result.stats.split_eval_row_count) == (3, 0)
 
 
 def codes(issues: list[p.Issue]) -> list[tuple[int, str]]:
@@ -198,7 +215,7 @@ def test_over_long_jsonl_line_is_drained_not_held() -> None:
     options = p.ParseOptions(p.JSONL, UNSPEC, {}, max_text_chars=10)
     huge = b'{"text": "' + b"x" * (options.max_line_bytes + 10) + b'", "label": "a"}'
     data = b'{"text": "ok", "label": "a"}\n' + huge + b'\n{"text": "fine", "label": "b"}\n'
-    _, rows, issues = p.validate_bytes(data, options)
+    _, rows, issues = run(data, p.JSONL, max_chars=10)
     assert codes(issues) == [(2, "TOO_LONG")]
     assert [r["row"] for r in rows] == [1, 3]
 
@@ -276,3 +293,18 @@ def test_report_layout_is_json_and_streamable() -> None:
     empty = io.StringIO()
     write_report(empty, {}, 0, io.StringIO(""))
     assert json.loads(empty.getvalue())["issues"] == []
+
+
+def test_duplicate_digest_table_grows_and_keeps_first_rows() -> None:
+    import random
+
+    table = p._DigestTable(capacity=4)
+    reference: dict[int, int] = {}
+    rng = random.Random(7)
+    for row in range(1, 20_000):
+        key = rng.choice(list(reference)[:50]) if reference and rng.random() < 0.2 else rng.getrandbits(64) | 1
+        assert table.get(key) == reference.get(key, 0)
+        if key not in reference:
+            table.add(key, row)
+            reference[key] = row
+    assert len(table) == len(reference) and all(table.get(k) == r for k, r in reference.items())

@@ -80,7 +80,9 @@ def test_split_column_or_seeded_split_is_recorded(client: Client) -> None:
     assert none.split_source == dataset_pb2.SPLIT_SOURCE_SEEDED
     assert (none.stats.split_train_row_count, none.stats.split_eval_row_count) == (0, 0)
 
-    train_only = client.upload_dataset(ds, b"text,label,split\na,x,train\nb,y,train\n", format="csv")
+    train_only = client.upload_dataset(
+        ds, b"text,label,split\na,x,train\nb,y,train\nc,x,train\nd,y,train\n", format="csv"
+    )
     assert train_only.split_source == dataset_pb2.SPLIT_SOURCE_SEEDED
     report = client.get_validation_report(train_only.name)
     assert [(i.row, i.code, i.field) for i in report.issues] == [(0, "SPLIT_WITHOUT_EVAL", "split")]
@@ -92,10 +94,10 @@ def test_split_column_or_seeded_split_is_recorded(client: Client) -> None:
         (
             "reviews.csv",
             CLS,
-            7,
+            8,
             ["negative", "neutral", "positive"],
             {"text": "text", "labels": "label", "split": "split"},
-            (5, 2),
+            (5, 3),
         ),
         (
             "reviews.tsv",

@@ -16,6 +16,7 @@ import csv
 import hashlib
 import json
 import math
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -498,6 +499,59 @@ class _JsonlReader:
 # ---------------------------------------------------------------- validation
 
 
+class _DigestTable:
+    """64-bit row digest -> first row number, in two flat arrays (open
+    addressing, linear probing): 16-32 bytes per row where a dict of bytes
+    needs over 100, so a million tracked rows cost about 32 MB."""
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self._keys = array("Q", bytes(8 * capacity))
+        self._rows = array("Q", bytes(8 * capacity))
+        self._mask = capacity - 1
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self, key: int) -> int:
+        """The row stored for key, or 0."""
+        keys, i = self._keys, key & self._mask
+        while True:
+            found = keys[i]
+            if found == key:
+                return self._rows[i]
+            if found == 0:
+                return 0
+            i = (i + 1) & self._mask
+
+    def add(self, key: int, row: int) -> None:
+        """Stores a key that get() did not find."""
+        if 2 * (self._count + 1) > len(self._keys):
+            self._grow()
+        keys, i = self._keys, key & self._mask
+        while keys[i]:
+            i = (i + 1) & self._mask
+        keys[i] = key
+        self._rows[i] = row
+        self._count += 1
+
+    def _grow(self) -> None:
+        old_keys, old_rows = self._keys, self._rows
+        capacity = 2 * len(old_keys)
+        self._keys, self._rows, self._mask = (
+            array("Q", bytes(8 * capacity)),
+            array("Q", bytes(8 * capacity)),
+            capacity - 1,
+        )
+        keys, rows, mask = self._keys, self._rows, self._mask
+        for k, r in zip(old_keys, old_rows, strict=True):
+            if k:
+                i = k & mask
+                while keys[i]:
+                    i = (i + 1) & mask
+                keys[i], rows[i] = k, r
+
+
 class _Validator:
     """Turns records into normalised rows or issues, and keeps the statistics."""
 
@@ -507,8 +561,9 @@ class _Validator:
         self.options = options
         self.stats = Stats()
         self.labels: Counter[str] = Counter()
+        self.first_row: dict[str, int] = {}  # label -> first valid row carrying it
         self.lengths: Counter[int] = Counter()  # histogram: exact percentiles, bounded memory
-        self.seen: dict[bytes, int] = {}
+        self.seen = _DigestTable()
         self.duplicates_partial = False
         # JSONL objects need not all use the same key names: aliases are
         # resolved per row there, except for explicitly mapped columns.
@@ -640,16 +695,17 @@ class _Validator:
         if errors:
             return None, errors + warnings
 
-        key = hashlib.blake2b("\x00".join([text, *sorted(labels), "\x01", target]).encode(), digest_size=12).digest()
+        digest = hashlib.blake2b("\x00".join([text, *sorted(labels), "\x01", target]).encode(), digest_size=8)
+        key = int.from_bytes(digest.digest(), "little") | 1  # never 0: 0 marks an empty slot
         first = self.seen.get(key)
-        if first is not None:
+        if first:
             warnings.append(
                 Issue(
                     row, WARNING, "DUPLICATE", f"same text{self._what()} as row {first}; the row is kept", text_column
                 )
             )
         elif len(self.seen) < DUPLICATE_TRACK_LIMIT:
-            self.seen[key] = row
+            self.seen.add(key, row)
         else:
             self.duplicates_partial = True
 
@@ -676,6 +732,8 @@ class _Validator:
             return
         s.valid_row_count += 1
         self.labels.update(normalised["labels"])
+        for label in normalised["labels"]:
+            self.first_row.setdefault(label, normalised["row"])
         if normalised["target"]:
             s.target_count += 1
         self.lengths[len(normalised["text"])] += 1
@@ -791,6 +849,19 @@ def _run(
                 f"duplicates were looked for among the first {DUPLICATE_TRACK_LIMIT} distinct rows only",
             )
         )
+    for label, n in sorted(validator.labels.items()):
+        if n < 2:
+            validator.stats.warning_count += 1
+            emit(
+                Issue(
+                    validator.first_row[label],
+                    WARNING,
+                    "RARE_LABEL",
+                    f"label {label[:80]!r} is on only {n} valid row; a model can hardly learn it from one example, "
+                    "and it can not be in both the train and the eval split",
+                    resolved.get("labels", "label"),
+                )
+            )
     if validator.stats.split_train_row_count and not validator.stats.split_eval_row_count:
         validator.stats.warning_count += 1
         emit(

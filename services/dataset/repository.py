@@ -6,17 +6,23 @@ Layout (bucket root):
     datasets/{dataset}/versions/{version}/rows.jsonl    valid rows, normalised (read by the trainer)
     datasets/{dataset}/versions/{version}/report.json   stats and every issue (see write_report)
     datasets/{dataset}/versions/{version}/manifest.json the DatasetVersion, written LAST
+    datasets/{dataset}/by-sha256/{sha256}.json          first finished version with those source bytes
 
-A version without manifest.json is unfinished and invisible. Version ids are
-v1, v2, ...; one lock per dataset in this process serialises the store writes
-of a version (parsing, the slow part, runs outside it). Several dataset
-service replicas writing versions of the same dataset at once are not
-coordinated: run one writer per dataset, or one replica.
+A version without manifest.json is unfinished and invisible; versions are never
+changed once published. Version ids are v1, v2, ...; an id is reserved (in this
+process) once the file's header has been checked and is reused if the upload
+fails. One lock per dataset in this process serialises the id reservation and
+the manifest write. Several dataset service replicas writing versions of the
+same dataset at once are not coordinated: run one writer per dataset, or one
+replica.
 
 An upload is spooled to a temporary file (sha256 computed on the way, size
-capped early), validated line by line into two more temporary files, and only
-then copied to the store, so memory stays bounded whatever the file size and a
-cut-off stream writes nothing at all.
+capped early), so a cut-off stream writes nothing to the store. Then the header
+is checked, the source is copied to the store in a background thread, and the
+rows are validated one at a time, the normalised ones streamed to the store
+through a pipe (multipart, unknown length); the report follows, the manifest
+last. Memory stays bounded whatever the file size (a few store parts in
+flight), and any failure removes everything under the version's prefix.
 """
 
 from __future__ import annotations

@@ -1,0 +1,264 @@
+"""Upload + validation throughput of a large CSV through the real
+UploadDatasetVersion RPC, against a raw S3 put of the same bytes to the same
+endpoint, measured side by side in one run; and the dataset service's peak RSS.
+
+    python -m bench upload                 # 1 GiB CSV (default)
+    python -m bench upload --size-mb=64    # a quick run (the harness needs the = form)
+
+The S3 endpoint is real MinIO when MINIO_ENDPOINT is set, else moto's server
+started as a separate process (`moto_server`). The dataset service is a real
+process (the same start-up path as `textft up`); its peak RSS is VmHWM from
+/proc/<pid>/status, read after the upload. Goals (issue 3): ratio >= 0.5,
+service peak RSS < 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+GOAL_RATIO = 0.5
+GOAL_RSS_MB = 300
+WORDS = [
+    "the",
+    "a",
+    "film",
+    "movie",
+    "plot",
+    "actor",
+    "scene",
+    "great",
+    "terrible",
+    "boring",
+    "slow",
+    "fast",
+    "story",
+    "ending",
+    "music",
+    "camera",
+    "light",
+    "dark",
+    "funny",
+    "sad",
+    "long",
+    "short",
+    "brilliant",
+    "awful",
+    "wonderful",
+    "cast",
+    "script",
+    "dialogue",
+    "twist",
+    "character",
+    "moment",
+    "minute",
+    "hour",
+    "watch",
+    "again",
+    "never",
+    "always",
+    "perhaps",
+    "really",
+    "quite",
+    "rather",
+    "very",
+    "somewhat",
+    "director",
+    "producer",
+    "sound",
+    "effect",
+]
+LABELS = ("positive", "negative", "neutral", "mixed")
+
+
+def generate_csv(path: Path, size_bytes: int, row_bytes: int) -> int:
+    """Writes a classification CSV of about size_bytes with unique rows of
+    about row_bytes each (text, label, id); returns the number of rows."""
+    # A pool of phrases of varied length; rows combine two of them with a
+    # unique prefix, so no row is a duplicate and lengths vary.
+    pool = []
+    for i in range(997):
+        n = 5 + (i * 7919) % max(6, row_bytes // 4)
+        pool.append(" ".join(WORDS[(i * 31 + j * 17) % len(WORDS)] for j in range(n)))
+    rows = 0
+    written = 0
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        out.write("text,label,id\n")
+        while written < size_bytes:
+            block = []
+            for _ in range(2000):
+                a, b = pool[rows % 997], pool[(rows * 13 + 5) % 997]
+                text = f"review {rows}: {a}, {b}"[: row_bytes * 2]
+                line = f'"{text}",{LABELS[rows % 4]},r{rows}\n'
+                block.append(line)
+                rows += 1
+            data = "".join(block)
+            out.write(data)
+            written += len(data)
+    return rows
+
+
+def _start_moto(port: int) -> subprocess.Popen[str]:
+    binary = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    proc = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # werkzeug announces the address once it listens
+        if "Running on" in line:
+            break
+    else:
+        raise RuntimeError(f"moto_server exited with code {proc.wait()} before it listened")
+    # Keep draining its log so a full pipe never blocks it.
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    return proc
+
+
+def _vm(pid: int, field: str) -> int:
+    """A /proc/<pid>/status figure (VmHWM, VmRSS) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench upload", description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1024, help="CSV size in MiB (default 1024)")
+    parser.add_argument("--row-bytes", type=int, default=500, help="typical row size in bytes (default 500)")
+    parser.add_argument("--workdir", default="", help="where to write the CSV (default: a temp dir)")
+    parser.add_argument("--profile", default="", help="record the service with py-spy into this file (.svg/.txt)")
+    args = parser.parse_args(argv)
+
+    from minio import Minio
+
+    from textft import Client
+    from textft_services.common.config import Settings
+    from textft_services.common.store import PART_SIZE, S3Store
+    from textft_services.stack import _free_port, start_service
+
+    work = Path(tempfile.mkdtemp(prefix="bench-upload-", dir=args.workdir or None))
+    moto = None
+    service = None
+    try:
+        if os.environ.get("MINIO_ENDPOINT"):
+            endpoint = os.environ["MINIO_ENDPOINT"]
+            access = os.environ.get("MINIO_ACCESS_KEY", "minioadmin")
+            secret = os.environ.get("MINIO_SECRET_KEY", "minioadmin")
+            kind = "minio"
+        else:
+            port = _free_port()
+            moto = _start_moto(port)
+            endpoint, access, secret, kind = f"127.0.0.1:{port}", "bench", "bench-secret", "moto_server"
+        bucket = "bench-" + uuid.uuid4().hex[:10]
+        api_key = "tft_bench_" + secrets.token_hex(8)
+        env = {
+            **os.environ,
+            "TEXTFT_HOME": str(work / "home"),
+            "TEXTFT_STORE": "s3",
+            "MINIO_ENDPOINT": endpoint,
+            "MINIO_ACCESS_KEY": access,
+            "MINIO_SECRET_KEY": secret,
+            "MINIO_REGION": "us-east-1",
+            "TEXTFT_BUCKET": bucket,
+            "TEXTFT_API_KEYS": api_key,
+            "TEXTFT_API_KEY": api_key,
+            "TEXTFT_MAX_UPLOAD_BYTES": str(max(2 * 1024**3, (args.size_mb + 64) * 1024**2)),
+            "TEXTFT_LOG_LEVEL": "WARNING",
+        }
+        store = S3Store(Settings.from_env(env).store)  # creates the bucket
+        raw = Minio(endpoint, access_key=access, secret_key=secret, secure=False, region="us-east-1")
+
+        csv_path = work / "bench.csv"
+        t = time.perf_counter()
+        rows = generate_csv(csv_path, args.size_mb * 1024**2, args.row_bytes)
+        size = csv_path.stat().st_size
+        print(f"generated {size / 1024**2:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s ({kind})", flush=True)
+
+        # 1. Raw put of the same bytes (multipart, the store's part size).
+        t = time.perf_counter()
+        raw.fput_object(bucket, "raw/bench.csv", str(csv_path), part_size=PART_SIZE)
+        raw_s = time.perf_counter() - t
+        raw.remove_object(bucket, "raw/bench.csv")
+        print(f"raw S3 put: {raw_s:.1f}s", flush=True)
+
+        # 2. The same bytes through the dataset service's UploadDatasetVersion.
+        service = start_service("dataset", env)
+        pid = service.proc.pid
+        idle_rss = _vm(pid, "VmRSS")
+        profiler = None
+        if args.profile:
+            fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
+            spy = shutil.which("py-spy") or "py-spy"
+            cmd = [spy, "record", "-p", str(pid), "-o", args.profile, "-f", fmt, "-r", "50", "--threads"]
+            profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        with Client(service.address, api_key=api_key) as client:
+            client.create_dataset("bench")
+            t = time.perf_counter()
+            version = client.upload_dataset("bench", csv_path, format="csv", timeout=3600)
+            rpc_s = time.perf_counter() - t
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            profiler.wait(60)
+        peak = _vm(pid, "VmHWM")
+        assert version.stats.row_count == rows and version.stats.valid_row_count == rows, version.stats
+        assert version.source_size_bytes == size
+        rows_size = store.size(version.rows_object)
+        deleted = store.delete_prefix("datasets/bench/")
+        print(f"UploadDatasetVersion: {rpc_s:.1f}s ({deleted} objects deleted afterwards)", flush=True)
+
+        ratio = raw_s / rpc_s
+        mib = size / 1024**2
+        figures: dict[str, Any] = {
+            "endpoint": kind,
+            "size_mib": round(mib, 1),
+            "rows": rows,
+            "rows_object_mib": round(rows_size / 1024**2, 1),
+            "raw_put_s": round(raw_s, 2),
+            "raw_put_mib_s": round(mib / raw_s, 1),
+            "upload_rpc_s": round(rpc_s, 2),
+            "upload_rpc_mib_s": round(mib / rpc_s, 1),
+            "upload_rows_per_s": round(rows / rpc_s),
+            "ratio_rpc_vs_raw": round(ratio, 3),
+            "ratio_goal": GOAL_RATIO,
+            "service_idle_rss_mb": round(idle_rss / 1e6, 1),
+            "service_peak_rss_mb": round(peak / 1e6, 1),
+            "rss_goal_mb": GOAL_RSS_MB,
+        }
+        print()
+        print(f"{'figure':<34}{'value':>14}")
+        print(f"{'CSV size (MiB) / rows':<34}{f'{mib:.0f} / {rows}':>14}")
+        print(f"{'raw S3 put (s, MiB/s)':<34}{f'{raw_s:.1f}, {mib / raw_s:.0f}':>14}")
+        print(f"{'UploadDatasetVersion (s, MiB/s)':<34}{f'{rpc_s:.1f}, {mib / rpc_s:.0f}':>14}")
+        print(f"{'rows validated per s':<34}{rows / rpc_s:>14.0f}")
+        verdict = "ok" if ratio >= GOAL_RATIO else "MISSED"
+        print(f"{'ratio RPC / raw (goal >= 0.5)':<34}{f'{ratio:.2f} {verdict}':>14}")
+        verdict = "ok" if peak / 1e6 < GOAL_RSS_MB else "MISSED"
+        print(f"{'service peak RSS MB (goal < 300)':<34}{f'{peak / 1e6:.0f} {verdict}':>14}")
+        return figures
+    finally:
+        if service is not None:
+            service.stop()
+        if moto is not None:
+            moto.terminate()
+            moto.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
