@@ -1,0 +1,115 @@
+"""The SDK's retry and deadline behaviour against a real gRPC server on
+loopback whose handlers answer UNAVAILABLE on purpose: idempotent calls are
+retried with backoff and succeed, non-idempotent ones are not retried, retries
+end, and every call carries a deadline."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from textft import Client
+from textft.errors import DeadlineExceeded, Unavailable
+from textft.v1 import dataset_pb2, dataset_pb2_grpc
+from textft_services.common.bootstrap import Running, start_server
+from textft_services.common.config import Settings
+
+
+class FlakyDatasets(dataset_pb2_grpc.DatasetServiceServicer):
+    """GetDataset fails `failures` times, then answers; CreateDataset and
+    ListDatasets always fail; GetDatasetVersion never answers (until the
+    caller's deadline ends the call)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def _count(self, method: str) -> int:
+        with self.lock:
+            self.calls[method] += 1
+            return self.calls[method]
+
+    def GetDataset(self, request, context):
+        if self._count("GetDataset") <= self.failures:
+            raise Unavailable("warming up, try again")
+        return dataset_pb2.GetDatasetResponse(dataset=dataset_pb2.Dataset(name=request.name))
+
+    def CreateDataset(self, request, context):
+        self._count("CreateDataset")
+        raise Unavailable("warming up, try again")
+
+    def ListDatasets(self, request, context):
+        self._count("ListDatasets")
+        raise Unavailable("still warming up")
+
+    def GetDatasetVersion(self, request, context):
+        self._count("GetDatasetVersion")
+        ended = threading.Event()
+        context.add_callback(ended.set)  # runs when the call ends: here, at the client's deadline
+        ended.wait(30)
+        return dataset_pb2.GetDatasetVersionResponse()
+
+
+@pytest.fixture()
+def flaky() -> Iterator[tuple[FlakyDatasets, Running]]:
+    servicer = FlakyDatasets(failures=1)
+
+    def register(server: grpc.Server) -> list[str]:
+        dataset_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)
+        return ["textft.v1.DatasetService"]
+
+    running = start_server(Settings(auth_enabled=False), 0, register, host="127.0.0.1")
+    yield servicer, running
+    running.stop(0)
+
+
+def _client(running: Running, **kw: object) -> Client:
+    return Client(f"127.0.0.1:{running.port}", env={}, api_key="", **kw)  # type: ignore[arg-type]
+
+
+def test_idempotent_call_is_retried_after_unavailable(flaky) -> None:
+    servicer, running = flaky
+    with _client(running) as client:
+        dataset = client.get_dataset("datasets/reviews")
+    assert dataset.name == "datasets/reviews"
+    assert servicer.calls["GetDataset"] == 2  # one UNAVAILABLE, then the answer
+
+
+def test_non_idempotent_call_is_not_retried(flaky) -> None:
+    servicer, running = flaky
+    with _client(running) as client, pytest.raises(Unavailable, match="warming up"):
+        client.create_dataset("reviews")
+    assert servicer.calls["CreateDataset"] == 1
+
+
+def test_retries_end(flaky) -> None:
+    servicer, running = flaky
+    with _client(running, retries=2) as client, pytest.raises(Unavailable) as info:
+        client.list_datasets()
+    assert servicer.calls["ListDatasets"] == 3  # the call and two retries
+    assert info.value.retryable and info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_calls_have_a_deadline_by_default(flaky) -> None:
+    servicer, running = flaky
+    with _client(running, timeout=0.5) as client, pytest.raises(DeadlineExceeded):
+        client.get_dataset_version("datasets/reviews/versions/v1")
+    assert servicer.calls["GetDatasetVersion"] == 1  # DEADLINE_EXCEEDED is not retried
+
+
+def test_from_env_reads_targets_key_and_tls_switch(flaky) -> None:
+    _, running = flaky
+    env = {"TEXTFT_DATASET_ADDR": f"127.0.0.1:{running.port}", "TEXTFT_API_KEY": "tft_env_key"}
+    with Client.from_env(env, timeout=5) as client:
+        assert client.targets["dataset"] == env["TEXTFT_DATASET_ADDR"]
+        assert client.api_key == "tft_env_key" and not client.tls and client.timeout == 5
+        assert client.get_dataset("x").name == "datasets/x"  # one retry, then the plaintext server answers
+    with Client.from_env({"TEXTFT_TLS": "on"}) as client:
+        assert client.tls  # system roots
+    with pytest.raises(ValueError, match="TEXTFT_TLS"):
+        Client.from_env({"TEXTFT_TLS": "maybe"})
