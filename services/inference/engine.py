@@ -38,6 +38,9 @@ log = logging.getLogger("textft.inference")
 MV = trainer_pb2.ModelVersion
 Gen = inference_pb2.Generation
 DEFAULT_MAX_NEW_TOKENS = 64
+# READY versions are remembered this long, so a hot path costs no trainer RPC;
+# a deleted version stops resolving at most this much later.
+RESOLVE_TTL_S = 5.0
 MAX_NEW_TOKENS = 2048
 # Registers a callback run when the RPC ends (grpc.ServicerContext.add_callback).
 OnRpcDone = Callable[[Callable[[], None]], bool]
@@ -101,9 +104,22 @@ class Engine:
         self.lock = threading.RLock()  # the maps above
         self.load_lock = threading.RLock()  # cold loads and drops, one at a time
         self.admission = Admission(settings.inference_queue_size, self.metrics)
+        self.resolved: dict[str, tuple[float, trainer_pb2.ModelVersion]] = {}
 
     # ---- resolution ----
     def resolve(self, name: str, field_name: str = "model_version") -> trainer_pb2.ModelVersion:
+        """The READY version `name` means (a version, or a model's latest READY one)."""
+        now = time.monotonic()
+        hit = self.resolved.get(name)
+        if hit is not None and now - hit[0] < RESOLVE_TTL_S:
+            return hit[1]
+        version = self._resolve(name, field_name)
+        if len(self.resolved) > 10_000:
+            self.resolved.clear()
+        self.resolved[name] = (now, version)
+        return version
+
+    def _resolve(self, name: str, field_name: str) -> trainer_pb2.ModelVersion:
         try:
             if re.match(r"^models/[^/]+$", name or ""):
                 names.parse_model(name, field_name)

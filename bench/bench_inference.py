@@ -1,0 +1,385 @@
+"""Inference throughput through the real Predict RPC, against a one-request-at-
+a-time transformers pipeline doing the same work, measured side by side in one
+run; mixed-adapter vs single-adapter traffic; adapter cold load from the store;
+memory added per loaded adapter.
+
+    python -m bench inference                  # default sizes
+    python -m bench inference --requests=64    # a quicker run (the harness needs the = form)
+
+Setup: a GPT-Neo built offline (hidden 256, 4 layers), four classification and
+four generation LoRA adapters trained briefly through the real stack (local
+store, three service processes). Clients: 16 threads, each sending one text
+per request, the adapters in rotation. Baseline: in this process, the same
+base with the same four adapters loaded through PEFT, `pipeline(...)` called
+once per request after `set_adapter` (what a service without batching does).
+Goals (issue 5): batched/baseline >= 3x, mixed/single >= 0.8x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+GOAL_SPEEDUP = 3.0
+GOAL_MIXED = 0.8
+BASE_KEY = "base-models/bench-gpt-neo"
+BASE_URI = "store://" + BASE_KEY
+WORDS = ["great", "awful", "superb", "boring", "loved", "dull", "wonderful", "dreadful", "fine", "bland"]
+TEXTS = [
+    f"the film was {w} and the {x} was {y} from start to end"
+    for w in WORDS
+    for x, y in [("cast", "fine"), ("plot", "thin")]
+]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _train_adapters(client: Any, n: int, steps: int) -> tuple[list[str], list[str]]:
+    from textft.v1 import trainer_pb2
+
+    cls_csv = "text,label\n" + "".join(f"{t},{'pos' if i % 4 < 2 else 'neg'}\n" for i, t in enumerate(TEXTS * 4))
+    gen_jsonl = "".join(f'{{"text": "repeat: {w}", "target": "{w} {w}"}}\n' for w in WORDS * 6)
+    client.create_dataset("bench-cls")
+    client.create_dataset("bench-gen")
+    cls_ds = client.upload_dataset("bench-cls", cls_csv.encode(), task="classification", format="csv").name
+    gen_ds = client.upload_dataset("bench-gen", gen_jsonl.encode(), task="generation", format="jsonl").name
+    runs: dict[str, list[str]] = {"classification": [], "generation": []}
+    for task, dataset, template in (
+        ("classification", cls_ds, "templates/gpt-neo-125m-lora-text-classification"),
+        ("generation", gen_ds, "templates/gpt-neo-125m-lora-text-generation"),
+    ):
+        for i in range(n):
+            model = f"bench-{task[:3]}-{i}"
+            client.create_model(model, task=task)
+            trainer = {"max_steps": steps, "learning_rate": 5e-3, "per_device_train_batch_size": 8, "seed": i}
+            runs[task].append(
+                client.train(
+                    model,
+                    dataset,
+                    template,
+                    model_config={"pretrained_model_name_or_path": BASE_URI},
+                    trainer_config=trainer,
+                ).name
+            )
+    for run in runs["classification"] + runs["generation"]:
+        done = client.wait(run, timeout=1200)
+        if done.state != trainer_pb2.ModelVersion.STATE_READY:
+            raise RuntimeError(f"{run} ended {done.state}: {done.failure.message}")
+    return runs["classification"], runs["generation"]
+
+
+def _served(
+    addresses: dict[str, str], api_key: str, plan: list[tuple[str, str]], clients: int, gen: dict[str, Any] | None
+) -> float:
+    """Sends `plan` (version, text) through Predict from `clients` threads; returns seconds."""
+    from textft import Client
+
+    pool_clients = [
+        Client(addresses["dataset"], addresses["trainer"], addresses["inference"], api_key=api_key, timeout=600)
+        for _ in range(clients)
+    ]
+    chunks = [plan[i::clients] for i in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def worker(i: int) -> None:
+        c = pool_clients[i]
+        barrier.wait()
+        for version, text in chunks[i]:
+            c.predict(version, [text], **(gen or {}))
+
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(worker, i) for i in range(clients)]
+        barrier.wait()
+        started = time.perf_counter()
+        for f in futures:
+            f.result()
+        seconds = time.perf_counter() - started
+    for c in pool_clients:
+        c.close()
+    return seconds
+
+
+class Baseline:
+    """The same base and adapters in this process; one pipeline call per request."""
+
+    def __init__(self, store: Any, base_dir: Path, versions: dict[str, str], task: str, workdir: Path) -> None:
+        """`versions`: model version name -> adapter location in the store."""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+        torch.manual_seed(0)
+        self.names = {}
+        tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        tokenizer.pad_token = tokenizer.eos_token
+        model: Any = None
+        for i, (version, adapter_uri) in enumerate(versions.items()):
+            local = workdir / f"{task}-{i}"
+            store.download_dir(adapter_uri, local)
+            name = f"a{i}"
+            self.names[version] = name
+            if model is None:
+                if task == "classification":
+                    base = AutoModelForSequenceClassification.from_pretrained(
+                        str(base_dir), num_labels=2, pad_token_id=tokenizer.pad_token_id
+                    )
+                else:
+                    base = AutoModelForCausalLM.from_pretrained(str(base_dir))
+                    base.config.pad_token_id = tokenizer.pad_token_id
+                model = PeftModel.from_pretrained(base, str(local), adapter_name=name)
+            else:
+                model.load_adapter(str(local), adapter_name=name)
+        model.eval()
+        self.model = model
+        kind = "text-classification" if task == "classification" else "text-generation"
+        self.pipe = pipeline(kind, model=model, tokenizer=tokenizer, device="cpu")
+        self.task = task
+
+    def run(self, plan: list[tuple[str, str]], max_new_tokens: int = 0) -> float:
+        import torch
+
+        started = time.perf_counter()
+        with torch.no_grad():
+            for version, text in plan:
+                self.model.set_adapter(self.names[version])
+                if self.task == "classification":
+                    self.pipe(text, top_k=None)
+                else:
+                    self.pipe(
+                        f"{text}\n",
+                        max_new_tokens=max_new_tokens,
+                        min_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        return_full_text=False,
+                    )
+        return time.perf_counter() - started
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench inference")
+    parser.add_argument("--requests", type=int, default=192, help="classification requests per measurement")
+    parser.add_argument("--gen-requests", type=int, default=64, help="generation requests per measurement")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--adapters", type=int, default=4)
+    parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--batch-wait-ms", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; medians are reported")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="intra-op threads of the server and the baseline alike (on a small shared CPU, 1 avoids "
+        "the stalls of threads waiting for a busy core)",
+    )
+    args = parser.parse_args(argv)
+
+    for key, value in {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        os.environ.setdefault(key, value)
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from textft import Client
+    from textft_services.common.config import Settings
+    from textft_services.common.store import open_store
+    from textft_services.common.tinymodels import build_tiny_gpt_neo
+    from textft_services.inference.metrics import parse
+    from textft_services.stack import _free_port, local_env, start_stack
+
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.torch_threads)
+    figures: dict[str, Any] = {
+        "device": "cpu",
+        "cpus": os.cpu_count(),
+        "clients": args.clients,
+        "adapters": args.adapters,
+        "torch_threads": args.torch_threads,
+        "rounds": args.rounds,
+        "load_average_at_start": os.getloadavg()[0],
+    }
+    with tempfile.TemporaryDirectory(prefix="textft-bench-inference-") as tmp:
+        home = Path(tmp)
+        metrics_port = _free_port()
+        env = local_env(home / "home", base=dict(os.environ))
+        env.update(
+            TEXTFT_METRICS_PORT=str(metrics_port),
+            TEXTFT_GRPC_WORKERS=str(args.clients * 2),
+            TEXTFT_INFERENCE_MAX_ADAPTERS=str(2 * args.adapters),
+            TEXTFT_INFERENCE_BATCH_WAIT_MS=str(args.batch_wait_ms),
+            TEXTFT_INFERENCE_QUEUE_SIZE=str(args.clients * 4),
+            TEXTFT_TRAINER_CONCURRENCY="2",
+            OMP_NUM_THREADS=str(args.torch_threads),
+            PYTHONUNBUFFERED="1",
+        )
+        base_dir = build_tiny_gpt_neo(
+            home / "base", corpus=TEXTS, vocab_size=1024, hidden_size=args.hidden, num_layers=args.layers, num_heads=4
+        )
+        store = open_store(Settings.from_env(env).store)
+        store.upload_dir(base_dir, BASE_KEY)
+        params = sum(
+            p.numel()
+            for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(str(base_dir)).parameters()
+        )
+        figures["base_model"] = f"GPT-Neo hidden {args.hidden}, {args.layers} layers, {params / 1e6:.1f}M parameters"
+        log = open(home / "services.log", "w")  # noqa: SIM115 - closed below
+        stack = start_stack(env, log=log)
+        try:
+            addresses = stack.addresses
+            key = env["TEXTFT_API_KEY"]
+            client = Client(
+                addresses["dataset"], addresses["trainer"], addresses["inference"], api_key=key, timeout=600
+            )
+            t0 = time.perf_counter()
+            cls_versions, gen_versions = _train_adapters(client, args.adapters, args.train_steps)
+            figures["training_seconds"] = round(time.perf_counter() - t0, 1)
+            inference_pid = stack.services["inference"].proc.pid
+
+            def uris(versions: list[str]) -> dict[str, str]:
+                return {v: client.get_model_version(v).adapter_uri for v in versions}
+
+            # -- cold load and memory per adapter (classification adapters; base loaded by the first) --
+            rss = [_rss_mb(inference_pid)]
+            loads = []
+            for version in cls_versions:
+                loads.append(client.load_model_version(version).load_seconds)
+                rss.append(_rss_mb(inference_pid))
+            for version in cls_versions[1:]:  # reload from the store: adapter-only cold loads
+                client.unload_model_version(version)
+            cold = []
+            for version in cls_versions[1:]:
+                cold.append(client.load_model_version(version).load_seconds)
+            adapter_bytes = [
+                v.adapter_bytes for v in client.list_loaded_model_versions() if v.model_version in cls_versions
+            ]
+            figures["first_load_with_base_s"] = round(loads[0], 3)
+            figures["adapter_cold_load_s_median"] = round(statistics.median(cold), 3)
+            figures["rss_base_plus_first_adapter_mb"] = round(rss[1] - rss[0], 1)
+            figures["rss_per_extra_adapter_mb"] = round((rss[-1] - rss[1]) / max(1, len(cls_versions) - 1), 2)
+            figures["adapter_file_kb"] = round(statistics.mean(adapter_bytes) / 1024, 1)
+            for version in gen_versions:
+                client.load_model_version(version)
+
+            # -- classification: served (16 clients, mixed / single adapter) vs pipeline one at a time --
+            n = args.requests
+            mixed_plan = [(cls_versions[i % len(cls_versions)], TEXTS[i % len(TEXTS)]) for i in range(n)]
+            single_plan = [(cls_versions[0], text) for _, text in mixed_plan]
+            baseline = Baseline(store, base_dir, uris(cls_versions), "classification", home / "baseline")
+            baseline.run(mixed_plan[: 2 * len(cls_versions)])  # warm-up
+            _served(addresses, key, mixed_plan[: args.clients * 2], args.clients, None)
+            before = parse(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode())
+            runs: dict[str, list[float]] = {"mixed": [], "single": [], "pipeline": []}
+            for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits all three alike
+                runs["mixed"].append(_served(addresses, key, mixed_plan, args.clients, None))
+                runs["single"].append(_served(addresses, key, single_plan, args.clients, None))
+                runs["pipeline"].append(baseline.run(mixed_plan))
+            after = parse(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode())
+            served_mixed, served_single, base_s = (statistics.median(runs[k]) for k in ("mixed", "single", "pipeline"))
+            passes = after["textft_inference_batch_rows_count"] - before["textft_inference_batch_rows_count"]
+            rows = after["textft_inference_batch_rows_sum"] - before["textft_inference_batch_rows_sum"]
+            figures["cls_requests"] = n
+            figures["cls_served_mixed_rps"] = round(n / served_mixed, 1)
+            figures["cls_served_single_rps"] = round(n / served_single, 1)
+            figures["cls_pipeline_rps"] = round(n / base_s, 1)
+            figures["cls_speedup_vs_pipeline"] = round(base_s / served_mixed, 2)
+            figures["cls_mixed_vs_single"] = round(served_single / served_mixed, 2)
+            figures["cls_mean_batch_rows"] = round(rows / max(1, passes), 1)
+            del baseline
+
+            # -- generation: tokens/s, same comparison (greedy, fixed length) --
+            g = args.gen_requests
+            gen = {"max_new_tokens": args.new_tokens, "ignore_eos": True}
+            gen_mixed = [(gen_versions[i % len(gen_versions)], f"repeat: {WORDS[i % len(WORDS)]}") for i in range(g)]
+            gen_single = [(gen_versions[0], text) for _, text in gen_mixed]
+            gbase = Baseline(store, base_dir, uris(gen_versions), "generation", home / "baseline-gen")
+            gbase.run(gen_mixed[:4], args.new_tokens)
+            _served(addresses, key, gen_mixed[: args.clients], args.clients, gen)
+            gruns: dict[str, list[float]] = {"mixed": [], "single": [], "pipeline": []}
+            for _ in range(args.rounds):
+                gruns["mixed"].append(_served(addresses, key, gen_mixed, args.clients, gen))
+                gruns["single"].append(_served(addresses, key, gen_single, args.clients, gen))
+                gruns["pipeline"].append(gbase.run(gen_mixed, args.new_tokens))
+            served_gmixed, served_gsingle, gbase_s = (
+                statistics.median(gruns[k]) for k in ("mixed", "single", "pipeline")
+            )
+            tokens = g * args.new_tokens
+            figures["gen_requests"] = g
+            figures["gen_new_tokens"] = args.new_tokens
+            figures["gen_served_mixed_tok_s"] = round(tokens / served_gmixed, 1)
+            figures["gen_served_single_tok_s"] = round(tokens / served_gsingle, 1)
+            figures["gen_pipeline_tok_s"] = round(tokens / gbase_s, 1)
+            figures["gen_speedup_vs_pipeline"] = round(gbase_s / served_gmixed, 2)
+            figures["gen_mixed_vs_single"] = round(served_gsingle / served_gmixed, 2)
+            client.close()
+        finally:
+            stack.stop()
+            log.close()
+
+    figures["load_average_at_end"] = os.getloadavg()[0]
+    figures["goal_speedup"] = GOAL_SPEEDUP
+    figures["goal_mixed_vs_single"] = GOAL_MIXED
+    figures["speedup_goal_met"] = (
+        figures["cls_speedup_vs_pipeline"] >= GOAL_SPEEDUP and figures["gen_speedup_vs_pipeline"] >= GOAL_SPEEDUP
+    )
+    figures["mixed_goal_met"] = (
+        figures["cls_mixed_vs_single"] >= GOAL_MIXED and figures["gen_mixed_vs_single"] >= GOAL_MIXED
+    )
+    _print(figures)
+    return figures
+
+
+def _print(f: dict[str, Any]) -> None:
+    rows = [
+        ("base model", f["base_model"]),
+        (
+            "machine",
+            f"{f['cpus']} CPUs ({f['device']}), torch threads {f['torch_threads']}, medians of {f['rounds']} "
+            f"interleaved rounds, load average {f['load_average_at_start']:.1f} -> {f['load_average_at_end']:.1f}",
+        ),
+        (f"classification, {f['clients']} clients x {f['adapters']} adapters (req/s)", f"{f['cls_served_mixed_rps']}"),
+        (f"classification, {f['clients']} clients x 1 adapter (req/s)", f"{f['cls_served_single_rps']}"),
+        ("classification, pipeline one at a time (req/s)", f"{f['cls_pipeline_rps']}"),
+        ("  speedup served/pipeline (goal >= 3)", f"{f['cls_speedup_vs_pipeline']}x"),
+        ("  mixed/single adapter (goal >= 0.8)", f"{f['cls_mixed_vs_single']}x"),
+        ("  mean texts per forward pass", f"{f['cls_mean_batch_rows']}"),
+        (
+            f"generation {f['gen_new_tokens']} tokens, {f['clients']} clients x {f['adapters']} adapters (tok/s)",
+            f"{f['gen_served_mixed_tok_s']}",
+        ),
+        (f"generation, {f['clients']} clients x 1 adapter (tok/s)", f"{f['gen_served_single_tok_s']}"),
+        ("generation, pipeline one at a time (tok/s)", f"{f['gen_pipeline_tok_s']}"),
+        ("  speedup served/pipeline (goal >= 3)", f"{f['gen_speedup_vs_pipeline']}x"),
+        ("  mixed/single adapter (goal >= 0.8)", f"{f['gen_mixed_vs_single']}x"),
+        ("first load (base model + adapter), s", f"{f['first_load_with_base_s']}"),
+        ("adapter cold load from the store (median), s", f"{f['adapter_cold_load_s_median']}"),
+        ("adapter file size, KiB", f"{f['adapter_file_kb']}"),
+        ("RSS added per extra adapter, MiB", f"{f['rss_per_extra_adapter_mb']}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
