@@ -111,10 +111,13 @@ def start_stack(
     host: str = "127.0.0.1",
     log: IO[str] | None = None,
 ) -> Stack:
-    """Starts dataset, trainer and inference in dependency order; each one is
-    told the addresses of the ones started before it."""
-    ports = ports or {name: 0 for name in SERVICES}
+    """Starts dataset, trainer and inference in dependency order. Ports are
+    fixed up front (0 picks a free one), so every service knows every other's
+    address: the dataset service asks the trainer before deleting a dataset."""
+    ports = {name: (ports or {}).get(name, 0) or _free_port() for name in SERVICES}
     stack = Stack(dict(env))
+    for name in SERVICES:
+        stack.env[ADDR_ENV[name]] = f"{host}:{ports[name]}"
     try:
         for name in SERVICES:
             svc = start_service(name, stack.env, ports.get(name, 0), host, log=log)

@@ -390,6 +390,15 @@ class _DelimitedReader:
             yield raw.decode("utf-8", "surrogateescape")
 
     def _header(self) -> list[str]:
+        try:
+            return self._read_header()
+        except csv.Error as e:  # e.g. a bare carriage return inside the header line
+            raise InvalidArgument(
+                f"the header line could not be read as {'CSV' if self.delimiter == ',' else 'TSV'}: {e}",
+                reason="BAD_HEADER",
+            ) from None
+
+    def _read_header(self) -> list[str]:
         for record in self._reader:
             if not record or all(not cell.strip() for cell in record):
                 continue
