@@ -160,6 +160,9 @@ def test_train_watch_predict(stack: RunningStack, dataset_version: str) -> None:
     assert response["model_version"] == name
     assert {s["label"] for s in response["predictions"][0]["classification"]["scores"]} == {"pos", "neg"}
 
+    evaluated = ok(cli(stack, "evaluate", name, dataset_version, timeout=300)).stdout
+    assert "accuracy" in evaluated and "roc_auc[pos]" in evaluated
+
 
 def test_errors_have_no_traceback(stack: RunningStack, dataset_version: str) -> None:
     result = cli(stack, "datasets", "get", "datasets/nope/versions/v1")

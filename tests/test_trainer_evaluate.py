@@ -30,8 +30,7 @@ def _csv(n: int, seed: int, extra: list[str] = ()) -> bytes:  # type: ignore[ass
 
 
 def evaluate(client: Client, name: str, dataset_version: str) -> trainer_pb2.Evaluation:
-    request = trainer_pb2.EvaluateModelVersionRequest(name=name, dataset_version=dataset_version)
-    return client.call(client.trainer.EvaluateModelVersion, request, timeout=300).evaluation
+    return client.evaluate(name, dataset_version, timeout=300)
 
 
 @pytest.fixture(scope="module")

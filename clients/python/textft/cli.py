@@ -651,6 +651,19 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(client: Client, args: argparse.Namespace) -> int:
+    evaluation = client.evaluate(_model_version_name(args.version), args.dataset_version)
+    if args.json:
+        _print_json(evaluation)
+        return 0
+    print(f"{args.dataset_version}: {evaluation.example_count} examples, {evaluation.skipped_row_count} skipped")
+    for key, value in sorted(evaluation.metrics.items()):
+        print(f"  {key:<14} {value:.4f}")
+    for label, auc in sorted(evaluation.roc_auc_per_label.items()):
+        print(f"  roc_auc[{label}] {auc:.4f}")
+    return 0
+
+
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.texts)
     if args.file:
@@ -840,6 +853,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=what)
         p.add_argument("version", help="models/{model}/versions/{version}")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("evaluate", help="evaluate a READY run on any dataset version of its task")
+    p.add_argument("version", help="models/{model}/versions/{version}")
+    p.add_argument("dataset_version", help="datasets/{dataset}/versions/{version}")
+    p.set_defaults(func=cmd_evaluate)
 
     # inference
     p = sub.add_parser("predict", help="classify texts or generate from them")

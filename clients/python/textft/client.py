@@ -420,6 +420,11 @@ class Client:
         request = trainer_pb2.CancelModelVersionRequest(name=name)
         return self.call(self.trainer.CancelModelVersion, request).model_version
 
+    def evaluate(self, name: str, dataset_version: str, timeout: float = 3600) -> trainer_pb2.Evaluation:
+        """Evaluates a READY version on any dataset version of its task (runs a job: allow time)."""
+        request = trainer_pb2.EvaluateModelVersionRequest(name=name, dataset_version=dataset_version)
+        return self.call(self.trainer.EvaluateModelVersion, request, timeout=timeout).evaluation
+
     # ---- inference ----
     def predict(
         self,
