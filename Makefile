@@ -1,6 +1,7 @@
 # textft — one Makefile for the whole repository.
 #   make demo   set everything up, start the stack, fine-tune and predict (the main job)
 #   make test   set everything up and run the test suite
+#   make check-reliability   the reliability and security suite, with its figures
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ PROTOS := $(wildcard protos/textft/v1/*.proto)
 STUBS_DIR := clients/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos check-protos up demo test test-fast lint bench clean validate-deploy
+.PHONY: install protos check-protos up demo test check-reliability lint bench clean validate-deploy
 
 install: $(STAMP) protos
 
@@ -42,6 +43,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Faults, fuzzing, load, auth: prints the figures table at the end.
+# TEXTFT_HEAVY=1 runs the heavier variants (more fuzz examples, longer load).
+check-reliability: install
+	$(PY) -m pytest -q -m reliability
 
 lint: install
 	$(VENV)/bin/ruff check .
