@@ -151,4 +151,4 @@ def test_with_overrides_ignores_none() -> None:
     t = s.with_overrides(host=None, grpc_workers=2)
     assert t.host == s.host
     assert t.grpc_workers == 2
-    assert s.grpc_workers == 16  # frozen: the original is unchanged
+    assert s.grpc_workers == Settings().grpc_workers  # frozen: the original is unchanged

@@ -75,10 +75,14 @@ def start_server(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    # maximum_concurrent_rpcs bounds the executor's queue: without it, RPCs
+    # beyond the worker count wait there without limit (and unseen by any
+    # service-level bound); beyond it gRPC answers RESOURCE_EXHAUSTED itself.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=max(1, settings.grpc_workers), thread_name_prefix="rpc"),
         interceptors=interceptors,
         options=options,
+        maximum_concurrent_rpcs=settings.max_rpcs,
     )
     names = register(server)
     health_servicer = health.HealthServicer()

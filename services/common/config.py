@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+DEFAULT_GRPC_WORKERS = 128
+
 
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
@@ -91,7 +93,17 @@ class Settings:
     trainer_addr: str = "127.0.0.1:50052"
     inference_addr: str = "127.0.0.1:50053"
     max_message_bytes: int = 16 * 1024 * 1024
-    grpc_workers: int = 16
+    # Handler threads of each gRPC server. A unary RPC holds one for its whole
+    # run (an inference Predict while it waits for its batch), and so does a
+    # long-lived stream (WatchModelVersion, PredictStream) for as long as it is
+    # open: enough that a few watchers cannot starve the server, and more than
+    # the inference queue plus one batch (64 + 32 by default), so under load
+    # that queue's bound (RESOURCE_EXHAUSTED, INFERENCE_QUEUE_FULL) answers first.
+    grpc_workers: int = DEFAULT_GRPC_WORKERS
+    # RPCs in progress at once (running or waiting for a handler thread); beyond
+    # it gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without
+    # bound. 0 means 2 x grpc_workers (see max_rpcs).
+    max_concurrent_rpcs: int = 0
     log_format: str = "text"
     log_level: str = "INFO"
     # dataset service
@@ -158,7 +170,8 @@ class Settings:
             trainer_addr=env.get("TEXTFT_TRAINER_ADDR", "127.0.0.1:50052"),
             inference_addr=env.get("TEXTFT_INFERENCE_ADDR", "127.0.0.1:50053"),
             max_message_bytes=_int(env, "TEXTFT_MAX_MESSAGE_BYTES", 16 * 1024 * 1024),
-            grpc_workers=_int(env, "TEXTFT_GRPC_WORKERS", 16),
+            grpc_workers=_int(env, "TEXTFT_GRPC_WORKERS", DEFAULT_GRPC_WORKERS),
+            max_concurrent_rpcs=_int(env, "TEXTFT_MAX_CONCURRENT_RPCS", 0),
             log_format=env.get("TEXTFT_LOG_FORMAT", "text"),
             log_level=env.get("TEXTFT_LOG_LEVEL", "INFO"),
             max_upload_bytes=_int(env, "TEXTFT_MAX_UPLOAD_BYTES", 2 * 1024**3),
@@ -177,6 +190,12 @@ class Settings:
             inference_max_base_models=_int(env, "TEXTFT_INFERENCE_MAX_BASE_MODELS", 2),
             metrics_port=_int(env, "TEXTFT_METRICS_PORT", 0),
         )
+
+    @property
+    def max_rpcs(self) -> int:
+        """The bound on RPCs in progress that the gRPC server enforces."""
+        workers = max(1, self.grpc_workers)
+        return self.max_concurrent_rpcs if self.max_concurrent_rpcs > 0 else 2 * workers
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
