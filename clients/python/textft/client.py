@@ -164,7 +164,7 @@ class Client:
         api_key: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_message_bytes: int = 16 * 1024 * 1024,
-        retries: int = 3,
+        retries: int = 6,  # ~6 s of jittered backoff: rides out a service restart
         *,
         tls: bool | None = None,
         tls_ca: str | os.PathLike[str] | None = None,
