@@ -32,6 +32,16 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
 def _path(env: dict[str, str], name: str) -> Path | None:
     raw = env.get(name, "").strip()
     return Path(raw).expanduser() if raw else None
@@ -116,6 +126,10 @@ class Settings:
     # gloo on CPU, NCCL on GPUs), one process per device.
     trainer_nproc: int = 1
     base_model_cache: Path = Path(".textft/base-models")
+    # How long a training job keeps retrying a store that is unavailable (per
+    # operation, capped exponential backoff) before it FAILS with
+    # MODEL_TRAINING_STORE_UNAVAILABLE.
+    store_retry_seconds: float = 300.0
     # inference service
     inference_max_adapters: int = 8
     inference_max_adapter_bytes: int = 2 * 1024**3
@@ -180,6 +194,7 @@ class Settings:
             trainer_concurrency=_int(env, "TEXTFT_TRAINER_CONCURRENCY", 1),
             trainer_nproc=_int(env, "TEXTFT_TRAINER_NPROC", 1),
             base_model_cache=Path(env.get("TEXTFT_BASE_MODEL_CACHE", str(home / "base-models"))).expanduser(),
+            store_retry_seconds=_float(env, "TEXTFT_STORE_RETRY_SECONDS", 300.0),
             inference_max_adapters=_int(env, "TEXTFT_INFERENCE_MAX_ADAPTERS", 8),
             inference_max_adapter_bytes=_int(env, "TEXTFT_INFERENCE_MAX_ADAPTER_BYTES", 2 * 1024**3),
             inference_max_batch_texts=_int(env, "TEXTFT_INFERENCE_MAX_BATCH_TEXTS", 256),

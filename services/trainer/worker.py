@@ -15,6 +15,12 @@ checkpoint is uploaded to the store (checkpoints.py); a job that finds complete
 checkpoints of its version in the store resumes from the newest one, so a
 re-run after a crash or a trainer restart continues where it left off.
 
+Store outages: every store read and write of the job goes through StoreRetry,
+which retries while the store is unavailable (capped exponential backoff, for
+TEXTFT_STORE_RETRY_SECONDS per operation) and reports each retry as a log
+event; past that budget the job FAILS with MODEL_TRAINING_STORE_UNAVAILABLE.
+Every retried operation is idempotent (an upload starts over from scratch).
+
 Under torchrun (several processes, DDP) every rank trains; only rank 0 emits
 events, evaluates and uploads. `--evaluate` runs the evaluation of a finished
 version against another dataset version, with the same code.
@@ -31,9 +37,12 @@ import random
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from textft.errors import Unavailable
 
 from ..common import basemodels
 from ..common.config import Settings
@@ -45,7 +54,9 @@ EVENT_PREFIX = "TEXTFT_EVENT "
 EXIT_FAILED = 3
 EXIT_ORPHANED = 4  # the launcher went away (its lifeline pipe closed)
 PROMPT_TEMPLATE = "{text}\n"  # generation: the model sees the text, then learns to continue with the target
+STORE_UNAVAILABLE = "MODEL_TRAINING_STORE_UNAVAILABLE"
 log = logging.getLogger("textft.worker")
+T = TypeVar("T")
 
 
 class JobFailure(Exception):
@@ -85,6 +96,72 @@ class Emitter:
 
     def log(self, message: str) -> None:
         self.emit("log", message=message)
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a store that went away raises: Unavailable from the store's own
+    calls, and urllib3's errors from a response cut while it is being read."""
+    try:
+        from urllib3.exceptions import HTTPError
+    except ImportError:  # no S3 client installed: only the local store
+        return (Unavailable,)
+    return (Unavailable, HTTPError)
+
+
+class StoreRetry:
+    """Runs one store operation of the job, again and again while the store is
+    unavailable: capped exponential backoff, for at most `budget` seconds per
+    operation, each retry reported as a log event (watchers see it). Past the
+    budget: JobFailure MODEL_TRAINING_STORE_UNAVAILABLE. Operations passed in
+    must be idempotent (they may run again after failing half way)."""
+
+    def __init__(
+        self,
+        budget: float,
+        emitter: Emitter,
+        first_delay: float = 0.5,
+        max_delay: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budget = max(0.0, budget)
+        self.emitter = emitter
+        self.first_delay, self.max_delay = first_delay, max_delay
+        self.sleep, self.clock = sleep, clock
+        self.retries = 0  # over the job's lifetime
+        self.transient = _transient_errors()
+
+    def __call__(self, what: str, operation: Callable[[], T]) -> T:
+        deadline = self.clock() + self.budget
+        delay, attempt = self.first_delay, 0
+        while True:
+            try:
+                result = operation()
+            except self.transient as exc:
+                attempt += 1
+                detail = exc.message if isinstance(exc, Unavailable) else f"{type(exc).__name__}"
+                left = deadline - self.clock()
+                if left <= 0:
+                    raise JobFailure(
+                        STORE_UNAVAILABLE,
+                        f"the object store was unavailable while {what} and did not come back within "
+                        f"{self.budget:g}s ({attempt} attempts; last error: {detail}). Check that the store "
+                        "(MINIO_ENDPOINT) is reachable, then create a new version to train again; "
+                        "TEXTFT_STORE_RETRY_SECONDS sets how long a job waits for the store.",
+                    ) from None
+                wait = min(delay, left)
+                self.retries += 1
+                message = (
+                    f"object store unavailable while {what}, retrying (attempt {attempt}) in {wait:.1f}s: {detail}"
+                )
+                log.warning("%s", message)
+                self.emitter.log(message)
+                self.sleep(wait)
+                delay = min(delay * 2, self.max_delay)
+                continue
+            if attempt:
+                self.emitter.log(f"object store available again: {what} succeeded after {attempt} retries")
+            return result
 
 
 @dataclass
@@ -292,7 +369,7 @@ def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
     return ProgressCallback()
 
 
-def _checkpoint_callback(store: ObjectStore, prefix: str, emitter: Emitter, keep: int | None) -> Any:
+def _checkpoint_callback(store: ObjectStore, prefix: str, emitter: Emitter, keep: int | None, retry: StoreRetry) -> Any:
     from transformers import TrainerCallback
 
     class CheckpointUploader(TrainerCallback):  # type: ignore[misc]
@@ -305,7 +382,9 @@ def _checkpoint_callback(store: ObjectStore, prefix: str, emitter: Emitter, keep
             if not local.is_dir():
                 return
             started = time.monotonic()
-            target = checkpoints.upload(store, local, prefix, state.global_step, keep)
+            step = state.global_step
+            target = retry(f"uploading checkpoint step {step}", lambda: checkpoints.upload(store, local, prefix, step))
+            retry("pruning old checkpoints", lambda: checkpoints.prune(store, prefix, keep))
             emitter.log(f"checkpoint step {state.global_step} saved to {target} in {time.monotonic() - started:.1f}s")
 
     return CheckpointUploader()
@@ -533,15 +612,16 @@ def run_job(
     classification = job["task"] == "TEXT_CLASSIFICATION"
     version_prefix = job["metrics_object"].rsplit("/", 1)[0]
     ckpt_prefix = job.get("checkpoints_prefix") or checkpoints.checkpoints_prefix(version_prefix)
+    retry = StoreRetry(settings.store_retry_seconds, emitter)
 
     emitter.state("PREPARING_DATA")
     base_name = model_kwargs.pop("pretrained_model_name_or_path")
-    base_path = basemodels.resolve(base_name, store, settings.base_model_cache)
+    base_path = retry("reading the base model", lambda: basemodels.resolve(base_name, store, settings.base_model_cache))
     tok_name = tokenizer_kwargs.pop("pretrained_model_name_or_path", base_name)
-    tok_path = basemodels.resolve(tok_name, store, settings.base_model_cache)
+    tok_path = retry("reading the tokenizer", lambda: basemodels.resolve(tok_name, store, settings.base_model_cache))
     tokenizer, max_length = load_tokenizer(tokenizer_kwargs, tok_path)
 
-    rows = _read_rows(store, job["rows_object"])
+    rows = retry("reading the dataset rows", lambda: _read_rows(store, job["rows_object"]))
     prepared = prepare_rows(job, rows, tokenizer, max_length)
     emitter.log(
         f"{len(prepared.train)} train rows, {len(prepared.eval)} eval rows ({prepared.split_source}), {prepared.skipped} invalid rows skipped"
@@ -574,7 +654,7 @@ def run_job(
         emitter.log(f"distributed: {args.world_size} processes, backend {args.ddp_backend or 'default'}")
     callbacks = [_progress_callback(emitter, len(train_set))]
     if args.save_strategy != "no":
-        callbacks.append(_checkpoint_callback(store, ckpt_prefix, emitter, args.save_total_limit))
+        callbacks.append(_checkpoint_callback(store, ckpt_prefix, emitter, args.save_total_limit, retry))
     trainer = Trainer(
         model=model,
         args=args,
@@ -584,9 +664,12 @@ def run_job(
         callbacks=callbacks,
     )
     resume_from = None
-    step = checkpoints.latest_step(store, ckpt_prefix)
+    step = retry("listing checkpoints", lambda: checkpoints.latest_step(store, ckpt_prefix))
     if step is not None:
-        resume_from = checkpoints.download(store, ckpt_prefix, step, workdir / f"resume-rank{rank()}")
+        resume_dir = workdir / f"resume-rank{rank()}"
+        resume_from = retry(
+            f"downloading checkpoint step {step}", lambda: checkpoints.download(store, ckpt_prefix, step, resume_dir)
+        )
     emitter.state("TRAINING")
     if resume_from is not None:
         emitter.log(f"resumed from step {step} (checkpoint {ckpt_prefix}/step-{step})")
@@ -638,9 +721,14 @@ def run_job(
         )
     )
     prefix = job["adapter_prefix"]
-    store.delete_prefix(prefix + "/")  # a retried job must not leave files of an earlier attempt
-    store.upload_dir(adapter_dir, prefix)
-    store.put_json(job["metrics_object"], evaluation)
+
+    def upload_adapter() -> None:
+        # From scratch each time: a retried upload (or job) never leaves files of an earlier attempt.
+        store.delete_prefix(prefix + "/")
+        store.upload_dir(adapter_dir, prefix)
+
+    retry("uploading the adapter", upload_adapter)
+    retry("uploading metrics", lambda: store.put_json(job["metrics_object"], evaluation))
     return {"adapter_uri": prefix, "lineage": lineage, "evaluation": evaluation}
 
 
@@ -658,24 +746,24 @@ def evaluate_version(
     from peft import PeftModel
 
     classification = job["task"] == "TEXT_CLASSIFICATION"
+    retry = StoreRetry(settings.store_retry_seconds, Emitter(enabled=False))
     adapter_dir = workdir / "adapter"
     if adapter_dir.exists():
         import shutil
 
         shutil.rmtree(adapter_dir)
-    store.download_dir(job["adapter_prefix"], adapter_dir)
+    retry("downloading the adapter", lambda: store.download_dir(job["adapter_prefix"], adapter_dir))
     meta = json.loads((adapter_dir / "textft.json").read_text())
     labels, multi = list(meta.get("label_names") or []), bool(meta.get("multi_label"))
     model_kwargs = {k: v for k, v in meta["model_config"].items() if k != "pretrained_model_name_or_path"}
-    base_path = basemodels.resolve(
-        meta["model_config"]["pretrained_model_name_or_path"], store, settings.base_model_cache
-    )
+    base_name = meta["model_config"]["pretrained_model_name_or_path"]
+    base_path = retry("reading the base model", lambda: basemodels.resolve(base_name, store, settings.base_model_cache))
     tokenizer, max_length = load_tokenizer({}, str(adapter_dir))
     max_length = min(max_length, int(meta.get("max_length", max_length)))
     prompt_template = meta.get("prompt_template", PROMPT_TEMPLATE)
 
     usable, skipped = [], []
-    for row in _read_rows(store, rows_object):
+    for row in retry("reading the dataset rows", lambda: _read_rows(store, rows_object)):
         if not row.get("text"):
             skipped.append(row)
         elif classification and (not row.get("labels") or any(lab not in labels for lab in row["labels"])):
@@ -764,8 +852,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)  # relative paths a library might write land in the job's directory
     try:
-        store = open_store(settings.store)
-        job = store.get_json(args.job)
+        retry = StoreRetry(settings.store_retry_seconds, emitter if not args.evaluate else Emitter(enabled=False))
+        store = retry("connecting to the store", lambda: open_store(settings.store))
+        job = retry("reading the job", lambda: store.get_json(args.job))
         if args.evaluate:
             evaluation = evaluate_version(job, store, settings, workdir, args.rows, args.evaluate)
             emitter.emit("evaluation", **evaluation)
