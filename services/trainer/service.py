@@ -15,6 +15,17 @@ again: QUEUED or PREPARING_DATA ones are queued afresh (nothing was trained),
 later ones resume from their newest checkpoint, or FAIL with
 MODEL_TRAINING_INTERRUPTED when they have none. One trainer per store: two
 trainers on one bucket would both take up the same unfinished runs.
+
+Store outages: a live run's record (version.json, events.jsonl, the model's
+latest_ready_version) is written through _persist_events, which never raises.
+When the store is unavailable the truth stays in memory (GetModelVersion and
+WatchModelVersion serve live runs from memory), the run is marked dirty, and
+it is written again on its next event and by a background flusher (capped
+exponential backoff) until the store takes it or the service stops. An outage
+never fails a run on the service side: only the job decides that (it retries
+for TEXTFT_STORE_RETRY_SECONDS, then FAILS with
+MODEL_TRAINING_STORE_UNAVAILABLE). Calls that need the store itself (creating
+a version, listing) answer UNAVAILABLE, which clients may retry.
 """
 
 from __future__ import annotations
@@ -55,6 +66,8 @@ from .worker import EVENT_PREFIX
 log = logging.getLogger("textft.trainer")
 MV = trainer_pb2.ModelVersion
 FINAL = {MV.STATE_READY, MV.STATE_FAILED, MV.STATE_CANCELLED}
+FLUSH_FIRST_DELAY = 0.5  # seconds before the flusher retries a failed write; doubles up to FLUSH_MAX_DELAY
+FLUSH_MAX_DELAY = 10.0
 TASK_NAMES = {
     common_pb2.TASK_TEXT_CLASSIFICATION: "TEXT_CLASSIFICATION",
     common_pb2.TASK_TEXT_GENERATION: "TEXT_GENERATION",
@@ -87,13 +100,28 @@ def _version_prefix(name: names.ModelVersionName) -> str:
 
 @dataclass
 class Run:
-    """A live training run: its current record, events, and watchers' condition."""
+    """A live training run: its current record, events, and watchers' condition.
+
+    Watchers see events[:published]: an event that is persisted is published
+    once its write was attempted, so a watcher that sees the final state finds
+    it in the store too (unless the store is down: then the run is dirty and
+    the flusher writes it when the store returns)."""
 
     version: trainer_pb2.ModelVersion
     events: list[trainer_pb2.ModelVersionEvent] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
     handle: Any = None
     cancel_requested: bool = False
+    published: int = -1
+    # Store writes of this run, one at a time, each with the newest snapshot.
+    persist_lock: threading.Lock = field(default_factory=threading.Lock)
+    dirty: bool = False  # memory is ahead of the store (a write failed)
+    latest_ready_pending: bool = False  # model.json's latest_ready_version still to be written
+    failed_writes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.published < 0:
+            self.published = len(self.events)
 
     @property
     def final(self) -> bool:
@@ -116,10 +144,14 @@ class TrainerCore:
             for i in range(max(1, settings.trainer_concurrency))
         ]
         self._stopping = False
+        self._stop = threading.Event()
+        self._flush_wakeup = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="store-flusher", daemon=True)
 
     # ---- lifecycle ----
     def start(self) -> None:
         self._recover()
+        self._flusher.start()
         for t in self.threads:
             t.start()
 
@@ -136,6 +168,18 @@ class TrainerCore:
         for t in self.threads:
             if t.is_alive():
                 t.join(max(0.0, deadline - time.monotonic()))
+        self._stop.set()
+        self._flush_wakeup.set()
+        if self._flusher.is_alive():
+            self._flusher.join(max(0.0, deadline - time.monotonic()))
+        for run in list(self.runs.values()):  # a last try for records the store has not taken yet
+            if run.dirty and not self._persist_events(run):
+                log.error(
+                    "run %s: the store is still unavailable at shutdown; it holds an older record of this run "
+                    "(state %s in memory)",
+                    run.version.name,
+                    MV.State.Name(run.version.state),
+                )
 
     def _recover(self) -> None:
         """Takes up the versions a previous trainer process left unfinished."""
@@ -248,6 +292,10 @@ class TrainerCore:
         ]
         if active:
             raise FailedPrecondition(f"model {name} has runs in progress ({', '.join(active)}); cancel them first")
+        for run_name, run in list(self.runs.items()):
+            if run_name.startswith(model.name + "/"):
+                with run.persist_lock:  # a write in progress ends first; none starts after (see _persist_events)
+                    self.runs.pop(run_name, None)
         self.store.delete_prefix(_model_prefix(model_id) + "/")
 
     # ---- versions ----
@@ -464,33 +512,109 @@ class TrainerCore:
             self.store.put_json(f"{prefix}/metrics.json", metrics)
 
     # ---- events ----
-    def _event(self, run: Run, persist: bool = True, **fields: Any) -> None:
-        with run.cond:
-            event = trainer_pb2.ModelVersionEvent(sequence=len(run.events), time=_now(), **fields)
-            run.events.append(event)
-            run.cond.notify_all()
+    def _append(self, run: Run, **fields: Any) -> trainer_pb2.ModelVersionEvent:
+        """Adds an event to the run's history; the caller holds run.cond."""
+        event = trainer_pb2.ModelVersionEvent(sequence=len(run.events), time=_now(), **fields)
+        run.events.append(event)
+        return event
+
+    def _publish(self, run: Run, event: trainer_pb2.ModelVersionEvent, persist: bool) -> None:
+        """Persists the run (if asked), then lets watchers see the event."""
         if persist:
             self._persist_events(run)
-
-    def _persist_events(self, run: Run) -> None:
         with run.cond:
-            lines = [json.dumps(_to_json(e)) for e in run.events]
-            version = trainer_pb2.ModelVersion().FromString(run.version.SerializeToString())
-        prefix = _version_prefix(names.parse_model_version(version.name))
-        self.store.put_bytes(f"{prefix}/events.jsonl", ("\n".join(lines) + "\n").encode(), "application/x-ndjson")
-        self._save_version(version)
+            run.published = max(run.published, event.sequence + 1)
+            run.cond.notify_all()
+
+    def _event(self, run: Run, persist: bool = True, **fields: Any) -> None:
+        with run.cond:
+            event = self._append(run, **fields)
+        self._publish(run, event, persist)
+
+    def _persist_events(self, run: Run) -> bool:
+        """Writes the run's record (and a pending latest_ready_version) to the
+        store. Never raises: when the store is unavailable the run is marked
+        dirty and the flusher tries again. True when the store is up to date."""
+        with run.persist_lock:
+            if self.runs.get(run.version.name) is not run:  # deleted meanwhile: nothing to write back
+                return True
+            with run.cond:
+                lines = [json.dumps(_to_json(e)) for e in run.events]
+                version = trainer_pb2.ModelVersion().FromString(run.version.SerializeToString())
+                latest_ready = run.latest_ready_pending
+            prefix = _version_prefix(names.parse_model_version(version.name))
+            try:
+                if latest_ready:
+                    self._write_latest_ready(version.name)
+                self.store.put_bytes(
+                    f"{prefix}/events.jsonl", ("\n".join(lines) + "\n").encode(), "application/x-ndjson"
+                )
+                self._save_version(version)
+            except (Unavailable, OSError) as exc:
+                self._persist_failed(run, exc)
+                return False
+            with run.cond:
+                if latest_ready:
+                    run.latest_ready_pending = False
+                was_dirty, failures = run.dirty, run.failed_writes
+                run.dirty, run.failed_writes = False, 0
+            if was_dirty:
+                log.info("run %s: record written to the store again after %d failed writes", version.name, failures)
+            return True
+
+    def _persist_failed(self, run: Run, exc: Exception) -> None:
+        with run.cond:
+            first = not run.dirty
+            run.dirty = True
+            run.failed_writes += 1
+            state = MV.State.Name(run.version.state)
+        detail = exc.message if isinstance(exc, TextftError) else f"{type(exc).__name__}: {exc}"
+        if first:
+            log.warning(
+                "run %s (%s): could not write its record to the store (%s); kept in memory, retrying until the "
+                "store takes it",
+                run.version.name,
+                state,
+                detail,
+            )
+        self._flush_wakeup.set()
+
+    def _flush_loop(self) -> None:
+        """Writes dirty runs again, with capped exponential backoff, until the
+        store takes them or the service stops."""
+        delay = FLUSH_FIRST_DELAY
+        while not self._stop.is_set():
+            self._flush_wakeup.wait()
+            self._flush_wakeup.clear()
+            while not self._stop.is_set():
+                dirty = [r for r in list(self.runs.values()) if r.dirty]
+                if not dirty:
+                    delay = FLUSH_FIRST_DELAY
+                    break
+                if self._stop.wait(delay):  # the write that made it dirty has just failed
+                    return
+                results = [self._persist_events(r) for r in dirty]
+                delay = FLUSH_FIRST_DELAY if all(results) else min(delay * 2, FLUSH_MAX_DELAY)
 
     def _set_state(self, run: Run, state: int, message: str = "") -> None:
         with run.cond:
             run.version.state = state
             run.version.update_time.CopyFrom(_now())
-        self._event(
-            run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=state, message=message or MV.State.Name(state)
-        )
+            event = self._append(
+                run,
+                kind=trainer_pb2.ModelVersionEvent.KIND_STATE,
+                state=state,
+                message=message or MV.State.Name(state),
+            )
+        self._publish(run, event, persist=True)
 
     def _finish(self, run: Run, state: int, failure: common_pb2.Failure | None = None) -> None:
-        if state == MV.STATE_READY:  # before watchers learn the run is final
-            self._mark_latest_ready(run.version)
+        if state == MV.STATE_READY:
+            # model.json first, before the run is final (the write is retried
+            # with the run's record when the store is unavailable).
+            with run.cond:
+                run.latest_ready_pending = True
+            self._flush_latest_ready(run)
         with run.cond:
             if run.final:
                 return
@@ -498,22 +622,35 @@ class TrainerCore:
             run.version.update_time.CopyFrom(_now())
             if failure is not None:
                 run.version.failure.CopyFrom(failure)
-        self._event(
-            run,
-            kind=trainer_pb2.ModelVersionEvent.KIND_STATE,
-            state=state,
-            failure=failure,
-            message=failure.message if failure is not None else MV.State.Name(state),
-        )
+            # State and event together: a watcher never sees a final run without its final event.
+            event = self._append(
+                run,
+                kind=trainer_pb2.ModelVersionEvent.KIND_STATE,
+                state=state,
+                failure=failure,
+                message=failure.message if failure is not None else MV.State.Name(state),
+            )
+        self._publish(run, event, persist=True)
 
-    def _mark_latest_ready(self, version: trainer_pb2.ModelVersion) -> None:
-        model_name = version.name.rsplit("/versions/", 1)[0]
+    def _flush_latest_ready(self, run: Run) -> None:
+        with run.persist_lock:
+            try:
+                self._write_latest_ready(run.version.name)
+            except (Unavailable, OSError) as exc:
+                self._persist_failed(run, exc)
+                return
+            with run.cond:
+                run.latest_ready_pending = False
+
+    def _write_latest_ready(self, version_name: str) -> None:
+        """Sets the model's latest_ready_version; raises when the store is unavailable."""
+        model_name = version_name.rsplit("/versions/", 1)[0]
         with self.lock:
             try:
                 model = self.get_model(model_name)
             except NotFound:
                 return
-            model.latest_ready_version = version.name
+            model.latest_ready_version = version_name
             self.store.put_json(f"{model_name}/model.json", _to_json(model))
 
     def watch(
@@ -531,13 +668,15 @@ class TrainerCore:
         index = max(0, from_sequence)
         while True:
             with run.cond:
-                while index >= len(run.events) and not run.final and is_active():
+                # The run is over for watchers once its final event is published.
+                while index >= run.published and not (run.final and run.published >= len(run.events)) and is_active():
                     run.cond.wait(timeout=1.0)  # wakes to notice a departed client
-                batch, final = run.events[index:], run.final
+                batch = run.events[index : run.published]
+                done = run.final and run.published >= len(run.events)
             for event in batch:
                 yield event
             index += len(batch)
-            if (final and index >= len(run.events)) or not is_active():
+            if (done and index >= len(run.events)) or not is_active():
                 return
 
     # ---- the queue ----
