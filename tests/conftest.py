@@ -52,6 +52,19 @@ class S3Endpoint:
             bucket=bucket,
         )
 
+    def service_env(self, home: Path, bucket: str, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+        """Environment of service processes on this endpoint: own home and bucket, auth on with API_KEY."""
+        return {
+            **(dict(os.environ) if base is None else base),
+            **self.env(bucket),
+            "TEXTFT_HOME": str(home),
+            "TEXTFT_API_KEYS": API_KEY,
+            "TEXTFT_API_KEY": API_KEY,
+            "TEXTFT_AUTH": "on",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+
     def env(self, bucket: str) -> dict[str, str]:
         return {
             "TEXTFT_STORE": "s3",
@@ -138,15 +151,7 @@ def stack(
     the tiny GPT-Neo uploaded as a base model (store://base-models/tiny-gpt-neo)."""
     home = tmp_path_factory.mktemp("textft-home")
     bucket = unique_bucket()
-    env = {
-        **os.environ,
-        **s3_endpoint.env(bucket),
-        "TEXTFT_HOME": str(home),
-        "TEXTFT_API_KEYS": API_KEY,
-        "TEXTFT_API_KEY": API_KEY,
-        "TEXTFT_AUTH": "on",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = s3_endpoint.service_env(home, bucket)
     settings = Settings.from_env(env)
     store = S3Store(settings.store)
     store.upload_dir(tiny_model_dir, TINY_BASE_KEY)

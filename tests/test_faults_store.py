@@ -4,7 +4,6 @@ version becomes visible, and work continues once the store returns."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import grpc
@@ -24,18 +23,14 @@ CSV = b"text,label\n" + b"".join(b"row number %d is fine,%s\n" % (i, b"pos" if i
 
 
 @pytest.fixture(scope="module")
-def outage(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TcpProxy, ServiceProcess, S3Store, Client]]:
+def outage(
+    s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TcpProxy, ServiceProcess, S3Store, Client]]:
     host, port = s3_endpoint.endpoint.rsplit(":", 1)
     proxy = TcpProxy(host, int(port))
     bucket = unique_bucket()
     direct = S3Store(s3_endpoint.settings(bucket))  # the test's own view of the store, not through the proxy
-    env = {
-        **os.environ,
-        **s3_endpoint.env(bucket),
-        "MINIO_ENDPOINT": proxy.address,
-        "TEXTFT_HOME": str(tmp_path_factory.mktemp("outage")),
-        "TEXTFT_API_KEYS": API_KEY,
-    }
+    env = s3_endpoint.service_env(tmp_path_factory.mktemp("outage"), bucket, MINIO_ENDPOINT=proxy.address)
     log = open(tmp_path_factory.mktemp("outage-log") / "dataset.log", "w")  # noqa: SIM115
     service = start_service("dataset", env, log=log)
     client = Client(dataset_target=service.address, api_key=API_KEY, retries=1, timeout=60)

@@ -69,16 +69,7 @@ def outage(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory, ti
     direct = S3Store(s3_endpoint.settings(bucket))
     direct.upload_dir(tiny_model_dir, TINY_BASE_KEY)
     home = tmp_path_factory.mktemp("training-outage")
-    env = {
-        **os.environ,
-        **s3_endpoint.env(bucket),
-        "MINIO_ENDPOINT": proxy.address,
-        "TEXTFT_HOME": str(home),
-        "TEXTFT_API_KEYS": API_KEY,
-        "TEXTFT_API_KEY": API_KEY,
-        "TEXTFT_AUTH": "on",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = s3_endpoint.service_env(home, bucket, MINIO_ENDPOINT=proxy.address)
     log = open(home / "services.log", "w")  # noqa: SIM115 - closed at teardown
     dataset = start_service("dataset", env, log=log)
     env["TEXTFT_DATASET_ADDR"] = dataset.address

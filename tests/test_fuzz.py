@@ -37,7 +37,9 @@ def _count(area: str, crashed: bool = False) -> None:
     record(area, "inputs tried / crashes", f"{COUNTS[area][0]} / {COUNTS[area][1]}")
 
 
-def _parse(data: bytes, fmt: int, task: int, mapping: dict[str, str] | None = None) -> tuple[parsing.ParseResult | None, list[dict], list[parsing.Issue]]:
+def _parse(
+    data: bytes, fmt: int, task: int, mapping: dict[str, str] | None = None
+) -> tuple[parsing.ParseResult | None, list[dict], list[parsing.Issue]]:
     rows: list[dict] = []
     issues: list[parsing.Issue] = []
     options = parsing.ParseOptions(format=fmt, task=task, column_mapping=mapping or {}, max_text_chars=2000)
@@ -84,13 +86,34 @@ _cell = st.one_of(
 
 @FUZZ
 @given(
-    header=st.lists(st.sampled_from(["text", "label", "labels", "target", "id", "metadata", "split", "input", "concepts", "input.data.text.raw", "other", ""]), min_size=1, max_size=5),
+    header=st.lists(
+        st.sampled_from(
+            [
+                "text",
+                "label",
+                "labels",
+                "target",
+                "id",
+                "metadata",
+                "split",
+                "input",
+                "concepts",
+                "input.data.text.raw",
+                "other",
+                "",
+            ]
+        ),
+        min_size=1,
+        max_size=5,
+    ),
     body=st.lists(st.lists(_cell, min_size=0, max_size=6), max_size=20),
     fmt=st.sampled_from([parsing.CSV, parsing.TSV]),
     task=st.sampled_from(TASKS),
     bad_bytes=st.booleans(),
 )
-def test_delimited_files_keep_invariants(header: list[str], body: list[list[str]], fmt: int, task: int, bad_bytes: bool) -> None:
+def test_delimited_files_keep_invariants(
+    header: list[str], body: list[list[str]], fmt: int, task: int, bad_bytes: bool
+) -> None:
     out = io.StringIO()
     writer = csv.writer(out, delimiter="," if fmt == parsing.CSV else "\t")
     writer.writerow(header)
@@ -118,7 +141,12 @@ _json_value = st.recursive(
 @FUZZ
 @given(
     objects=st.lists(
-        st.dictionaries(st.sampled_from(["text", "label", "labels", "target", "id", "metadata", "split", "x"]), _json_value, max_size=6) | _json_value,
+        st.dictionaries(
+            st.sampled_from(["text", "label", "labels", "target", "id", "metadata", "split", "x"]),
+            _json_value,
+            max_size=6,
+        )
+        | _json_value,
         max_size=15,
     ),
     task=st.sampled_from(TASKS),
@@ -138,10 +166,31 @@ def test_jsonl_files_keep_invariants(objects: list[object], task: int) -> None:
 _config_key = st.one_of(
     st.sampled_from(
         [
-            "learning_rate", "num_train_epochs", "per_device_train_batch_size", "optim", "report_to", "seed",
-            "output_dir", "push_to_hub", "hub_token", "trust_remote_code", "r", "lora_alpha", "target_modules",
-            "modules_to_save", "pretrained_model_name_or_path", "model_max_length", "padding_side", "dtype",
-            "lr_scheduler_type", "save_steps", "deepspeed", "bf16", "max_steps", "logging_steps", "peft_type",
+            "learning_rate",
+            "num_train_epochs",
+            "per_device_train_batch_size",
+            "optim",
+            "report_to",
+            "seed",
+            "output_dir",
+            "push_to_hub",
+            "hub_token",
+            "trust_remote_code",
+            "r",
+            "lora_alpha",
+            "target_modules",
+            "modules_to_save",
+            "pretrained_model_name_or_path",
+            "model_max_length",
+            "padding_side",
+            "dtype",
+            "lr_scheduler_type",
+            "save_steps",
+            "deepspeed",
+            "bf16",
+            "max_steps",
+            "logging_steps",
+            "peft_type",
         ]
     ),
     st.text(max_size=12),
@@ -180,7 +229,13 @@ _name_text = st.text(alphabet=string.printable + "\x00\x7f/é.", max_size=80)
 @given(value=_name_text)
 def test_names_and_keys_never_escape(value: str) -> None:
     try:
-        for parse in (names.parse_dataset, names.parse_dataset_version, names.parse_model, names.parse_model_version, names.parse_template):
+        for parse in (
+            names.parse_dataset,
+            names.parse_dataset_version,
+            names.parse_model,
+            names.parse_model_version,
+            names.parse_template,
+        ):
             try:
                 parsed = parse(value)
             except InvalidArgument:

@@ -5,6 +5,8 @@ directory are refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from conftest import RunningStack
@@ -85,16 +87,15 @@ def test_secrets_never_reach_logs_or_errors(stack: RunningStack) -> None:
     for bad in (f"datasets/{stack.api_key}", f"datasets/x/versions/{secret}"):
         try:
             client.get_dataset_version(bad)
-        except Exception as e:  # noqa: BLE001 - collecting every message
+        except Exception as e:
             messages.append(str(e))
     try:
         stack.client(api_key=stack.api_key + "-wrong").list_templates()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         messages.append(str(e))
     client.close()
     assert messages and not any(stack.api_key in m or secret in m for m in messages), messages
-    log = (stack.stack.env["TEXTFT_HOME"] + "/services.log")
-    text = open(log).read()
+    text = (Path(stack.stack.env["TEXTFT_HOME"]) / "services.log").read_text()
     assert stack.api_key not in text
     assert secret not in text
     record("secrets", "API key / store secret in logs or errors", "0 / 0")
@@ -110,8 +111,14 @@ def test_secrets_never_reach_logs_or_errors(stack: RunningStack) -> None:
         ({"trainer_config": {"resume_from_checkpoint": "/"}}, "trainer_config.resume_from_checkpoint"),
         ({"model_config": {"cache_dir": "/tmp/elsewhere"}}, "model_config.cache_dir"),
         ({"model_config": {"pretrained_model_name_or_path": "/etc"}}, "model_config.pretrained_model_name_or_path"),
-        ({"model_config": {"pretrained_model_name_or_path": "store://base-models/../../models"}}, "model_config.pretrained_model_name_or_path"),
-        ({"tokenizer_config": {"pretrained_model_name_or_path": "../x"}}, "tokenizer_config.pretrained_model_name_or_path"),
+        (
+            {"model_config": {"pretrained_model_name_or_path": "store://base-models/../../models"}},
+            "model_config.pretrained_model_name_or_path",
+        ),
+        (
+            {"tokenizer_config": {"pretrained_model_name_or_path": "../x"}},
+            "tokenizer_config.pretrained_model_name_or_path",
+        ),
         ({"trainer_config": {"report_to": ["wandb"]}}, "trainer_config.report_to"),
         ({"trainer_config": {"hub_model_id": "me/model"}}, "trainer_config.hub_model_id"),
         ({"model_config": {"token": "hf_x"}}, "model_config.token"),

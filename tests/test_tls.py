@@ -132,20 +132,16 @@ def tls_stack(
     s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, certs: Certs
 ) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("textft-tls-home")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TEXTFT_TLS")},
-        **s3_endpoint.env(unique_bucket()),
-        "TEXTFT_HOME": str(home),
-        "TEXTFT_API_KEYS": API_KEY,
-        "TEXTFT_API_KEY": API_KEY,
-        "TEXTFT_AUTH": "on",
-        "PYTHONUNBUFFERED": "1",
+    env = s3_endpoint.service_env(
+        home,
+        unique_bucket(),
+        base={k: v for k, v in os.environ.items() if not k.startswith("TEXTFT_TLS")},
         # servers
-        "TEXTFT_TLS_CERT": str(certs.server_cert),
-        "TEXTFT_TLS_KEY": str(certs.server_key),
+        TEXTFT_TLS_CERT=str(certs.server_cert),
+        TEXTFT_TLS_KEY=str(certs.server_key),
         # the services' own clients (trainer -> dataset, inference -> trainer)
-        "TEXTFT_TLS_CA": str(certs.ca),
-    }
+        TEXTFT_TLS_CA=str(certs.ca),
+    )
     S3Store(Settings.from_env(env).store).upload_dir(tiny_model_dir, TINY_BASE_KEY)
     with open(home / "services.log", "w") as log:
         running = start_stack(env, log=log)

@@ -65,15 +65,7 @@ def private(
     s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> Iterator[Private]:
     home = tmp_path_factory.mktemp("private-home")
-    env = {
-        **os.environ,
-        **s3_endpoint.env(unique_bucket()),
-        "TEXTFT_HOME": str(home),
-        "TEXTFT_API_KEYS": API_KEY,
-        "TEXTFT_API_KEY": API_KEY,
-        "TEXTFT_AUTH": "on",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = s3_endpoint.service_env(home, unique_bucket())
     store = S3Store(Settings.from_env(env).store)
     store.upload_dir(tiny_model_dir, TINY_BASE_KEY)
     log = open(home / "services.log", "w")  # noqa: SIM115 - closed at teardown
