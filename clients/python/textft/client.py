@@ -29,6 +29,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from .errors import TextftError, from_rpc_error
+from .resources import Datasets, Models, Versions
 from .v1 import (
     common_pb2,
     dataset_pb2,
@@ -194,8 +195,12 @@ class Client:
             "inference": inference_target or env.get("TEXTFT_INFERENCE_ADDR", "127.0.0.1:50053"),
         }
         self._channels = [open_channel(target, options, credentials, server_name) for target in self.targets.values()]
-        self.datasets = dataset_pb2_grpc.DatasetServiceStub(self._channels[0])
-        self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels[1])
+        trainer_stub = trainer_pb2_grpc.TrainerServiceStub(self._channels[1])
+        # Resource-style namespaces; each is also its service's raw stub (textft.resources).
+        self.datasets = Datasets(self, dataset_pb2_grpc.DatasetServiceStub(self._channels[0]))
+        self.models = Models(self, trainer_stub)
+        self.versions = Versions(self, trainer_stub)
+        self.trainer = trainer_stub
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels[2])
 
     @classmethod
