@@ -269,6 +269,10 @@ def _bad_unicode_any(value: Any) -> bool:
 def parse_labels(value: Any, comma: bool = False) -> list[str]:
     """A label cell: a JSON list (in a string or not), else `a|b` (`a,b` for
     Clarifai's concepts columns). Raises ValueError for a malformed list."""
+    if type(value) is str:  # the common case, a single label: no list to build and check
+        text = value.strip()
+        if not text.startswith("[") and ("," if comma else "|") not in text:
+            return [text] if text else []
     if value is None:
         return []
     if isinstance(value, list):
@@ -578,6 +582,7 @@ class _Validator:
         # resolved per row there, except for explicitly mapped columns.
         self.per_row = options.format == JSONL
         self.explicit = check_column_mapping(options.column_mapping)
+        self._comma: dict[str, bool] = {}  # label column -> whether commas separate its labels
 
     def _columns(self, values: dict[str, Any]) -> dict[str, str]:
         if not self.per_row:
@@ -609,15 +614,25 @@ class _Validator:
         # Bad bytes first: a decoded-with-replacement value would mislead every other check.
         for column in cols.values():
             value = values.get(column)
-            if _bad_unicode_any(value):
-                at = _bad_unicode(value) if isinstance(value, str) else -1
-                where = f" at character {at + 1}" if at >= 0 else ""
-                errors.append(Issue(row, ERROR, "BAD_UTF8", f"column {column!r} is not valid UTF-8{where}", column))
+            if isinstance(value, str):
+                if value.isascii():  # plain ASCII holds no surrogate: skip the encode
+                    continue
+                at = _bad_unicode(value)
+                if at < 0:
+                    continue
+            elif _bad_unicode_any(value):
+                at = -1
+            else:
+                continue
+            where = f" at character {at + 1}" if at >= 0 else ""
+            errors.append(Issue(row, ERROR, "BAD_UTF8", f"column {column!r} is not valid UTF-8{where}", column))
         if errors:
             return None, errors
 
-        text = _scalar(self._get(values, cols, "text"))
         text_column = cols["text"]
+        text = values.get(text_column)
+        if not isinstance(text, str):
+            text = _scalar(text)
         if text is None:
             errors.append(Issue(row, ERROR, "INVALID_VALUE", "text must be a string", text_column))
             text = ""
@@ -635,10 +650,13 @@ class _Validator:
             )
 
         labels: list[str] = []
-        if "labels" in cols:
+        labels_column = cols.get("labels")
+        if labels_column is not None:
             try:
-                comma = cols["labels"].strip().lower() in COMMA_LABEL_COLUMNS
-                labels = parse_labels(self._get(values, cols, "labels"), comma)
+                comma = self._comma.get(labels_column)
+                if comma is None:
+                    comma = self._comma[labels_column] = labels_column.strip().lower() in COMMA_LABEL_COLUMNS
+                labels = parse_labels(values.get(labels_column), comma)
             except ValueError as e:
                 errors.append(Issue(row, ERROR, "BAD_LABEL", str(e), cols["labels"]))
         if self.task == CLASSIFICATION and not labels and not any(i.code == "BAD_LABEL" for i in errors):
@@ -666,7 +684,10 @@ class _Validator:
             field_name = cols.get("target", "target")
             errors.append(Issue(row, ERROR, "MISSING_TARGET", "generation rows need a target", field_name))
 
-        row_id = _scalar(self._get(values, cols, "id"))
+        id_column = cols.get("id")
+        row_id = values.get(id_column) if id_column is not None else None
+        if not isinstance(row_id, str):
+            row_id = _scalar(row_id)
         if row_id is None:
             errors.append(Issue(row, ERROR, "INVALID_VALUE", "id must be a string", cols["id"]))
             row_id = ""
@@ -704,7 +725,8 @@ class _Validator:
         if errors:
             return None, errors + warnings
 
-        digest = hashlib.blake2b("\x00".join([text, *sorted(labels), "\x01", target]).encode(), digest_size=8)
+        parts = [text, labels[0], "\x01", target] if len(labels) == 1 else [text, *sorted(labels), "\x01", target]
+        digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8)
         key = int.from_bytes(digest.digest(), "little") | 1  # never 0: 0 marks an empty slot
         first = self.seen.get(key)
         if first:
@@ -735,14 +757,20 @@ class _Validator:
     def count(self, normalised: dict[str, Any] | None, issues: list[Issue]) -> None:
         s = self.stats
         s.row_count += 1
-        s.warning_count += sum(1 for i in issues if i.severity == WARNING)
+        if issues:
+            s.warning_count += sum(1 for i in issues if i.severity == WARNING)
         if normalised is None:
             s.invalid_row_count += 1
             return
         s.valid_row_count += 1
-        self.labels.update(normalised["labels"])
+        counts, first_row = self.labels, self.first_row
         for label in normalised["labels"]:
-            self.first_row.setdefault(label, normalised["row"])
+            n = counts.get(label)
+            if n is None:
+                counts[label] = 1
+                first_row.setdefault(label, normalised["row"])
+            else:
+                counts[label] = n + 1
         if normalised["target"]:
             s.target_count += 1
         self.lengths[len(normalised["text"])] += 1

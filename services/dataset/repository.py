@@ -95,6 +95,29 @@ def _encode(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+_ROW_KEYS = ("row", "text", "labels", "target", "id", "metadata", "split")
+_string = json.encoder.encode_basestring  # what _ENCODER uses for strings (ensure_ascii=False)
+
+
+def _encode_row(row: dict[str, Any]) -> str:
+    """_encode(row) for a normalised row (parsing's keys, in its order), without
+    the encoder's generic walk: about twice as fast, the same text."""
+    labels, metadata = row["labels"], row["metadata"]
+    if (
+        type(row["row"]) is not int
+        or tuple(row) != _ROW_KEYS
+        or not all(type(label) is str for label in labels)
+        or not all(type(row[key]) is str for key in ("text", "target", "id", "split"))
+    ):
+        return _ENCODER.encode(row)
+    return (
+        f'{{"row": {row["row"]}, "text": {_string(row["text"])}, '
+        f'"labels": [{", ".join(map(_string, labels))}], "target": {_string(row["target"])}, '
+        f'"id": {_string(row["id"])}, "metadata": {_ENCODER.encode(metadata) if metadata else "{}"}, '
+        f'"split": {_string(row["split"])}}}'
+    )
+
+
 def _now() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.GetCurrentTime()
@@ -571,7 +594,7 @@ class _RowPipe:
         self.upload = _Background(upload)
 
     def write(self, row: dict[str, Any]) -> None:
-        line = _ENCODER.encode(row)
+        line = _encode_row(row)
         self._pending.append(line)
         self._size += len(line)
         if self._size >= self.BATCH:
