@@ -102,20 +102,18 @@ _string = json.encoder.encode_basestring  # what _ENCODER uses for strings (ensu
 def _encode_row(row: dict[str, Any]) -> str:
     """_encode(row) for a normalised row (parsing's keys, in its order), without
     the encoder's generic walk: about twice as fast, the same text."""
-    labels, metadata = row["labels"], row["metadata"]
-    if (
-        type(row["row"]) is not int
-        or tuple(row) != _ROW_KEYS
-        or not all(type(label) is str for label in labels)
-        or not all(type(row[key]) is str for key in ("text", "target", "id", "split"))
-    ):
-        return _ENCODER.encode(row)
-    return (
-        f'{{"row": {row["row"]}, "text": {_string(row["text"])}, '
-        f'"labels": [{", ".join(map(_string, labels))}], "target": {_string(row["target"])}, '
-        f'"id": {_string(row["id"])}, "metadata": {_ENCODER.encode(metadata) if metadata else "{}"}, '
-        f'"split": {_string(row["split"])}}}'
-    )
+    number, labels, metadata = row["row"], row["labels"], row["metadata"]
+    if type(number) is int and type(labels) is list and type(metadata) is dict and tuple(row) == _ROW_KEYS:
+        try:  # _string raises TypeError for anything but a string
+            return (
+                f'{{"row": {number}, "text": {_string(row["text"])}, '
+                f'"labels": [{", ".join(map(_string, labels))}], "target": {_string(row["target"])}, '
+                f'"id": {_string(row["id"])}, "metadata": {_ENCODER.encode(metadata) if metadata else "{}"}, '
+                f'"split": {_string(row["split"])}}}'
+            )
+        except TypeError:
+            pass
+    return _ENCODER.encode(row)
 
 
 def _now() -> timestamp_pb2.Timestamp:
