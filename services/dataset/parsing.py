@@ -513,12 +513,14 @@ class _JsonlReader:
 
 class _DigestTable:
     """64-bit row digest -> first row number, in two flat arrays (open
-    addressing, linear probing): 16-32 bytes per row where a dict of bytes
-    needs over 100, so a million tracked rows cost about 32 MB."""
+    addressing, linear probing): 12-24 bytes per row where a dict of bytes
+    needs over 100, so a million tracked rows cost about 24 MB. Row numbers
+    are kept in 32 bits until one needs more."""
 
     def __init__(self, capacity: int = 1 << 16) -> None:
-        self._keys = array("Q", bytes(8 * capacity))
-        self._rows = array("Q", bytes(8 * capacity))
+        # array * n: zeroed without a temporary buffer of the same size.
+        self._keys = array("Q", [0]) * capacity
+        self._rows = array("I", [0]) * capacity
         self._mask = capacity - 1
         self._count = 0
 
@@ -540,6 +542,8 @@ class _DigestTable:
         """Stores a key that get() did not find."""
         if 2 * (self._count + 1) > len(self._keys):
             self._grow()
+        if row > 0xFFFF_FFFF and self._rows.typecode != "Q":
+            self._rows = array("Q", self._rows)
         keys, i = self._keys, key & self._mask
         while keys[i]:
             i = (i + 1) & self._mask
@@ -551,8 +555,8 @@ class _DigestTable:
         old_keys, old_rows = self._keys, self._rows
         capacity = 2 * len(old_keys)
         self._keys, self._rows, self._mask = (
-            array("Q", bytes(8 * capacity)),
-            array("Q", bytes(8 * capacity)),
+            array("Q", [0]) * capacity,
+            array(old_rows.typecode, [0]) * capacity,
             capacity - 1,
         )
         keys, rows, mask = self._keys, self._rows, self._mask
