@@ -61,7 +61,7 @@ from ..common.store import ObjectStore
 from . import checkpoints, configs
 from .launcher import JobHandle, Launcher
 from .templates import TEMPLATES, get_template
-from .worker import EVENT_PREFIX
+from .worker import parse_events
 
 log = logging.getLogger("textft.trainer")
 MV = trainer_pb2.ModelVersion
@@ -471,13 +471,7 @@ class TrainerCore:
             on_rpc_done(handle.terminate)
         evaluation: trainer_pb2.Evaluation | None = None
         failure: dict[str, Any] = {}
-        for line in handle.lines():
-            if not line.startswith(EVENT_PREFIX):
-                continue
-            try:
-                event = json.loads(line[len(EVENT_PREFIX) :])
-            except json.JSONDecodeError:
-                continue
+        for event in parse_events(handle.lines()):
             kind = event.pop("type", "")
             if kind == "evaluation":
                 evaluation = json_format.ParseDict(event, trainer_pb2.Evaluation(), ignore_unknown_fields=True)
@@ -712,13 +706,7 @@ class TrainerCore:
         failure: common_pb2.Failure | None = None
         result: dict[str, Any] | None = None
         last_persist = 0.0
-        for line in run.handle.lines():
-            if not line.startswith(EVENT_PREFIX):
-                continue
-            try:
-                event = json.loads(line[len(EVENT_PREFIX) :])
-            except json.JSONDecodeError:
-                continue
+        for event in parse_events(run.handle.lines()):
             kind = event.pop("type", "")
             if kind == "state":
                 self._set_state(run, MV.State.Value("STATE_" + event["state"]))

@@ -37,7 +37,7 @@ import random
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +57,17 @@ PROMPT_TEMPLATE = "{text}\n"  # generation: the model sees the text, then learns
 STORE_UNAVAILABLE = "MODEL_TRAINING_STORE_UNAVAILABLE"
 log = logging.getLogger("textft.worker")
 T = TypeVar("T")
+
+
+def parse_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The launcher's side of Emitter: the events among a job's stdout lines
+    (each a dict with its "type"); other lines and broken JSON are skipped."""
+    for line in lines:
+        if line.startswith(EVENT_PREFIX):
+            try:
+                yield json.loads(line[len(EVENT_PREFIX) :])
+            except json.JSONDecodeError:
+                continue
 
 
 class JobFailure(Exception):
