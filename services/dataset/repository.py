@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2
 
 from textft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from textft.v1 import common_pb2, dataset_pb2
 
 from ..common.config import Settings
 from ..common.names import check_id, paginate, version_sort_key
+from ..common.protojson import now, to_dict
 from ..common.store import ObjectStore, check_key
 from . import parsing
 from .inuse import UsageCheck
@@ -114,16 +115,6 @@ def _encode_row(row: dict[str, Any]) -> str:
         except TypeError:
             pass
     return _ENCODER.encode(row)
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
-def _to_dict(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 def stats_to_proto(stats: dict[str, Any]) -> dataset_pb2.DatasetStats:
@@ -233,9 +224,9 @@ class DatasetRepository:
             # Leftovers of an interrupted delete must not resurface as versions of the new dataset.
             self.store.delete_prefix(dataset_prefix(dataset_id))
             dataset = dataset_pb2.Dataset(
-                name=f"datasets/{dataset_id}", description=description, labels=labels, create_time=_now()
+                name=f"datasets/{dataset_id}", description=description, labels=labels, create_time=now()
             )
-            self.store.put_json(dataset_key(dataset_id), _to_dict(dataset))
+            self.store.put_json(dataset_key(dataset_id), to_dict(dataset))
         return dataset
 
     def _load_dataset(self, dataset_id: str, latest: str = "") -> dataset_pb2.Dataset:
@@ -477,7 +468,7 @@ class DatasetRepository:
                         source_object=source_key,
                         rows_object=rows_key,
                         description=spec.description,
-                        create_time=_now(),
+                        create_time=now(),
                         column_mapping=result.column_mapping,
                         duplicate_of=earlier,
                         split_source=(
@@ -486,7 +477,7 @@ class DatasetRepository:
                             else dataset_pb2.SPLIT_SOURCE_SEEDED
                         ),
                     )
-                    self.store.put_json(prefix + "manifest.json", _to_dict(version))
+                    self.store.put_json(prefix + "manifest.json", to_dict(version))
             except BaseException:
                 for copy in copies:  # no write may land after the clean-up
                     copy.wait()

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2
 
 from textft import Client
 from textft.errors import (
@@ -57,6 +57,7 @@ from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
 
 from ..common import names
 from ..common.config import Settings
+from ..common.protojson import now, to_dict
 from ..common.store import ObjectStore
 from . import checkpoints, configs
 from .launcher import JobHandle, Launcher
@@ -72,16 +73,6 @@ TASK_NAMES = {
     common_pb2.TASK_TEXT_CLASSIFICATION: "TEXT_CLASSIFICATION",
     common_pb2.TASK_TEXT_GENERATION: "TEXT_GENERATION",
 }
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
-def _to_json(message: Any) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -265,9 +256,9 @@ class TrainerCore:
                 task=request.task,
                 description=request.description,
                 labels=dict(request.labels),
-                create_time=_now(),
+                create_time=now(),
             )
-            self.store.put_json(key, _to_json(model))
+            self.store.put_json(key, to_dict(model))
         return model
 
     def get_model(self, name: str, field_name: str = "name") -> trainer_pb2.Model:
@@ -304,7 +295,7 @@ class TrainerCore:
 
     def _save_version(self, version: trainer_pb2.ModelVersion) -> None:
         name = names.parse_model_version(version.name)
-        self.store.put_json(f"{_version_prefix(name)}/version.json", _to_json(version))
+        self.store.put_json(f"{_version_prefix(name)}/version.json", to_dict(version))
 
     def get_version(self, name: str, field_name: str = "name") -> trainer_pb2.ModelVersion:
         parsed = names.parse_model_version(name, field_name)
@@ -392,8 +383,8 @@ class TrainerCore:
                 invalid_data_tolerance_percent=tolerance,
                 state=MV.STATE_QUEUED,
                 label_names=list(dataset.label_names),
-                create_time=_now(),
-                update_time=_now(),
+                create_time=now(),
+                update_time=now(),
                 description=request.description,
                 lineage=trainer_pb2.Lineage(base_model=resolved["model_config"]["pretrained_model_name_or_path"]),
             )
@@ -502,13 +493,13 @@ class TrainerCore:
                 metrics = self.store.get_json(f"{prefix}/metrics.json")
             except NotFound:
                 metrics = {}
-            metrics.setdefault("evaluations", {})[evaluation.dataset_version] = _to_json(evaluation)
+            metrics.setdefault("evaluations", {})[evaluation.dataset_version] = to_dict(evaluation)
             self.store.put_json(f"{prefix}/metrics.json", metrics)
 
     # ---- events ----
     def _append(self, run: Run, **fields: Any) -> trainer_pb2.ModelVersionEvent:
         """Adds an event to the run's history; the caller holds run.cond."""
-        event = trainer_pb2.ModelVersionEvent(sequence=len(run.events), time=_now(), **fields)
+        event = trainer_pb2.ModelVersionEvent(sequence=len(run.events), time=now(), **fields)
         run.events.append(event)
         return event
 
@@ -533,7 +524,7 @@ class TrainerCore:
             if self.runs.get(run.version.name) is not run:  # deleted meanwhile: nothing to write back
                 return True
             with run.cond:
-                lines = [json.dumps(_to_json(e)) for e in run.events]
+                lines = [json.dumps(to_dict(e)) for e in run.events]
                 version = trainer_pb2.ModelVersion().FromString(run.version.SerializeToString())
                 latest_ready = run.latest_ready_pending
             prefix = _version_prefix(names.parse_model_version(version.name))
@@ -593,7 +584,7 @@ class TrainerCore:
     def _set_state(self, run: Run, state: int, message: str = "") -> None:
         with run.cond:
             run.version.state = state
-            run.version.update_time.CopyFrom(_now())
+            run.version.update_time.CopyFrom(now())
             event = self._append(
                 run,
                 kind=trainer_pb2.ModelVersionEvent.KIND_STATE,
@@ -613,7 +604,7 @@ class TrainerCore:
             if run.final:
                 return
             run.version.state = state
-            run.version.update_time.CopyFrom(_now())
+            run.version.update_time.CopyFrom(now())
             if failure is not None:
                 run.version.failure.CopyFrom(failure)
             # State and event together: a watcher never sees a final run without its final event.
@@ -645,7 +636,7 @@ class TrainerCore:
             except NotFound:
                 return
             model.latest_ready_version = version_name
-            self.store.put_json(f"{model_name}/model.json", _to_json(model))
+            self.store.put_json(f"{model_name}/model.json", to_dict(model))
 
     def watch(
         self, name: str, from_sequence: int, is_active: Callable[[], bool]
@@ -721,9 +712,9 @@ class TrainerCore:
                     progress.time_remaining.FromMilliseconds(int(event["eta_seconds"] * 1000))
                 with run.cond:
                     run.version.progress.CopyFrom(progress)
-                now = time.monotonic()
-                persist = now - last_persist > 5.0
-                last_persist = now if persist else last_persist
+                tick = time.monotonic()
+                persist = tick - last_persist > 5.0
+                last_persist = tick if persist else last_persist
                 self._event(
                     run,
                     persist=persist,
