@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from textft import Client
+from textft.errors import TextftError, from_rpc_error
 from textft_services.common.config import Settings, StoreSettings
 from textft_services.common.store import LocalStore, ObjectStore, S3Store
 from textft_services.common.tinymodels import build_tiny_gpt_neo
@@ -170,6 +172,17 @@ def stack(
 def client(stack: RunningStack) -> Iterator[Client]:
     with stack.client() as c:
         yield c
+
+
+def error_of(call: object) -> TextftError:
+    """Runs call() and returns the TextftError it raises (raw stub errors converted)."""
+    try:
+        call()  # type: ignore[operator]
+    except TextftError as e:
+        return e
+    except grpc.RpcError as e:
+        return from_rpc_error(e)
+    raise AssertionError("the call succeeded")
 
 
 def pytest_configure(config: pytest.Config) -> None:

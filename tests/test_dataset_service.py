@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from conftest import error_of
 
 from textft import Client
-from textft.errors import InvalidArgument, NotFound, TextftError, from_rpc_error
+from textft.errors import InvalidArgument, NotFound
 from textft.v1 import common_pb2, dataset_pb2
 from textft_services.stack import start_service
 
@@ -39,17 +40,6 @@ JSONL = b"\n".join(
 
 def new_id() -> str:
     return "ds-" + uuid.uuid4().hex[:10]
-
-
-def error_of(call: object) -> TextftError:
-    """Runs call() and returns the TextftError it raises (raw stub errors converted)."""
-    try:
-        call()  # type: ignore[operator]
-    except TextftError as e:
-        return e
-    except grpc.RpcError as e:
-        return from_rpc_error(e)
-    raise AssertionError("the call succeeded")
 
 
 def upload_requests(

@@ -9,12 +9,11 @@ import hashlib
 import uuid
 from pathlib import Path
 
-import grpc
 import pytest
-from conftest import TINY_BASE_URI
+from conftest import TINY_BASE_URI, error_of
 
 from textft import Client
-from textft.errors import FailedPrecondition, InvalidArgument, NotFound, TextftError, from_rpc_error
+from textft.errors import FailedPrecondition, InvalidArgument, NotFound
 from textft.v1 import common_pb2, dataset_pb2
 from textft_services.stack import start_service
 
@@ -26,16 +25,6 @@ CSV = b"text,label\ngreat film,pos\nawful film,neg\nfine film,pos\n"
 
 def new_id() -> str:
     return "dv-" + uuid.uuid4().hex[:10]
-
-
-def error_of(call: object) -> TextftError:
-    try:
-        call()  # type: ignore[operator]
-    except TextftError as e:
-        return e
-    except grpc.RpcError as e:
-        return from_rpc_error(e)
-    raise AssertionError("the call succeeded")
 
 
 def keys(stack, prefix: str) -> list[str]:  # type: ignore[no-untyped-def]

@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,10 +33,17 @@ TASKS = [common_pb2.TASK_UNSPECIFIED, common_pb2.TASK_TEXT_CLASSIFICATION, commo
 COUNTS: dict[str, list[int]] = {}
 
 
-def _count(area: str, crashed: bool = False) -> None:
-    tried, crashes = COUNTS.setdefault(area, [0, 0])
-    COUNTS[area] = [tried + 1, crashes + int(crashed)]
-    record(area, "inputs tried / crashes", f"{COUNTS[area][0]} / {COUNTS[area][1]}")
+@contextmanager
+def _counted(area: str) -> Iterator[None]:
+    """Counts one fuzz input of `area`, and a crash when the body raises."""
+    crashed = True
+    try:
+        yield
+        crashed = False
+    finally:
+        tried, crashes = COUNTS.setdefault(area, [0, 0])
+        COUNTS[area] = [tried + 1, crashes + int(crashed)]
+        record(area, "inputs tried / crashes", f"{COUNTS[area][0]} / {COUNTS[area][1]}")
 
 
 def _parse(
@@ -68,14 +77,10 @@ def _check_invariants(result: parsing.ParseResult, rows: list[dict], issues: lis
 @FUZZ
 @given(data=st.binary(max_size=2048), fmt=st.sampled_from(FORMATS), task=st.sampled_from(TASKS))
 def test_parsers_survive_arbitrary_bytes(data: bytes, fmt: int, task: int) -> None:
-    try:
+    with _counted("dataset parser (bytes)"):
         result, rows, issues = _parse(data, fmt, task)
         if result is not None:
             _check_invariants(result, rows, issues)
-    except Exception:
-        _count("dataset parser (bytes)", crashed=True)
-        raise
-    _count("dataset parser (bytes)")
 
 
 _cell = st.one_of(
@@ -121,14 +126,10 @@ def test_delimited_files_keep_invariants(
     data = out.getvalue().encode("utf-8", "surrogateescape")
     if bad_bytes:
         data = data.replace(b"e", b"\xff\xfe", 1)
-    try:
+    with _counted("dataset parser (CSV/TSV)"):
         result, rows, issues = _parse(data, fmt, task)
         if result is not None:
             _check_invariants(result, rows, issues)
-    except Exception:
-        _count("dataset parser (CSV/TSV)", crashed=True)
-        raise
-    _count("dataset parser (CSV/TSV)")
 
 
 _json_value = st.recursive(
@@ -153,14 +154,10 @@ _json_value = st.recursive(
 )
 def test_jsonl_files_keep_invariants(objects: list[object], task: int) -> None:
     data = "\n".join(json.dumps(o) for o in objects).encode()
-    try:
+    with _counted("dataset parser (JSONL)"):
         result, rows, issues = _parse(data, parsing.JSONL, task)
         if result is not None:
             _check_invariants(result, rows, issues)
-    except Exception:
-        _count("dataset parser (JSONL)", crashed=True)
-        raise
-    _count("dataset parser (JSONL)")
 
 
 _config_key = st.one_of(
@@ -207,7 +204,7 @@ _config_section = st.dictionaries(_config_key, _json_value, max_size=5)
     template=st.sampled_from(sorted(TEMPLATES)),
 )
 def test_config_validation_only_refuses_with_invalid_argument(overrides: dict, template: str) -> None:
-    try:
+    with _counted("config validation"):
         merged = configs.merge(TEMPLATES[template].defaults(), overrides)
         try:
             resolved = configs.validate(merged)
@@ -216,10 +213,6 @@ def test_config_validation_only_refuses_with_invalid_argument(overrides: dict, t
         else:
             flat = {k for section in resolved.values() for k in section}
             assert not flat & set(configs.FORBIDDEN) - {"task_type"}, flat
-    except Exception:
-        _count("config validation", crashed=True)
-        raise
-    _count("config validation")
 
 
 _name_text = st.text(alphabet=string.printable + "\x00\x7f/é.", max_size=80)
@@ -228,7 +221,7 @@ _name_text = st.text(alphabet=string.printable + "\x00\x7f/é.", max_size=80)
 @FUZZ
 @given(value=_name_text)
 def test_names_and_keys_never_escape(value: str) -> None:
-    try:
+    with _counted("names and store keys"):
         for parse in (
             names.parse_dataset,
             names.parse_dataset_version,
@@ -250,7 +243,3 @@ def test_names_and_keys_never_escape(value: str) -> None:
             parts = key.split("/")
             assert not key.startswith("/") and ".." not in parts and "." not in parts
             assert all(c.isprintable() and c not in "\\" for c in key)
-    except Exception:
-        _count("names and store keys", crashed=True)
-        raise
-    _count("names and store keys")
