@@ -137,6 +137,12 @@ def _vm(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench upload", description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="CSV size in MiB (default 1024)")
@@ -191,9 +197,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         print(f"generated {size / 1024**2:.0f} MiB, {rows} rows in {time.perf_counter() - t:.1f}s ({kind})", flush=True)
 
         # 1. Raw put of the same bytes (multipart, the store's part size).
+        s3_pid = moto.pid if moto is not None else 0
+        cpu = (time.process_time(), _cpu_s(s3_pid) if s3_pid else 0.0)
         t = time.perf_counter()
         raw.fput_object(bucket, "raw/bench.csv", str(csv_path), part_size=PART_SIZE)
         raw_s = time.perf_counter() - t
+        raw_cpu = (time.process_time() - cpu[0], (_cpu_s(s3_pid) - cpu[1]) if s3_pid else 0.0)
         raw.remove_object(bucket, "raw/bench.csv")
         print(f"raw S3 put: {raw_s:.1f}s", flush=True)
 
@@ -205,20 +214,25 @@ def main(argv: list[str]) -> dict[str, Any]:
         if args.profile:
             fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
             spy = shutil.which("py-spy") or "py-spy"
-            cmd = [spy, "record", "-p", str(pid), "-o", args.profile, "-f", fmt, "-r", "50", "--threads"]
+            cmd = [spy, "record", "-p", str(pid), "-o", args.profile, "-f", fmt, "-r", "50", "--threads", "--gil"]
             profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         with Client(service.address, api_key=api_key) as client:
             client.create_dataset("bench")
+            cpu = (time.process_time(), _cpu_s(s3_pid) if s3_pid else 0.0, _cpu_s(pid))
             t = time.perf_counter()
             version = client.upload_dataset("bench", csv_path, format="csv", timeout=3600)
             rpc_s = time.perf_counter() - t
+            rpc_cpu = (
+                time.process_time() - cpu[0],
+                (_cpu_s(s3_pid) - cpu[1]) if s3_pid else 0.0,
+                _cpu_s(pid) - cpu[2],
+            )
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             profiler.wait(60)
         peak = _vm(pid, "VmHWM")
         assert version.stats.row_count == rows and version.stats.valid_row_count == rows, version.stats
         assert version.source_size_bytes == size
-        rows_size = store.size(version.rows_object)
         deleted = store.delete_prefix("datasets/bench/")
         print(f"UploadDatasetVersion: {rpc_s:.1f}s ({deleted} objects deleted afterwards)", flush=True)
 
@@ -228,7 +242,6 @@ def main(argv: list[str]) -> dict[str, Any]:
             "endpoint": kind,
             "size_mib": round(mib, 1),
             "rows": rows,
-            "rows_object_mib": round(rows_size / 1024**2, 1),
             "raw_put_s": round(raw_s, 2),
             "raw_put_mib_s": round(mib / raw_s, 1),
             "upload_rpc_s": round(rpc_s, 2),
@@ -236,6 +249,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             "upload_rows_per_s": round(rows / rpc_s),
             "ratio_rpc_vs_raw": round(ratio, 3),
             "ratio_goal": GOAL_RATIO,
+            "raw_cpu_s": {"client": round(raw_cpu[0], 1), "s3": round(raw_cpu[1], 1)},
+            "rpc_cpu_s": {"client": round(rpc_cpu[0], 1), "s3": round(rpc_cpu[1], 1), "service": round(rpc_cpu[2], 1)},
             "service_idle_rss_mb": round(idle_rss / 1e6, 1),
             "service_peak_rss_mb": round(peak / 1e6, 1),
             "rss_goal_mb": GOAL_RSS_MB,
@@ -246,6 +261,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         print(f"{'raw S3 put (s, MiB/s)':<34}{f'{raw_s:.1f}, {mib / raw_s:.0f}':>14}")
         print(f"{'UploadDatasetVersion (s, MiB/s)':<34}{f'{rpc_s:.1f}, {mib / rpc_s:.0f}':>14}")
         print(f"{'rows validated per s':<34}{rows / rpc_s:>14.0f}")
+        if s3_pid:  # where the CPU went (2 cores here): client / S3 server / dataset service
+            shown = f"{raw_cpu[0]:.0f}/{raw_cpu[1]:.0f}/-"
+            print(f"{'CPU s raw put: client/S3/service':<34}{shown:>14}")
+            shown = f"{rpc_cpu[0]:.0f}/{rpc_cpu[1]:.0f}/{rpc_cpu[2]:.0f}"
+            print(f"{'CPU s RPC: client/S3/service':<34}{shown:>14}")
         verdict = "ok" if ratio >= GOAL_RATIO else "MISSED"
         print(f"{'ratio RPC / raw (goal >= 0.5)':<34}{f'{ratio:.2f} {verdict}':>14}")
         verdict = "ok" if peak / 1e6 < GOAL_RSS_MB else "MISSED"

@@ -308,3 +308,9 @@ def test_duplicate_digest_table_grows_and_keeps_first_rows() -> None:
             table.add(key, row)
             reference[key] = row
     assert len(table) == len(reference) and all(table.get(k) == r for k, r in reference.items())
+    # first_or_add(): the same answers in one probe.
+    other = p._DigestTable(capacity=4)
+    for key, row in reference.items():
+        assert other.first_or_add(key, row) == 0
+        assert other.first_or_add(key, row + 1) == row
+    assert len(other) == len(reference)

@@ -67,11 +67,28 @@ def _check_invariants(result: parsing.ParseResult, rows: list[dict], issues: lis
         assert row["text"].strip(), row
         assert row["row"] >= 1  # row numbers follow the file's lines: blank lines keep theirs
         assert set(row) == {"row", "text", "labels", "target", "id", "metadata", "split"}
-        json.dumps(row)  # what goes to rows.jsonl must serialise
+        json.dumps(row)  # rows travel as JSON (the trainer's job files, the CLI's --json)
     assert all(i.row >= 0 for i in issues)
     numbers = [row["row"] for row in rows]
     assert numbers == sorted(set(numbers))
     assert sum(1 for i in issues if i.severity == parsing.ERROR and i.row > 0) >= s.invalid_row_count
+
+
+def _check_rereads(
+    data: bytes, fmt: int, task: int, result: parsing.ParseResult, rows: list[dict], issues: list
+) -> None:
+    """A stored version is read by validating its source again (read_valid_rows):
+    that must give the same rows; and the CSV/TSV fast path must change nothing."""
+    options = parsing.ParseOptions(format=fmt, task=result.task, max_text_chars=2000)
+    assert list(parsing.valid_rows(io.BytesIO(data), options, result.columns)) == rows
+    if fmt != parsing.JSONL:
+        parsing.FAST_PATH = False
+        try:
+            slow, slow_rows, slow_issues = _parse(data, fmt, task)
+        finally:
+            parsing.FAST_PATH = True
+        assert slow is not None
+        assert (slow.stats, slow_rows, slow_issues) == (result.stats, rows, issues)
 
 
 @FUZZ
@@ -81,6 +98,7 @@ def test_parsers_survive_arbitrary_bytes(data: bytes, fmt: int, task: int) -> No
         result, rows, issues = _parse(data, fmt, task)
         if result is not None:
             _check_invariants(result, rows, issues)
+            _check_rereads(data, fmt, task, result, rows, issues)
 
 
 _cell = st.one_of(
@@ -130,6 +148,7 @@ def test_delimited_files_keep_invariants(
         result, rows, issues = _parse(data, fmt, task)
         if result is not None:
             _check_invariants(result, rows, issues)
+            _check_rereads(data, fmt, task, result, rows, issues)
 
 
 _json_value = st.recursive(
@@ -158,6 +177,7 @@ def test_jsonl_files_keep_invariants(objects: list[object], task: int) -> None:
         result, rows, issues = _parse(data, parsing.JSONL, task)
         if result is not None:
             _check_invariants(result, rows, issues)
+            _check_rereads(data, parsing.JSONL, task, result, rows, issues)
 
 
 _config_key = st.one_of(

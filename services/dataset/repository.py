@@ -3,7 +3,7 @@
 Layout (bucket root):
     datasets/{dataset}/dataset.json                     the Dataset
     datasets/{dataset}/versions/{version}/source.{ext}  the uploaded bytes as they came
-    datasets/{dataset}/versions/{version}/rows.jsonl    valid rows, normalised (read by the trainer)
+    datasets/{dataset}/versions/{version}/parse.json    how the source was validated (read_valid_rows)
     datasets/{dataset}/versions/{version}/report.json   stats and every issue (see write_report)
     datasets/{dataset}/versions/{version}/manifest.json the DatasetVersion, written LAST
     datasets/{dataset}/by-sha256/{sha256}.json          first finished version with those source bytes
@@ -16,25 +16,35 @@ the manifest write. Several dataset service replicas writing versions of the
 same dataset at once are not coordinated: run one writer per dataset, or one
 replica.
 
-An upload is spooled to a temporary file (sha256 computed on the way, size
-capped early), so a cut-off stream writes nothing to the store. Then the header
-is checked, the source is copied to the store in a background thread, and the
-rows are validated one at a time, the normalised ones streamed to the store
-through a pipe (multipart, unknown length); the report follows, the manifest
-last. Memory stays bounded whatever the file size (a few store parts in
-flight), and any failure removes everything under the version's prefix.
+An upload is received, validated and stored at the same time: the receiving
+thread appends the chunks to a local spool file (sha256 computed and size cap
+applied on the way in), while a second thread reads the spool as it grows,
+checks the header, reserves the version id, copies the source to the store
+(multipart, from a third reader of the spool) and validates the rows; the
+report and parse.json follow, the manifest last. A header problem stops the upload before the rest is received.
+Memory stays bounded whatever the file size (a few store parts in flight), a
+cut-off stream publishes nothing, and any failure removes everything under the
+version's prefix.
+
+The source is the version's only copy of its rows: readers (ReadRows, the
+trainer) get the valid rows, normalised, by validating it again with the
+options recorded in parse.json (read_valid_rows), and a count that differs from
+the manifest's stops them, so a version reads the same or not at all. Storing
+a normalised copy too would write every byte twice and cost as much CPU as the
+validation itself (bench/bench_upload.py); versions written before parse.json
+existed still have that copy, rows.jsonl, and are read from it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -84,6 +94,10 @@ def manifest_key(dataset: str, version: str) -> str:
     return version_prefix(dataset, version) + "manifest.json"
 
 
+def parse_key(dataset: str, version: str) -> str:
+    return version_prefix(dataset, version) + "parse.json"
+
+
 def sha256_key(dataset: str, sha256: str) -> str:
     """Index: the first finished version of a dataset with these source bytes."""
     return f"datasets/{dataset}/by-sha256/{sha256}.json"
@@ -94,27 +108,6 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps(..., 
 
 def _encode(value: Any) -> str:
     return _ENCODER.encode(value)
-
-
-_ROW_KEYS = ("row", "text", "labels", "target", "id", "metadata", "split")
-_string = json.encoder.encode_basestring  # what _ENCODER uses for strings (ensure_ascii=False)
-
-
-def _encode_row(row: dict[str, Any]) -> str:
-    """_encode(row) for a normalised row (parsing's keys, in its order), without
-    the encoder's generic walk: about twice as fast, the same text."""
-    number, labels, metadata = row["row"], row["labels"], row["metadata"]
-    if type(number) is int and type(labels) is list and type(metadata) is dict and tuple(row) == _ROW_KEYS:
-        try:  # _string raises TypeError for anything but a string
-            return (
-                f'{{"row": {number}, "text": {_string(row["text"])}, '
-                f'"labels": [{", ".join(map(_string, labels))}], "target": {_string(row["target"])}, '
-                f'"id": {_string(row["id"])}, "metadata": {_ENCODER.encode(metadata) if metadata else "{}"}, '
-                f'"split": {_string(row["split"])}}}'
-            )
-        except TypeError:
-            pass
-    return _ENCODER.encode(row)
 
 
 def stats_to_proto(stats: dict[str, Any]) -> dataset_pb2.DatasetStats:
@@ -173,19 +166,28 @@ def _read_report_head(lines: Iterator[bytes]) -> dict[str, Any]:
     return value
 
 
-class _CappedSpool:
-    """Writes chunks to a temp file, hashing them, refusing past the cap early."""
+class _SpoolAborted(Exception):
+    """The upload's stream failed; readers of its spool stop with this."""
+
+
+class _Spool:
+    """The upload's bytes in a local file, written by the receiving thread and
+    read at the same time by others (reader() waits at the current end until
+    more arrives), so receiving, validating and storing overlap. The sha256 and
+    the size cap are applied on the way in."""
 
     def __init__(self, path: Path, limit: int) -> None:
         self.path = path
         self.limit = limit
-        self.size = 0
+        self.size = 0  # bytes written so far; readers see up to here
         self.sha256 = hashlib.sha256()
-        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in finish() / fail()
+        self._changed = threading.Condition()
+        self._done = False
+        self._failed = False
 
     def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.limit:
+        if self.size + len(chunk) > self.limit:
             raise InvalidArgument.for_field(
                 "chunk",
                 f"the upload exceeds the limit of {self.limit} bytes (max_upload_bytes); "
@@ -194,9 +196,85 @@ class _CappedSpool:
             )
         self.sha256.update(chunk)
         self._file.write(chunk)
+        self._file.flush()  # readers use their own descriptor
+        with self._changed:
+            self.size += len(chunk)
+            self._changed.notify_all()
+
+    def finish(self) -> None:
+        """Every byte has arrived: readers reach the end of the file."""
+        self._end(failed=False)
+
+    def fail(self) -> None:
+        """The stream broke: readers raise _SpoolAborted."""
+        self._end(failed=True)
+
+    def _end(self, failed: bool) -> None:
+        self._file.close()
+        with self._changed:
+            self._done, self._failed = True, failed
+            self._changed.notify_all()
+
+    def wait_beyond(self, position: int) -> int:
+        """The size once it is past position or the stream has ended."""
+        with self._changed:
+            while self.size <= position and not self._done:
+                self._changed.wait()
+            if self._failed:
+                raise _SpoolAborted("the upload stream failed")
+            return self.size
+
+    def wait_done(self) -> None:
+        with self._changed:
+            while not self._done:
+                self._changed.wait()
+            if self._failed:
+                raise _SpoolAborted("the upload stream failed")
+
+    def reader(self) -> BinaryIO:
+        return io.BufferedReader(_SpoolReader(self), COPY_BUFFER)  # type: ignore[return-value]
+
+
+class _SpoolReader(io.RawIOBase):
+    """A seekable reader of a _Spool that waits for bytes not yet written."""
+
+    def __init__(self, spool: _Spool) -> None:
+        self._spool = spool
+        self._fd = os.open(spool.path, os.O_RDONLY)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size = self._spool.wait_beyond(self._position)
+        n = min(len(buffer), size - self._position)
+        if n <= 0:
+            return 0
+        read = os.preadv(self._fd, [memoryview(buffer)[:n]], self._position)
+        self._position += read
+        return read
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self._position = offset
+        elif whence == io.SEEK_CUR:
+            self._position += offset
+        else:
+            self._spool.wait_done()
+            self._position = self._spool.size + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
 
     def close(self) -> None:
-        self._file.close()
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
 
 
 class DatasetRepository:
@@ -343,12 +421,15 @@ class DatasetRepository:
         # Offset paging over a stream: a page costs O(offset) reading, never O(file) memory.
         window, token = paginate(range(version.stats.valid_row_count), page_size, page_token)
         rows = []
-        with self.store.open(version.rows_object) as f:
-            for index, line in enumerate(f):
+        reader = read_valid_rows(self.store, dataset_id, version_id, version.stats.valid_row_count)
+        try:
+            for index, row in enumerate(reader):
                 if index >= window.stop:
                     break
                 if index >= window.start:
-                    rows.append(row_to_proto(json.loads(line)))
+                    rows.append(row_to_proto(row))
+        finally:
+            reader.close()
         return rows, token
 
     def validation_report(
@@ -371,15 +452,7 @@ class DatasetRepository:
     def upload(self, spec: UploadSpec, chunks: Iterable[bytes]) -> dataset_pb2.DatasetVersion:
         """Creates a version from streamed bytes. Header problems are reported
         before a single chunk is read."""
-        options = self._options(spec)
-        with self._workdir() as work:
-            spool = _CappedSpool(work / "source", self.settings.max_upload_bytes)
-            try:
-                for chunk in chunks:
-                    spool.write(chunk)
-            finally:
-                spool.close()
-            return self._create_version(spec, options, work, spool.sha256.hexdigest(), spool.size)
+        return self._ingest(spec, self._options(spec), chunks)
 
     def import_object(self, spec: UploadSpec, source_object: str) -> dataset_pb2.DatasetVersion:
         """Creates a version from an object already in the store."""
@@ -392,17 +465,38 @@ class DatasetRepository:
                 "source_object", f"{source_object[:200]!r} is not a valid object key", reason="INVALID_OBJECT_KEY"
             ) from None
         options = self._options(spec)
+        try:
+            src = self.store.open(source_object)
+        except NotFound:
+            raise NotFound(f"object {source_object} not found in the store", reason="OBJECT_NOT_FOUND") from None
+        with src:
+            return self._ingest(spec, options, iter(lambda: src.read(COPY_BUFFER), b""))
+
+    def _ingest(
+        self, spec: UploadSpec, options: parsing.ParseOptions, chunks: Iterable[bytes]
+    ) -> dataset_pb2.DatasetVersion:
+        """Receives the chunks into a spool in this thread while another one
+        validates and stores them as they arrive (see _create_version)."""
         with self._workdir() as work:
-            spool = _CappedSpool(work / "source", self.settings.max_upload_bytes)
+            spool = _Spool(work / "source", self.settings.max_upload_bytes)
+            build = _Background(lambda: self._create_version(spec, options, spool), "dataset-validate")
             try:
-                with self.store.open(source_object) as src:
-                    while chunk := src.read(COPY_BUFFER):
-                        spool.write(chunk)
-            except NotFound:
-                raise NotFound(f"object {source_object} not found in the store", reason="OBJECT_NOT_FOUND") from None
-            finally:
-                spool.close()
-            return self._create_version(spec, options, work, spool.sha256.hexdigest(), spool.size)
+                for chunk in chunks:
+                    if build.finished():  # it failed early (a header problem): stop receiving
+                        break
+                    spool.write(chunk)
+            except BaseException:
+                spool.fail()
+                build.wait()
+                raise
+            spool.finish()
+            if spool.size == 0:
+                build.wait()
+                raise InvalidArgument(
+                    "the file is empty (0 bytes): send its bytes as chunk messages after the header",
+                    reason="EMPTY_FILE",
+                )
+            return build.result()  # type: ignore[no-any-return]
 
     def _options(self, spec: UploadSpec) -> parsing.ParseOptions:
         self.require_dataset(spec.dataset)
@@ -417,43 +511,50 @@ class DatasetRepository:
         return _TempDir(self._tmp_root)
 
     def _create_version(
-        self, spec: UploadSpec, options: parsing.ParseOptions, work: Path, sha256: str, size: int
+        self, spec: UploadSpec, options: parsing.ParseOptions, spool: _Spool
     ) -> dataset_pb2.DatasetVersion:
-        """Validates the spooled source and publishes the version. The header is
-        checked first; then the version id is reserved, the source is copied to
-        the store in the background while the rows are validated and streamed
-        to the store as they come, and the manifest is written last. Any
-        failure removes everything under the version's prefix."""
-        if size == 0:
-            raise InvalidArgument(
-                "the file is empty (0 bytes): send its bytes as chunk messages after the header", reason="EMPTY_FILE"
-            )
+        """Validates the spool as it fills and publishes the version. The header
+        is checked first; then the version id is reserved, the source is copied
+        to the store in the background while the rows are validated and
+        streamed to the store as they come, and the manifest is written last.
+        Any failure removes everything under the version's prefix."""
         dataset = spec.dataset
+        work = spool.path.parent
         issues_path, report_path = work / "issues.jsonl", work / "report.json"
-        with open(work / "source", "rb", buffering=COPY_BUFFER) as source:
+        with spool.reader() as source:
             validation = parsing.prepare(source, options)  # header problems: nothing written yet
             version_id = self._reserve(dataset)
             prefix = version_prefix(dataset, version_id)
             source_key = prefix + f"source.{parsing.SOURCE_SUFFIX[options.format]}"
-            rows_key = prefix + "rows.jsonl"
-            copies: list[_Background] = []
+            copy = _Background(lambda: self._copy_source(source_key, spool), "dataset-store-source")
             try:
-                copies.append(_Background(lambda: self.store.put_file(source_key, work / "source")))
-                rows_out = _RowPipe(lambda stream: self.store.put_stream(rows_key, stream, -1, "application/x-ndjson"))
-                copies.append(rows_out.upload)
                 try:
                     with open(issues_path, "w", encoding="utf-8") as issues_out:
                         result = validation.run(
-                            rows_out.write, lambda issue: issues_out.write(_encode(issue.to_dict()) + "\n")
+                            _discard_row, lambda issue: issues_out.write(_encode(issue.to_dict()) + "\n")
                         )
                 finally:
-                    rows_out.close()
-                for copy in copies:
-                    copy.result()
+                    copy.wait()  # no write may land after a clean-up
+                copy.result()
+                spool.wait_done()  # validation read to the end: sha256 and size are final
+                sha256, size = spool.sha256.hexdigest(), spool.size
                 stats = result.stats.to_dict()
                 with open(report_path, "w", encoding="utf-8") as out, open(issues_path, encoding="utf-8") as issues:
                     write_report(out, stats, result.issue_count, issues)
                 self.store.put_file(prefix + "report.json", report_path)
+                self.store.put_json(
+                    parse_key(dataset, version_id),
+                    {
+                        "parser": parsing.PARSER_VERSION,
+                        "source_object": source_key,
+                        "format": options.format,
+                        "task": result.task,
+                        "column_mapping": options.column_mapping,  # as asked: JSONL resolves aliases per row
+                        "max_text_chars": options.max_text_chars,
+                        "columns": result.columns,
+                        "valid_row_count": result.stats.valid_row_count,
+                    },
+                )
                 with self._lock(dataset):
                     self.require_dataset(dataset)  # deleted while we parsed?
                     earlier = self._same_source(dataset, sha256)
@@ -466,7 +567,6 @@ class DatasetRepository:
                         source_sha256=sha256,
                         source_size_bytes=size,
                         source_object=source_key,
-                        rows_object=rows_key,
                         description=spec.description,
                         create_time=now(),
                         column_mapping=result.column_mapping,
@@ -479,8 +579,6 @@ class DatasetRepository:
                     )
                     self.store.put_json(prefix + "manifest.json", to_dict(version))
             except BaseException:
-                for copy in copies:  # no write may land after the clean-up
-                    copy.wait()
                 self._discard(prefix)
                 raise
             finally:
@@ -499,6 +597,10 @@ class DatasetRepository:
             f" (same bytes as {earlier})" if earlier else "",
         )
         return version
+
+    def _copy_source(self, key: str, spool: _Spool) -> None:
+        with spool.reader() as source:
+            self.store.put_stream(key, source, -1)
 
     def _reserve(self, dataset: str) -> str:
         """The next version id: past every id in the store or being written by
@@ -535,83 +637,76 @@ class DatasetRepository:
             log.exception("could not clean up %s; it has no manifest, so it stays invisible", prefix)
 
 
-class _Background:
-    """Runs fn in a thread; result() re-raises its exception."""
+def _discard_row(row: dict[str, Any]) -> None:
+    """Uploads keep no copy of the rows: readers validate the source again."""
 
-    def __init__(self, fn: Callable[[], None]) -> None:
+
+def read_valid_rows(
+    store: ObjectStore, dataset_id: str, version_id: str, expected: int | None = None
+) -> Generator[dict[str, Any], None, None]:
+    """A finished version's valid rows, normalised, in file order (what the
+    trainer trains on and ReadRows pages through): the source validated again
+    with the options recorded at upload. `expected` is the manifest's
+    valid_row_count (read from parse.json when None); a full read that finds
+    another count raises FailedPrecondition instead of handing out rows the
+    version was not validated with."""
+    prefix = version_prefix(dataset_id, version_id)
+    try:
+        recorded = store.get_json(parse_key(dataset_id, version_id))
+    except NotFound:  # written before parse.json existed: its rows were stored normalised
+        with store.open(prefix + "rows.jsonl") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+        return
+    options = parsing.ParseOptions(
+        int(recorded["format"]),
+        int(recorded["task"]),
+        dict(recorded["column_mapping"]),
+        int(recorded["max_text_chars"]),
+    )
+    expected = int(recorded["valid_row_count"]) if expected is None else expected
+    count = 0
+    with store.open(recorded["source_object"]) as raw:
+        source = raw if isinstance(raw, io.BufferedIOBase) else io.BufferedReader(raw, COPY_BUFFER)  # type: ignore[arg-type]
+        for row in parsing.valid_rows(source, options, list(recorded["columns"])):
+            count += 1
+            yield row
+    if count != expected:
+        raise FailedPrecondition(
+            f"datasets/{dataset_id}/versions/{version_id} now reads as {count} valid rows, not the {expected} it was "
+            f"validated with (parser version {recorded.get('parser')} then, {parsing.PARSER_VERSION} now); "
+            "upload the file again as a new version",
+            reason="DATASET_VERSION_UNREADABLE",
+        )
+
+
+class _Background:
+    """Runs fn in a thread; result() returns its value or re-raises its exception."""
+
+    def __init__(self, fn: Callable[[], Any], name: str = "dataset-store-write") -> None:
+        self._value: Any = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name="dataset-store-write", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
         self._thread.start()
 
-    def _run(self, fn: Callable[[], None]) -> None:
+    def _run(self, fn: Callable[[], Any]) -> None:
         try:
-            fn()
+            self._value = fn()
         except BaseException as e:  # handed to the caller by result()
             self._error = e
+
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
 
     def wait(self) -> None:
         self._thread.join()
 
-    def result(self) -> None:
+    def result(self) -> Any:
         self._thread.join()
         if self._error is not None:
             raise self._error
-
-
-class _RowPipe:
-    """Normalised rows as JSON lines, streamed to the store while they are
-    produced: an OS pipe between the validating thread and a background
-    put_stream (multipart, unknown length), so memory holds one part at most."""
-
-    BATCH = 1024 * 1024
-
-    def __init__(self, put: Callable[[BinaryIO], None]) -> None:
-        read_fd, write_fd = os.pipe()
-        try:  # a bigger pipe: fewer hand-overs between the threads (Linux; else the default)
-            fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), self.BATCH)
-        except OSError:
-            pass
-        self._reader = open(read_fd, "rb", buffering=self.BATCH)  # noqa: SIM115 - closed by the upload thread
-        self._writer = open(write_fd, "wb", buffering=0)  # noqa: SIM115 - closed in close()
-        self._pending: list[str] = []
-        self._size = 0
-
-        def upload() -> None:
-            with self._reader:
-                put(self._reader)  # type: ignore[arg-type]
-
-        self.upload = _Background(upload)
-
-    def write(self, row: dict[str, Any]) -> None:
-        line = _encode_row(row)
-        self._pending.append(line)
-        self._size += len(line)
-        if self._size >= self.BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            self._pending.append("")
-            try:
-                self._writer.write("\n".join(self._pending).encode("utf-8"))
-            except BrokenPipeError:  # the upload failed: result() says why
-                self.upload.result()
-                raise
-            self._pending.clear()
-            self._size = 0
-
-    def close(self) -> None:
-        """Ends the stream (the upload then completes); safe to call twice."""
-        if self._writer.closed:
-            return
-        try:
-            self._flush()
-        finally:
-            self._pending.clear()
-            try:
-                self._writer.close()
-            except BrokenPipeError:
-                pass
+        return self._value
 
 
 class _TempDir(tempfile.TemporaryDirectory):  # type: ignore[type-arg]

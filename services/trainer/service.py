@@ -392,7 +392,6 @@ class TrainerCore:
                 "name": str(name),
                 "task": TASK_NAMES[model.task],
                 "dataset_version": request.dataset_version,
-                "rows_object": dataset.rows_object,
                 "label_names": list(dataset.label_names),
                 "configs": resolved,
                 "invalid_data_tolerance_percent": tolerance,
@@ -455,7 +454,7 @@ class TrainerCore:
             f"{prefix}/job.json",
             workdir,
             dict(os.environ),
-            extra_args=["--evaluate", dataset.name or dataset_version, "--rows", dataset.rows_object],
+            extra_args=["--evaluate", dataset.name or dataset_version],
             distributed=False,
         )
         if on_rpc_done is not None:

@@ -185,9 +185,22 @@ class Prepared:
     multi_label: bool = False
 
 
-def _read_rows(store: ObjectStore, key: str) -> list[dict[str, Any]]:
-    with store.open(key) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _read_rows(store: ObjectStore, dataset_version: str, legacy_rows_object: str = "") -> list[dict[str, Any]]:
+    """The valid rows of a dataset version, normalised (the dataset service's
+    reader: its source validated again with the options it was uploaded with)."""
+    from textft.errors import FailedPrecondition
+
+    from ..common import names
+    from ..dataset.repository import read_valid_rows
+
+    if legacy_rows_object:  # a job queued by an earlier release: its rows were stored normalised
+        with store.open(legacy_rows_object) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    parsed = names.parse_dataset_version(dataset_version, "dataset_version")
+    try:
+        return list(read_valid_rows(store, parsed.dataset, parsed.version))
+    except FailedPrecondition as e:
+        raise JobFailure("DATASET_VERSION_UNREADABLE", e.message, field="dataset_version") from None
 
 
 def _format_issues(issues: list[dict[str, Any]], limit: int = 5) -> str:
@@ -632,7 +645,9 @@ def run_job(
     tok_path = retry("reading the tokenizer", lambda: basemodels.resolve(tok_name, store, settings.base_model_cache))
     tokenizer, max_length = load_tokenizer(tokenizer_kwargs, tok_path)
 
-    rows = retry("reading the dataset rows", lambda: _read_rows(store, job["rows_object"]))
+    rows = retry(
+        "reading the dataset rows", lambda: _read_rows(store, job["dataset_version"], job.get("rows_object", ""))
+    )
     prepared = prepare_rows(job, rows, tokenizer, max_length)
     emitter.log(
         f"{len(prepared.train)} train rows, {len(prepared.eval)} eval rows ({prepared.split_source}), {prepared.skipped} invalid rows skipped"
@@ -748,7 +763,6 @@ def evaluate_version(
     store: ObjectStore,
     settings: Settings,
     workdir: Path,
-    rows_object: str,
     dataset_version: str,
     max_generations: int = 200,
 ) -> dict[str, Any]:
@@ -774,7 +788,7 @@ def evaluate_version(
     prompt_template = meta.get("prompt_template", PROMPT_TEMPLATE)
 
     usable, skipped = [], []
-    for row in retry("reading the dataset rows", lambda: _read_rows(store, rows_object)):
+    for row in retry("reading the dataset rows", lambda: _read_rows(store, dataset_version)):
         if not row.get("text"):
             skipped.append(row)
         elif classification and (not row.get("labels") or any(lab not in labels for lab in row["labels"])):
@@ -843,17 +857,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--evaluate",
         metavar="DATASET_VERSION",
-        help="instead of training, evaluate the version's adapter on this dataset version (needs --rows)",
+        help="instead of training, evaluate the version's adapter on this dataset version",
     )
-    parser.add_argument("--rows", help="store key of the dataset version's rows.jsonl (with --evaluate)")
     parser.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
         help="exit when stdin closes (the local launcher keeps it open for the job's lifetime)",
     )
     args = parser.parse_args(argv)
-    if args.evaluate and not args.rows:
-        parser.error("--evaluate needs --rows")
     settings = Settings.from_env()
     setup_logging("train-job", settings.log_level, settings.log_format, settings.secrets())
     if args.exit_on_stdin_eof:
@@ -867,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
         store = retry("connecting to the store", lambda: open_store(settings.store))
         job = retry("reading the job", lambda: store.get_json(args.job))
         if args.evaluate:
-            evaluation = evaluate_version(job, store, settings, workdir, args.rows, args.evaluate)
+            evaluation = evaluate_version(job, store, settings, workdir, args.evaluate)
             emitter.emit("evaluation", **evaluation)
             return 0
         result = run_job(job, store, settings, workdir, emitter)
