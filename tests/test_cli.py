@@ -78,6 +78,7 @@ def dataset_version(stack: RunningStack, csv_file: Path) -> str:
     size = csv_file.stat().st_size
     # Not a terminal: the progress line is printed once, at the end.
     assert "uploaded" in result.stderr and "(100%)" in result.stderr and str(size) in result.stderr
+    assert "60 rows" in result.stderr  # counted as the bytes went out
     assert int(version["stats"]["valid_row_count"]) == 60
     return str(version["name"])
 

@@ -2,6 +2,7 @@
 
 from .client import Client
 from .errors import TextftError
+from .uploads import UploadProgress
 
-__all__ = ["Client", "TextftError"]
+__all__ = ["Client", "TextftError", "UploadProgress"]
 __version__ = "0.1.0"

@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 
 from .client import TASKS, Client, default_api_key
 from .errors import TextftError
+from .uploads import UploadProgress
 from .v1 import common_pb2, inference_pb2, trainer_pb2
 
 MV = trainer_pb2.ModelVersion
@@ -371,17 +372,18 @@ def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:
         source, total = args.file, os.path.getsize(args.file)
     err = sys.stderr
     tty = err.isatty()
-    sent_total = [0]
+    last: list[UploadProgress] = []
 
-    def progress_text(sent: int) -> str:
-        if total:
-            return f"uploading {sent} / {total} bytes ({100 * sent / total:.0f}%)"
-        return f"uploading {sent} bytes"
+    def progress_text(p: UploadProgress, verb: str = "uploading") -> str:
+        size = (
+            f"{p.bytes_sent} / {total} bytes ({100 * p.bytes_sent / total:.0f}%)" if total else f"{p.bytes_sent} bytes"
+        )
+        return f"{verb} {size}, {p.rows_sent:,} rows"
 
-    def on_progress(sent: int) -> None:
-        sent_total[0] = sent
+    def on_progress(p: UploadProgress) -> None:
+        last[:] = [p]
         if tty:
-            err.write("\r\033[K" + progress_text(sent))
+            err.write("\r\033[K" + progress_text(p))
             err.flush()
 
     version = client.upload_dataset(
@@ -393,8 +395,8 @@ def cmd_datasets_upload(client: Client, args: argparse.Namespace) -> int:
         description=args.description,
         on_progress=on_progress,
     )
-    sent = sent_total[0] or version.source_size_bytes
-    err.write(("\r\033[K" if tty else "") + progress_text(sent).replace("uploading", "uploaded") + "\n")
+    done = last[0] if last else UploadProgress(version.source_size_bytes, total, version.stats.row_count)
+    err.write(("\r\033[K" if tty else "") + progress_text(done, "uploaded") + "\n")
     err.flush()
     if args.json:
         _print_json(version)

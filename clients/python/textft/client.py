@@ -30,6 +30,7 @@ from google.protobuf import json_format, struct_pb2
 
 from .errors import TextftError, from_rpc_error
 from .resources import Datasets, Models, Versions
+from .uploads import RowCounter, UploadProgress
 from .v1 import (
     common_pb2,
     dataset_pb2,
@@ -270,18 +271,23 @@ class Client:
         format: str | int | None = None,
         column_mapping: dict[str, str] | None = None,
         description: str = "",
-        on_progress: Callable[[int], None] | None = None,
+        on_progress: Callable[[UploadProgress], None] | None = None,
         timeout: float | None = None,
     ) -> dataset_pb2.DatasetVersion:
-        """Streams a CSV/TSV/JSONL file (path, open binary file or bytes) as a new version."""
+        """Streams a CSV/TSV/JSONL file (path, open binary file or bytes) as a
+        new version. on_progress gets an UploadProgress (bytes and rows sent)
+        after each chunk; the version's stats are the validated numbers."""
         filename = ""
+        total = 0
         if isinstance(source, bytes):
             import io
 
             stream: BinaryIO = io.BytesIO(source)
+            total = len(source)
         elif isinstance(source, (str, os.PathLike)):
             filename = os.fspath(source)
             stream = open(filename, "rb")  # noqa: SIM115 - closed in the generator below
+            total = os.fstat(stream.fileno()).st_size
         else:
             stream = source
         if format is None:
@@ -299,6 +305,8 @@ class Client:
             filename=os.path.basename(filename),
         )
 
+        counter = RowCounter(fmt != dataset_pb2.DATASET_FORMAT_JSONL)
+
         def requests() -> Iterator[dataset_pb2.UploadDatasetVersionRequest]:
             sent = 0
             try:
@@ -307,7 +315,8 @@ class Client:
                     sent += len(chunk)
                     yield dataset_pb2.UploadDatasetVersionRequest(chunk=chunk)
                     if on_progress:
-                        on_progress(sent)
+                        counter.feed(chunk)
+                        on_progress(UploadProgress(sent, max(total, sent), counter.rows))
             finally:
                 if filename:
                     stream.close()
