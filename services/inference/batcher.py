@@ -35,7 +35,7 @@ log = logging.getLogger("textft.inference.batcher")
 CLASSIFY, GENERATE, STREAM = "classify", "generate", "stream"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Work:
     """One request waiting for (or in) a forward pass."""
 
@@ -51,6 +51,11 @@ class Work:
     # Streams only: ("tokens", [ids]) / ("end", outcome) / ("error", exc) items.
     events: queue.Queue[tuple[str, Any]] | None = None
     outcome: str = ""
+
+    def __repr__(self) -> str:
+        # Short on purpose: the dataclass repr would print the adapter, its base and the whole model.
+        version = getattr(self.adapter, "version", None)
+        return f"<Work {self.kind} {version} rows={len(self.texts)}>"
 
     @property
     def rows(self) -> int:
@@ -135,13 +140,15 @@ class Lane:
 
     def abandon(self, work: Work) -> None:
         """The RPC ended (cancelled, deadline): forget the work if it still waits;
-        a running stream sees `cancelled` and stops."""
+        a running stream sees `cancelled` and stops. Called at the end of every
+        RPC, so the common case (the work is done) costs no lock."""
         work.cancelled.set()
+        if work.future.done():
+            return
         with self.cond:
-            try:
-                self.items.remove(work)
-            except ValueError:
-                return  # already taken (running or done)
+            if work not in self.items:  # identity (eq=False); deque.remove would format a repr when absent
+                return  # already taken (running)
+            self.items.remove(work)
             self.admission.release()
             self.cond.notify()
         reason = "deadline" if work.expired() else "cancelled"
