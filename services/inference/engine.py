@@ -33,6 +33,7 @@ from ..common.config import Settings
 from ..common.store import ObjectStore
 from .batcher import CLASSIFY, GENERATE, STREAM, Admission, Lane, Work
 from .metrics import InferenceMetrics
+from .mixed import MixedLoRA
 
 log = logging.getLogger("textft.inference")
 MV = trainer_pb2.ModelVersion
@@ -51,19 +52,20 @@ class Base:
     """A base model shared by the adapters of one (base model, task, label count)."""
 
     key: tuple[str, str, int]
-    model: Any  # a PeftModel once the first adapter is loaded
-    tokenizer: Any
+    model: Any = field(repr=False)  # a PeftModel once the first adapter is loaded
+    tokenizer: Any = field(repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
     adapters: set[str] = field(default_factory=set)
     lane: Lane | None = None
     mixed_ok: bool = True  # PEFT mixed-adapter batches work on this model
+    mixer: MixedLoRA = field(default_factory=MixedLoRA, repr=False)  # mixed batches in gathered matmuls
 
 
 @dataclass(eq=False)
 class Adapter:
     version: str
     adapter_name: str
-    base: Base
+    base: Base = field(repr=False)
     task: str
     label_names: list[str]
     multi_label: bool
@@ -245,6 +247,7 @@ class Engine:
             else:
                 base.model = PeftModel.from_pretrained(base.model, str(local), adapter_name=adapter_name)
             base.model.eval()
+            base.mixer.install(base.model)  # the adapter may have added layers
             base.adapters.add(adapter_name)
         nbytes = sum(p.stat().st_size for p in local.glob("adapter_model.*"))
         seconds = time.monotonic() - started
@@ -302,6 +305,7 @@ class Engine:
                 base.adapters.discard(adapter.adapter_name)
                 if base.adapters:
                     base.model.delete_adapter(adapter.adapter_name)
+                    base.mixer.forget()
             if not base.adapters:  # last adapter of this base: free the base too
                 with self.lock:
                     self.bases.pop(base.key, None)
@@ -539,15 +543,26 @@ class Engine:
         unique = list(dict.fromkeys(names))
         with base.lock, torch.no_grad():
             if len(unique) == 1 or base.mixed_ok:
-                base.model.set_adapter(unique[0])  # the active adapter must exist for modules_to_save heads
-                return forward(None if len(unique) == 1 else names)
+                self._activate(base, unique[0])  # the active adapter must exist for modules_to_save heads
+                if len(unique) == 1:
+                    return forward(None)
+                if base.mixer.supported:  # every adapter layer takes its rows' adapters from the mixer
+                    with base.mixer.rows(names):
+                        return forward(None)
+                return forward(names)  # PEFT's own mixed-adapter path
             out: list[Any] = [None] * len(names)
             for name in unique:
                 rows = [i for i, n in enumerate(names) if n == name]
-                base.model.set_adapter(name)
+                self._activate(base, name)
                 for i, value in zip(rows, forward(None, rows), strict=True):
                     out[i] = value
             return out
+
+    @staticmethod
+    def _activate(base: Base, name: str) -> None:
+        """set_adapter, skipped when `name` is already active (it walks every module)."""
+        if base.model.active_adapter != name:
+            base.model.set_adapter(name)
 
     def _classify(
         self, base: Base, works: list[Work], texts: list[str], names: list[str] | None, rows: list[int] | None = None
@@ -563,19 +578,24 @@ class Engine:
             texts, return_tensors="pt", padding=True, truncation=True, max_length=works[0].adapter.max_length
         )
         extra = {"adapter_names": names} if names is not None else {}
-        logits = base.model(**batch.to(base.model.device), **extra).logits.float()
+        logits = base.model(**batch.to(base.model.device), **extra, use_cache=False).logits.float()
+        # Scores and their order for the whole batch at once, one tolist() each.
+        multi = [w.adapter.multi_label for w in row_works]
+        if all(multi):
+            scores = torch.sigmoid(logits)
+        elif not any(multi):
+            scores = torch.softmax(logits, dim=-1)
+        else:
+            flags = torch.tensor(multi).unsqueeze(1)
+            scores = torch.where(flags, torch.sigmoid(logits), torch.softmax(logits, dim=-1))
+        order = torch.argsort(scores, dim=-1, descending=True, stable=True)
+        ranked = torch.gather(scores, -1, order).tolist()
+        pb = inference_pb2
         out = []
-        for work, row in zip(row_works, logits, strict=True):
-            adapter = work.adapter
-            scores = torch.sigmoid(row) if adapter.multi_label else torch.softmax(row, dim=-1)
-            ranked = sorted(zip(adapter.label_names, scores.tolist(), strict=True), key=lambda x: -x[1])
-            out.append(
-                inference_pb2.Prediction(
-                    classification=inference_pb2.Classification(
-                        scores=[inference_pb2.LabelScore(label=label, score=score) for label, score in ranked]
-                    )
-                )
-            )
+        for work, row_order, row_scores in zip(row_works, order.tolist(), ranked, strict=True):
+            labels = work.adapter.label_names
+            scored = [pb.LabelScore(label=labels[i], score=s) for i, s in zip(row_order, row_scores, strict=True)]
+            out.append(pb.Prediction(classification=pb.Classification(scores=scored)))
         return out
 
     def _generate_kwargs(self, base: Base, params: inference_pb2.GenerationParameters) -> dict[str, Any]:
@@ -671,7 +691,7 @@ class Engine:
         ok = False
         try:
             with base.lock, torch.no_grad():
-                base.model.set_adapter(adapter.adapter_name)
+                self._activate(base, adapter.adapter_name)
                 if work.params.HasField("seed"):
                     torch.manual_seed(work.params.seed)
                 base.model.generate(

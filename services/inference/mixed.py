@@ -1,0 +1,204 @@
+"""Mixed-adapter LoRA batches in a few tensor ops per layer.
+
+PEFT's mixed-adapter inference (`adapter_names=`) splits every LoRA layer's
+input into one sub-batch per adapter: for each adapter an index copy, two
+small matmuls, a scale and an index write, so a batch over four adapters costs
+about 25 tensor ops per layer instead of 5, and on a CPU those small ops cost
+as much as the base model's own matmuls (measured: 16 rows over 4 adapters of
+the 3.4M bench model, 32 ms per forward with PEFT's path against 21 ms with
+one adapter).
+
+Here every LoRA layer computes the same sum with gathered weights, as
+punica/S-LoRA do on GPUs: the layer's adapters are stacked once
+(A: adapters x in x rank, B: adapters x rank x out, B pre-scaled), each row
+picks its adapter's slot, and two batched matmuls give every row its own
+delta. Classification heads saved with the adapters (PEFT's modules_to_save)
+are applied the same way. A row whose adapter does not touch a layer gets a
+zero slot there.
+
+The adapters stay PEFT adapters: loading, naming, deletion and the
+one-adapter path are PEFT's. Any layer this module does not know (another
+tuner type, a LoRA variant such as DoRA, LoRA biases, merged weights) makes the
+batch use PEFT's own `adapter_names` path instead, per layer where possible and
+for the whole model where a layer could not be wrapped. Results equal PEFT's
+up to float rounding (the same products, summed in another order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+STACK_ATTR = "_textft_mixed_forward"
+
+
+class MixedLoRA:
+    """Owns the per-row adapter choice of one base model's forward passes.
+
+    `install(model)` wraps the forward of each LoRA Linear layer and
+    modules_to_save wrapper (once per layer; call it again after loading an
+    adapter, which may add layers). Within `rows(names)` those layers apply
+    adapter `names[i]` to row i; outside it they run PEFT's forward unchanged.
+    Not thread-safe: one forward at a time, as the engine's base lock ensures.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] | None = None
+        self.supported = True  # every adapter layer of the model is wrapped
+        self._stacks: dict[int, tuple[tuple[str, ...], Any, Any]] = {}
+        self._slots: dict[tuple[str, ...], Any] = {}
+
+    # ---- setup ----
+    def install(self, model: Any) -> bool:
+        """Wraps the model's adapter layers not yet wrapped; returns whether
+        every adapter layer could be (else mixed batches should use PEFT's path)."""
+        from peft.tuners.lora.layer import Linear as LoraLinear
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+
+        supported = True
+        for module in model.modules():
+            if type(module) is LoraLinear:
+                self._wrap(module, self._lora_forward)
+            elif type(module) is ModulesToSaveWrapper:
+                self._wrap(module, self._head_forward)
+            elif isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+                supported = False
+        self.supported = supported
+        return supported
+
+    def forget(self) -> None:
+        """Drops the cached weight stacks (rebuilt on the next mixed batch). A
+        layer's stack is rebuilt anyway once its adapters change (and the engine
+        never reuses an adapter name), so this only frees memory early."""
+        self._stacks.clear()
+
+    def _wrap(self, module: Any, forward: Any) -> None:
+        if getattr(module, STACK_ATTR, False):
+            return
+        original = module.forward
+
+        def wrapped(x: Any, *args: Any, **kwargs: Any) -> Any:
+            return forward(module, original, x, *args, **kwargs)
+
+        module.forward = wrapped
+        setattr(module, STACK_ATTR, True)
+
+    @contextlib.contextmanager
+    def rows(self, names: list[str]) -> Iterator[None]:
+        """Within: wrapped layers apply adapter names[i] to row i."""
+        self.names, self._slots = names, {}
+        try:
+            yield
+        finally:
+            self.names, self._slots = None, {}
+
+    # ---- forwards ----
+    def _slot_index(self, keys: tuple[str, ...]) -> Any:
+        """Row -> slot in a stack over `keys` (len(keys): the zero slot)."""
+        index = self._slots.get(keys)
+        if index is None:
+            import torch
+
+            assert self.names is not None
+            where = {k: i for i, k in enumerate(keys)}
+            index = torch.tensor([where.get(n, len(keys)) for n in self.names], dtype=torch.long)
+            self._slots[keys] = index
+        return index
+
+    def _lora_stack(self, layer: Any) -> tuple[tuple[str, ...], Any, Any] | None:
+        """(adapter names, A^T stack, scaled B^T stack) of a LoRA layer, with a
+        trailing zero slot; None where a plain product does not express an adapter."""
+        import torch
+
+        keys = tuple(layer.lora_A.keys())
+        cached = self._stacks.get(id(layer))
+        if cached is not None and cached[0] == keys:
+            return cached
+        a_list, b_list = [], []
+        for key in keys:
+            lora_a, lora_b = layer.lora_A[key], layer.lora_B[key]
+            if (
+                key in layer.lora_variant
+                or not isinstance(lora_a, torch.nn.Linear)
+                or not isinstance(lora_b, torch.nn.Linear)
+                or lora_b.bias is not None
+                or lora_a.bias is not None
+            ):
+                return None
+            a_list.append(lora_a.weight.detach().t())  # in x r
+            b_list.append((lora_b.weight.detach() * layer.scaling[key]).t())  # r x out
+        rank = max((a.shape[1] for a in a_list), default=1)
+        in_f, out_f = layer.in_features, layer.out_features
+        dtype = a_list[0].dtype if a_list else torch.float32
+        a_stack = torch.zeros(len(keys) + 1, in_f, rank, dtype=dtype)
+        b_stack = torch.zeros(len(keys) + 1, rank, out_f, dtype=dtype)
+        for i, (a, b) in enumerate(zip(a_list, b_list, strict=True)):
+            a_stack[i, :, : a.shape[1]] = a
+            b_stack[i, : b.shape[0], :] = b
+        stack = (keys, a_stack, b_stack)
+        self._stacks[id(layer)] = stack
+        return stack
+
+    def _lora_forward(self, layer: Any, original: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        names = self.names
+        if names is None or "adapter_names" in kwargs:
+            return original(x, *args, **kwargs)
+        if layer.disable_adapters or layer.merged or x.dim() < 2 or x.shape[0] != len(names):
+            return original(x, *args, adapter_names=names, **kwargs)
+        stack = self._lora_stack(layer)
+        if stack is None:
+            return original(x, *args, adapter_names=names, **kwargs)
+        keys, a_stack, b_stack = stack
+        index = self._slot_index(keys)
+        result = layer.base_layer(x, *args, **kwargs)
+        rows = x.to(a_stack.dtype).reshape(x.shape[0], -1, x.shape[-1])  # rows x positions x in
+        delta = torch.bmm(torch.bmm(rows, a_stack[index]), b_stack[index])
+        return result + delta.reshape(result.shape).to(result.dtype)
+
+    def _head_stack(self, wrapper: Any) -> tuple[tuple[str, ...], Any, Any] | None:
+        import torch
+
+        heads = wrapper.modules_to_save
+        keys = tuple(heads.keys())
+        cached = self._stacks.get(id(wrapper))
+        if cached is not None and cached[0] == keys:
+            return cached
+        if not keys or not all(type(heads[k]) is torch.nn.Linear for k in keys):
+            return None
+        weights = torch.stack([heads[k].weight.detach().t() for k in keys])  # adapters x in x out
+        with_bias = [heads[k].bias is not None for k in keys]
+        if any(with_bias) and not all(with_bias):
+            return None
+        bias = torch.stack([heads[k].bias.detach() for k in keys]) if all(with_bias) else None
+        stack = (keys, weights, bias)
+        self._stacks[id(wrapper)] = stack
+        return stack
+
+    def _head_forward(self, wrapper: Any, original: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        names = self.names
+        if names is None or "adapter_names" in kwargs:
+            return original(x, *args, **kwargs)
+        stack = self._head_stack(wrapper)
+        if (
+            stack is None
+            or args
+            or kwargs
+            or wrapper.disable_adapters
+            or x.dim() < 2
+            or x.shape[0] != len(names)
+            or not set(names) <= set(stack[0])
+        ):
+            return original(x, *args, adapter_names=names, **kwargs)
+        keys, weights, bias = stack
+        index = self._slot_index(keys)
+        rows = x.reshape(x.shape[0], -1, x.shape[-1]).to(weights.dtype)
+        out = torch.bmm(rows, weights[index])
+        if bias is not None:
+            out = out + bias[index].unsqueeze(1)
+        return out.reshape(*x.shape[:-1], weights.shape[-1])
