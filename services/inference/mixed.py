@@ -48,6 +48,7 @@ class MixedLoRA:
         self.supported = True  # every adapter layer of the model is wrapped
         self._stacks: dict[int, tuple[tuple[str, ...], Any, Any]] = {}
         self._slots: dict[tuple[str, ...], Any] = {}
+        self._gathered: dict[int, tuple[Any, Any]] = {}  # per layer, within rows(): the rows' weights
 
     # ---- setup ----
     def install(self, model: Any) -> bool:
@@ -88,11 +89,11 @@ class MixedLoRA:
     @contextlib.contextmanager
     def rows(self, names: list[str]) -> Iterator[None]:
         """Within: wrapped layers apply adapter names[i] to row i."""
-        self.names, self._slots = names, {}
+        self.names, self._slots, self._gathered = names, {}, {}
         try:
             yield
         finally:
-            self.names, self._slots = None, {}
+            self.names, self._slots, self._gathered = None, {}, {}
 
     # ---- forwards ----
     def _slot_index(self, keys: tuple[str, ...]) -> Any:
@@ -149,14 +150,18 @@ class MixedLoRA:
             return original(x, *args, **kwargs)
         if layer.disable_adapters or layer.merged or x.dim() < 2 or x.shape[0] != len(names):
             return original(x, *args, adapter_names=names, **kwargs)
-        stack = self._lora_stack(layer)
-        if stack is None:
-            return original(x, *args, adapter_names=names, **kwargs)
-        keys, a_stack, b_stack = stack
-        index = self._slot_index(keys)
+        gathered = self._gathered.get(id(layer))
+        if gathered is None:  # once per batch: generation reuses it at every decoding step
+            stack = self._lora_stack(layer)
+            if stack is None:
+                return original(x, *args, adapter_names=names, **kwargs)
+            keys, a_stack, b_stack = stack
+            index = self._slot_index(keys)
+            gathered = self._gathered[id(layer)] = (a_stack[index], b_stack[index])
+        a_rows, b_rows = gathered
         result = layer.base_layer(x, *args, **kwargs)
-        rows = x.to(a_stack.dtype).reshape(x.shape[0], -1, x.shape[-1])  # rows x positions x in
-        delta = torch.bmm(torch.bmm(rows, a_stack[index]), b_stack[index])
+        rows = x.to(a_rows.dtype).reshape(x.shape[0], -1, x.shape[-1])  # rows x positions x in
+        delta = torch.bmm(torch.bmm(rows, a_rows), b_rows)
         return result + delta.reshape(result.shape).to(result.dtype)
 
     def _head_stack(self, wrapper: Any) -> tuple[tuple[str, ...], Any, Any] | None:
