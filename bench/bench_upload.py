@@ -185,7 +185,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             "TEXTFT_API_KEYS": api_key,
             "TEXTFT_API_KEY": api_key,
             "TEXTFT_MAX_UPLOAD_BYTES": str(max(2 * 1024**3, (args.size_mb + 64) * 1024**2)),
-            "TEXTFT_LOG_LEVEL": "WARNING",
+            "TEXTFT_LOG_LEVEL": os.environ.get("TEXTFT_LOG_LEVEL", "WARNING"),
         }
         store = S3Store(Settings.from_env(env).store)  # creates the bucket
         raw = Minio(endpoint, access_key=access, secret_key=secret, secure=False, region="us-east-1")
@@ -214,7 +214,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         if args.profile:
             fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
             spy = shutil.which("py-spy") or "py-spy"
-            cmd = [spy, "record", "-p", str(pid), "-o", args.profile, "-f", fmt, "-r", "50", "--threads", "--gil"]
+            cmd = [spy, "record", "-p", str(pid), "-o", args.profile, "-f", fmt, "-r", "50", "--threads", "--native"]
             profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         with Client(service.address, api_key=api_key) as client:
             client.create_dataset("bench")

@@ -314,3 +314,40 @@ def test_duplicate_digest_table_grows_and_keeps_first_rows() -> None:
         assert other.first_or_add(key, row) == 0
         assert other.first_or_add(key, row + 1) == row
     assert len(other) == len(reference)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "a,b,c\n",
+        "a,b,c\r\n",
+        "a,b,c",
+        "\n",
+        "   \n",
+        ",,\n",
+        '"x, y",pos,r1\n',
+        'a,"x, y",b\n',
+        '"x","y"\n',
+        '"",""\n',
+        '"a""b",c\n',
+        '"a"b,c\n',
+        'a"b,c\n',
+        '"a" ,b\n',
+        '"open, field\n',
+        "a\rb,c\n",
+        '"a\rb",c\n',
+        "a\x00b\n",
+        "\t\t\n",
+    ],
+)
+def test_simple_line_split_agrees_with_the_csv_module(line: str) -> None:
+    """Lines of the common shapes skip the csv module; any other line (None) is
+    left to it. Where the split answers, it is the csv module's answer."""
+    import csv
+
+    for delimiter in ",\t":
+        mine = p._split_simple(line, delimiter)
+        if mine is not None:
+            assert mine == next(csv.reader([line], delimiter=delimiter), [])
+    assert p._split_simple('"x, y",pos,r1\n', ",") == ["x, y", "pos", "r1"]
+    assert p._split_simple('"a""b",c\n', ",") is None

@@ -384,9 +384,13 @@ class _DelimitedReader:
         limit = options.max_line_bytes
         if csv.field_size_limit() < limit:
             csv.field_size_limit(limit)  # process-wide; only ever raised
-        # Lines reach the csv module through C iterators (StringIO splits on
-        # "\n" only, as readline did): no Python frame per line.
-        self._reader = csv.reader(chain.from_iterable(map(io.StringIO, self._text_blocks())), delimiter=delimiter)
+        # Lines come through C iterators (StringIO splits on "\n" only, as
+        # readline did): no Python frame per line. Lines of the common shapes
+        # are split without the csv module (records()); the others are handed
+        # to it, and it reads on from the same lines for a multi-line field.
+        self._lines = chain.from_iterable(map(io.StringIO, self._text_blocks()))
+        self._handed = _HandBack(self._lines)
+        self._reader = csv.reader(self._handed, delimiter=delimiter)
         self.columns = self._header()
 
     def _text_blocks(self) -> Iterator[str]:
@@ -457,28 +461,105 @@ class _DelimitedReader:
     def records(self) -> Iterator[_Record | tuple[int, list[str]]]:
         """(row, cells) for each record with the header's width, a _Record with
         its issue for the others; blank lines skipped."""
-        row = 0
+        if not FAST_PATH:
+            for row, record in enumerate(self._csv_records(), 1):
+                item = self._odd(row, record)
+                if item is not None:
+                    yield item
+            return
+        delimiter, handed, reader = self.delimiter, self._handed, self._reader
         width = len(self.columns)
-        reader = self._reader
+        row = 0
+        for line in self._lines:
+            row += 1  # a blank line keeps its number; a quoted multi-line record counts once
+            record = _split_simple(line, delimiter)
+            if record is None:  # the csv module reads it (and the lines of a multi-line field)
+                handed.line = line
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    yield self._odd(row, e)  # type: ignore[misc]
+                    continue
+            if len(record) == width and (width > 1 or record[0].strip()):
+                yield row, record
+            else:
+                item = self._odd(row, record)
+                if item is not None:
+                    yield item
+
+    def _csv_records(self) -> Iterator[list[str] | csv.Error]:
         while True:
             try:
-                record = next(reader)
+                yield next(self._reader)
             except StopIteration:
                 return
             except csv.Error as e:
-                row += 1
-                code = "TOO_LONG" if "field limit" in str(e) else "BAD_CSV"
-                yield _Record(row, None, Issue(row, ERROR, code, f"unreadable record: {e}"))
-                continue
-            row += 1  # a blank line keeps its number; a quoted multi-line record counts once
-            if len(record) == width and (width > 1 or record[0].strip()):
-                yield row, record
-                continue
-            if len(record) <= 1 and not "".join(record).strip():
-                continue
-            hint = "; quote fields that contain the delimiter" if len(record) > width else ""
-            message = f"expected {width} columns as in the header, found {len(record)}{hint}"
-            yield _Record(row, None, Issue(row, ERROR, "WRONG_COLUMN_COUNT", message))
+                yield e
+
+    def _odd(self, row: int, record: list[str] | csv.Error) -> _Record | tuple[int, list[str]] | None:
+        """What records() yields for a record: None for a blank line."""
+        if isinstance(record, csv.Error):
+            code = "TOO_LONG" if "field limit" in str(record) else "BAD_CSV"
+            return _Record(row, None, Issue(row, ERROR, code, f"unreadable record: {record}"))
+        width = len(self.columns)
+        if len(record) == width and (width > 1 or record[0].strip()):
+            return row, record
+        if len(record) <= 1 and not "".join(record).strip():
+            return None
+        hint = "; quote fields that contain the delimiter" if len(record) > width else ""
+        message = f"expected {width} columns as in the header, found {len(record)}{hint}"
+        return _Record(row, None, Issue(row, ERROR, "WRONG_COLUMN_COUNT", message))
+
+
+class _HandBack:
+    """The lines the csv module reads: a line handed back first, then the rest."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self.lines = lines
+        self.line: str | None = None
+
+    def __iter__(self) -> _HandBack:
+        return self
+
+    def __next__(self) -> str:
+        line = self.line
+        if line is None:
+            return next(self.lines)
+        self.line = None
+        return line
+
+
+def _split_simple(line: str, delimiter: str) -> list[str] | None:
+    """The cells of one line as the csv module reads them, for the common
+    shapes: no quotes, or whole fields in quotes with no "" inside (what
+    spreadsheets and pandas write for text with commas). None for anything
+    else (escaped or unbalanced quotes, a carriage return inside, NUL)."""
+    if line[-1:] == "\n":
+        line = line[:-2] if line[-2:] == "\r\n" else line[:-1]
+    if "\r" in line or "\x00" in line:
+        return None
+    if '"' not in line:
+        return line.split(delimiter) if line else []
+    parts = line.split('"')  # outside, inside, outside, ... quotes
+    n = len(parts)
+    head = parts[0]
+    if n % 2 == 0 or (head and head[-1] != delimiter):
+        return None
+    cells = head.split(delimiter)[:-1]
+    for k in range(1, n, 2):
+        cells.append(parts[k])
+        after = parts[k + 1]
+        if k + 2 < n:  # another quoted field follows: delimiters on both sides
+            if not after or after[0] != delimiter or after[-1] != delimiter:
+                return None
+            cells += after[1:].split(delimiter)[:-1]
+        elif after:
+            if after[0] != delimiter:
+                return None
+            cells += after[1:].split(delimiter)
+    return cells
 
 
 class _JsonlReader:

@@ -44,6 +44,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -521,6 +522,7 @@ class DatasetRepository:
         dataset = spec.dataset
         work = spool.path.parent
         issues_path, report_path = work / "issues.jsonl", work / "report.json"
+        started = time.monotonic()
         with spool.reader() as source:
             validation = parsing.prepare(source, options)  # header problems: nothing written yet
             version_id = self._reserve(dataset)
@@ -534,7 +536,9 @@ class DatasetRepository:
                             _discard_row, lambda issue: issues_out.write(_encode(issue.to_dict()) + "\n")
                         )
                 finally:
+                    validated = time.monotonic()
                     copy.wait()  # no write may land after a clean-up
+                stored = time.monotonic()
                 copy.result()
                 spool.wait_done()  # validation read to the end: sha256 and size are final
                 sha256, size = spool.sha256.hexdigest(), spool.size
@@ -589,12 +593,17 @@ class DatasetRepository:
             except Exception:
                 log.exception("could not record the sha256 of %s; re-uploads of it will not be flagged", version.name)
         log.info(
-            "created %s: %d rows, %d valid, %d invalid%s",
+            "created %s: %d rows, %d valid, %d invalid%s; %d bytes in %.1fs (validated after %.1fs, source stored "
+            "%.1fs later)",
             version.name,
             result.stats.row_count,
             result.stats.valid_row_count,
             result.stats.invalid_row_count,
             f" (same bytes as {earlier})" if earlier else "",
+            size,
+            time.monotonic() - started,
+            validated - started,
+            stored - validated,
         )
         return version
 
