@@ -283,6 +283,23 @@ def test_cut_off_stream_leaves_no_version(client: Client, stack) -> None:  # typ
     assert client.upload_dataset(ds, CSV, format="csv").name == f"datasets/{ds}/versions/v1"
 
 
+def test_a_header_problem_ends_the_upload_before_the_rest_arrives(client: Client, stack) -> None:  # type: ignore[no-untyped-def]
+    """The header is checked as soon as its bytes arrive, while the client is
+    still sending: an endless stream after a header without a text column gets
+    its INVALID_ARGUMENT, and nothing is left in the store."""
+    ds = new_id()
+    client.create_dataset(ds)
+
+    def endless() -> Iterator[dataset_pb2.UploadDatasetVersionRequest]:
+        yield from upload_requests(f"datasets/{ds}", [b"sentence,label\n"])
+        while True:  # only an early answer ends this call
+            yield dataset_pb2.UploadDatasetVersionRequest(chunk=b"some text,a\n" * 1000)
+
+    err = error_of(lambda: client.datasets.UploadDatasetVersion(endless(), metadata=client.metadata, timeout=60))
+    assert isinstance(err, InvalidArgument) and err.reason == "NO_TEXT_COLUMN"
+    assert version_keys(stack, ds) == []
+
+
 def test_upload_over_the_size_limit_is_refused_early(stack) -> None:  # type: ignore[no-untyped-def]
     env = {**stack.env, "TEXTFT_MAX_UPLOAD_BYTES": "4096"}
     service = start_service("dataset", env)
