@@ -21,10 +21,10 @@ thread appends the chunks to a local spool file (sha256 computed and size cap
 applied on the way in), while a second thread reads the spool as it grows,
 checks the header, reserves the version id, copies the source to the store
 (multipart, from a third reader of the spool) and validates the rows; the
-report and parse.json follow, the manifest last. A header problem stops the upload before the rest is received.
-Memory stays bounded whatever the file size (a few store parts in flight), a
-cut-off stream publishes nothing, and any failure removes everything under the
-version's prefix.
+report and parse.json follow, the manifest last. A header problem ends the
+upload before the rest is received. Memory stays bounded whatever the file
+size (a few store parts in flight), a cut-off stream publishes nothing, and
+any failure removes everything under the version's prefix.
 
 The source is the version's only copy of its rows: readers (ReadRows, the
 trainer) get the valid rows, normalised, by validating it again with the
