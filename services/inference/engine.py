@@ -541,11 +541,13 @@ class Engine:
         import torch
 
         unique = list(dict.fromkeys(names))
-        with base.lock, torch.no_grad():
+        with base.lock, torch.inference_mode():
             if len(unique) == 1 or base.mixed_ok:
-                self._activate(base, unique[0])  # the active adapter must exist for modules_to_save heads
                 if len(unique) == 1:
+                    self._activate(base, unique[0])
                     return forward(None)
+                if base.model.active_adapter not in unique:  # it must exist for modules_to_save heads
+                    self._activate(base, unique[0])
                 if base.mixer.supported:  # every adapter layer takes its rows' adapters from the mixer
                     with base.mixer.rows(names):
                         return forward(None)

@@ -161,8 +161,10 @@ class MixedLoRA:
         a_rows, b_rows = gathered
         result = layer.base_layer(x, *args, **kwargs)
         rows = x.to(a_rows.dtype).reshape(x.shape[0], -1, x.shape[-1])  # rows x positions x in
-        delta = torch.bmm(torch.bmm(rows, a_rows), b_rows)
-        return result + delta.reshape(result.shape).to(result.dtype)
+        low = torch.bmm(rows, a_rows)  # rows x positions x rank
+        if result.dtype == b_rows.dtype:  # the add fused into the second product
+            return torch.baddbmm(result.reshape(low.shape[0], low.shape[1], -1), low, b_rows).reshape(result.shape)
+        return result + torch.bmm(low, b_rows).reshape(result.shape).to(result.dtype)
 
     def _head_stack(self, wrapper: Any) -> tuple[tuple[str, ...], Any, Any] | None:
         import torch
