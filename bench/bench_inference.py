@@ -11,7 +11,9 @@ four generation LoRA adapters trained briefly through the real stack (local
 store, three service processes). Clients: 16 threads, each sending one text
 per request, the adapters in rotation. Baseline: in this process, the same
 base with the same four adapters loaded through PEFT, `pipeline(...)` called
-once per request after `set_adapter` (what a service without batching does).
+once per request after `set_adapter` (what a service without batching does),
+with the server's torch thread count and, for classification, without a KV
+cache as the server runs it (the pipeline's default builds one: ~5% of its time).
 Goals (issue 5): batched/baseline >= 3x, mixed/single >= 0.8x.
 """
 
@@ -46,6 +48,12 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _train_adapters(client: Any, n: int, steps: int) -> tuple[list[str], list[str]]:
@@ -137,6 +145,7 @@ class Baseline:
                     base = AutoModelForSequenceClassification.from_pretrained(
                         str(base_dir), num_labels=2, pad_token_id=tokenizer.pad_token_id
                     )
+                    base.config.use_cache = False  # as the server: no KV cache for a single forward pass
                 else:
                     base = AutoModelForCausalLM.from_pretrained(str(base_dir))
                     base.config.pad_token_id = tokenizer.pad_token_id
@@ -289,8 +298,12 @@ def main(argv: list[str]) -> dict[str, Any]:
             _served(addresses, key, mixed_plan[: args.clients * 2], args.clients, None)
             before = parse(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode())
             runs: dict[str, list[float]] = {"mixed": [], "single": [], "pipeline": []}
+            server_cpu, client_cpu = [], []
             for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits all three alike
+                cpu0, own0 = _cpu_s(inference_pid), _cpu_s(os.getpid())
                 runs["mixed"].append(_served(addresses, key, mixed_plan, args.clients, None))
+                server_cpu.append((_cpu_s(inference_pid) - cpu0) / n)
+                client_cpu.append((_cpu_s(os.getpid()) - own0) / n)
                 runs["single"].append(_served(addresses, key, single_plan, args.clients, None))
                 runs["pipeline"].append(baseline.run(mixed_plan))
             after = parse(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode())
@@ -304,6 +317,11 @@ def main(argv: list[str]) -> dict[str, Any]:
             figures["cls_speedup_vs_pipeline"] = round(base_s / served_mixed, 2)
             figures["cls_mixed_vs_single"] = round(served_single / served_mixed, 2)
             figures["cls_mean_batch_rows"] = round(rows / max(1, passes), 1)
+            # Where a served request's time goes (16 clients over 4 adapters; medians of the rounds).
+            figures["cls_served_ms_per_request"] = round(1000 * served_mixed / n, 2)
+            figures["cls_server_cpu_ms_per_request"] = round(1000 * statistics.median(server_cpu), 2)
+            figures["cls_client_cpu_ms_per_request"] = round(1000 * statistics.median(client_cpu), 2)
+            figures["cls_pipeline_ms_per_request"] = round(1000 * base_s / n, 2)
             del baseline
 
             # -- generation: tokens/s, same comparison (greedy, fixed length) --
@@ -362,6 +380,11 @@ def _print(f: dict[str, Any]) -> None:
         ("  speedup served/pipeline (goal >= 3)", f"{f['cls_speedup_vs_pipeline']}x"),
         ("  mixed/single adapter (goal >= 0.8)", f"{f['cls_mixed_vs_single']}x"),
         ("  mean texts per forward pass", f"{f['cls_mean_batch_rows']}"),
+        (
+            "  served ms/request: wall, server CPU, client CPU",
+            f"{f['cls_served_ms_per_request']}, {f['cls_server_cpu_ms_per_request']}, "
+            f"{f['cls_client_cpu_ms_per_request']} (pipeline {f['cls_pipeline_ms_per_request']})",
+        ),
         (
             f"generation {f['gen_new_tokens']} tokens, {f['clients']} clients x {f['adapters']} adapters (tok/s)",
             f"{f['gen_served_mixed_tok_s']}",
