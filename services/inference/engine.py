@@ -58,7 +58,7 @@ class Base:
     adapters: set[str] = field(default_factory=set)
     lane: Lane | None = None
     mixed_ok: bool = True  # PEFT mixed-adapter batches work on this model
-    mixer: MixedLoRA = field(default_factory=MixedLoRA, repr=False)  # mixed batches in gathered matmuls
+    mixer: MixedLoRA = field(default_factory=MixedLoRA, repr=False)  # mixed-adapter batches (mixed.py)
 
 
 @dataclass(eq=False)
@@ -692,7 +692,7 @@ class Engine:
         batch = tokenizer([prompt], return_tensors="pt", truncation=True, max_length=adapter.max_length)
         ok = False
         try:
-            with base.lock, torch.no_grad():
+            with base.lock, torch.inference_mode():  # as every forward pass (tensors made in it stay in it)
                 self._activate(base, adapter.adapter_name)
                 if work.params.HasField("seed"):
                     torch.manual_seed(work.params.seed)
