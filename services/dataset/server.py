@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
@@ -133,6 +135,11 @@ def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Calla
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # An upload's validating thread is CPU-bound Python; the threads receiving
+    # its chunks and sending them to the store need the GIL only briefly but
+    # often. At the default 5 ms switch interval they wait behind it and the
+    # store copy falls seconds behind (bench/bench_upload.py); 0.5 ms lets them in.
+    sys.setswitchinterval(float(os.environ.get("TEXTFT_SWITCH_INTERVAL", "0.0005")))
     run_service("dataset", 50051, build, argv)
 
 
