@@ -28,7 +28,7 @@ from textft.errors import InvalidArgument, NotFound, Unavailable
 from .config import StoreSettings
 
 _KEY_RE = re.compile(r"[A-Za-z0-9._\-=+@]+(/[A-Za-z0-9._\-=+@]+)*")
-PART_SIZE = 16 * 1024 * 1024
+PART_SIZE = 8 * 1024 * 1024  # multipart parts: 10,000 of them make 80 GiB; memory holds about four
 
 
 def check_key(key: str) -> str:
