@@ -214,7 +214,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         if args.profile:
             fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
             spy = shutil.which("py-spy") or "py-spy"
-            cmd = [spy, "record", "-p", str(pid), "-o", args.profile, "-f", fmt, "-r", "50", "--threads", "--native"]
+            cmd = [spy, "record", "-p", str(pid), "-o", args.profile, "-f", fmt, "-r", "50", "--threads"]
             profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         with Client(service.address, api_key=api_key) as client:
             client.create_dataset("bench")

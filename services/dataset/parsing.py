@@ -453,11 +453,6 @@ class _DelimitedReader:
             return columns
         raise InvalidArgument("the file is empty: expected a header line and data rows", reason="EMPTY_FILE")
 
-    def __iter__(self) -> Iterator[_Record]:
-        columns = self.columns
-        for item in self.records():
-            yield item if type(item) is _Record else _Record(item[0], dict(zip(columns, item[1], strict=True)))
-
     def records(self) -> Iterator[_Record | tuple[int, list[str]]]:
         """(row, cells) for each record with the header's width, a _Record with
         its issue for the others; blank lines skipped."""
@@ -1097,11 +1092,13 @@ def valid_rows(
 def _rows(prepared: Validation, validator: _Validator, emit: Callable[[Issue], None]) -> Iterator[dict[str, Any]]:
     """Checks every record: yields the valid rows, emits the issues."""
     reader = prepared.reader
-    records: Iterator[_Record | tuple[int, list[str]]] = iter(reader)
+    records: Iterator[_Record | tuple[int, list[str]]]
     fast: Callable[[int, list[str]], dict[str, Any] | None] | None = None
     if isinstance(reader, _DelimitedReader):
         records = reader.records()
         fast = validator.fast_path(reader.columns) if FAST_PATH else None
+    else:
+        records = iter(reader)
     columns = reader.columns
     for record in records:
         if type(record) is tuple:

@@ -218,17 +218,15 @@ class _Spool:
 
     def wait_beyond(self, position: int) -> int:
         """The size once it is past position or the stream has ended."""
-        with self._changed:
-            while self.size <= position and not self._done:
-                self._changed.wait()
-            if self._failed:
-                raise _SpoolAborted("the upload stream failed")
-            return self.size
+        self._wait(lambda: self.size > position)
+        return self.size
 
     def wait_done(self) -> None:
+        self._wait(lambda: False)
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
         with self._changed:
-            while not self._done:
-                self._changed.wait()
+            self._changed.wait_for(lambda: ready() or self._done)
             if self._failed:
                 raise _SpoolAborted("the upload stream failed")
 
@@ -516,9 +514,9 @@ class DatasetRepository:
     ) -> dataset_pb2.DatasetVersion:
         """Validates the spool as it fills and publishes the version. The header
         is checked first; then the version id is reserved, the source is copied
-        to the store in the background while the rows are validated and
-        streamed to the store as they come, and the manifest is written last.
-        Any failure removes everything under the version's prefix."""
+        to the store in the background while the rows are validated; the report
+        and parse.json follow, the manifest last. Any failure removes
+        everything under the version's prefix."""
         dataset = spec.dataset
         work = spool.path.parent
         issues_path, report_path = work / "issues.jsonl", work / "report.json"
@@ -693,7 +691,7 @@ def read_valid_rows(
 class _Background:
     """Runs fn in a thread; result() returns its value or re-raises its exception."""
 
-    def __init__(self, fn: Callable[[], Any], name: str = "dataset-store-write") -> None:
+    def __init__(self, fn: Callable[[], Any], name: str) -> None:
         self._value: Any = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
