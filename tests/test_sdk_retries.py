@@ -14,9 +14,11 @@ import pytest
 
 from textft import Client
 from textft.errors import DeadlineExceeded, Unavailable
-from textft.v1 import dataset_pb2, dataset_pb2_grpc
+from textft.v1 import dataset_pb2, dataset_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from textft_services.common.bootstrap import Running, start_server
 from textft_services.common.config import Settings
+
+pytestmark = pytest.mark.integration
 
 
 class FlakyDatasets(dataset_pb2_grpc.DatasetServiceServicer):
@@ -113,3 +115,45 @@ def test_from_env_reads_targets_key_and_tls_switch(flaky) -> None:
         assert client.tls  # system roots
     with pytest.raises(ValueError, match="TEXTFT_TLS"):
         Client.from_env({"TEXTFT_TLS": "maybe"})
+
+
+class RestartingTrainer(trainer_pb2_grpc.TrainerServiceServicer):
+    """A run of five events whose first watch breaks after two of them, as it
+    does when the trainer restarts; the run is READY once all five were sent."""
+
+    def __init__(self) -> None:
+        self.from_sequences: list[int] = []
+        self.sent = 0
+
+    def WatchModelVersion(self, request, context):
+        self.from_sequences.append(request.from_sequence)
+        for sequence in range(request.from_sequence, 5):
+            if len(self.from_sequences) == 1 and sequence == 2:
+                raise Unavailable("trainer restarting")
+            self.sent = max(self.sent, sequence + 1)
+            yield trainer_pb2.WatchModelVersionResponse(event=trainer_pb2.ModelVersionEvent(sequence=sequence))
+
+    def GetModelVersion(self, request, context):
+        state = trainer_pb2.ModelVersion.STATE_READY if self.sent == 5 else trainer_pb2.ModelVersion.STATE_TRAINING
+        return trainer_pb2.GetModelVersionResponse(
+            model_version=trainer_pb2.ModelVersion(name=request.name, state=state)
+        )
+
+
+def test_wait_resumes_a_broken_watch_after_the_last_event_seen() -> None:
+    servicer = RestartingTrainer()
+
+    def register(server: grpc.Server) -> list[str]:
+        trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
+        return ["textft.v1.TrainerService"]
+
+    running = start_server(Settings(auth_enabled=False), 0, register, host="127.0.0.1")
+    try:
+        seen: list[int] = []
+        with Client(trainer_target=f"127.0.0.1:{running.port}", env={}, api_key="") as client:
+            done = client.wait("models/m/versions/v1", timeout=30, on_event=lambda e: seen.append(e.sequence))
+        assert done.state == trainer_pb2.ModelVersion.STATE_READY
+        assert seen == [0, 1, 2, 3, 4]  # each event once, in order
+        assert servicer.from_sequences == [0, 2]  # resumed after the last event seen, not from 0
+    finally:
+        running.stop(0)

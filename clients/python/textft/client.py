@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, TypeVar
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from .errors import TextftError, from_rpc_error
+from .errors import DeadlineExceeded, TextftError, Unavailable, from_rpc_error
 from .resources import Datasets, Models, Versions
 from .uploads import RowCounter, UploadProgress
 from .v1 import (
@@ -421,14 +421,30 @@ class Client:
     def wait(
         self, name: str, timeout: float | None = None, on_event: Callable[[Any], None] | None = None
     ) -> trainer_pb2.ModelVersion:
-        """Blocks until the run is READY, FAILED or CANCELLED, and returns it."""
-        for event in self.watch(name, timeout=timeout):
-            if on_event:
-                on_event(event)
-        version = self.get_model_version(name)
-        if version.state not in _FINAL_STATES:  # the stream ended early (server restart)
-            return self.wait(name, timeout, on_event)
-        return version
+        """Blocks until the run is READY, FAILED or CANCELLED, and returns it.
+        A watch that ends or breaks before then (a trainer restart) is resumed
+        after the last event seen, so on_event sees every event once; timeout
+        bounds the whole wait (DeadlineExceeded)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        next_sequence = 0
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"{name} did not finish within {timeout:g}s", reason="WAIT_TIMEOUT")
+            try:
+                for event in self.watch(name, from_sequence=next_sequence, timeout=remaining):
+                    next_sequence = event.sequence + 1
+                    attempt = 0
+                    if on_event:
+                        on_event(event)
+            except Unavailable:
+                pass  # the trainer is restarting: look again below
+            version = self.get_model_version(name)  # retries UNAVAILABLE itself
+            if version.state in _FINAL_STATES:
+                return version
+            attempt += 1
+            time.sleep(min(2.0, 0.1 * 2 ** min(attempt, 5)) * (0.5 + random.random()))  # jittered backoff
 
     def cancel(self, name: str) -> trainer_pb2.ModelVersion:
         request = trainer_pb2.CancelModelVersionRequest(name=name)
