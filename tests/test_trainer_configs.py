@@ -8,9 +8,11 @@ import pytest
 
 from textft.errors import InvalidArgument
 from textft_services.common.config import Settings
-from textft_services.trainer import configs
+from textft_services.trainer import configs, worker
 from textft_services.trainer.launcher import LocalProcessLauncher
 from textft_services.trainer.templates import TEMPLATES
+
+pytestmark = pytest.mark.unit
 
 DEFAULTS = TEMPLATES["gpt-neo-125m-lora-text-classification"].defaults()
 
@@ -41,11 +43,37 @@ def test_nproc_setting_and_torchrun_command(tmp_path: Path) -> None:
     ddp = LocalProcessLauncher(2).command("models/m/versions/v1/job.json", tmp_path)
     assert ddp[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert ddp[5:7] == ["-m", "textft_services.trainer.worker"]
-    # Evaluation always runs as one process.
-    evaluate = LocalProcessLauncher(2).command("k", tmp_path, ["--evaluate", "d", "--rows", "r"], distributed=False)
-    assert evaluate[1:3] == ["-m", "textft_services.trainer.worker"] and evaluate[-4:] == [
-        "--evaluate",
-        "d",
-        "--rows",
-        "r",
+    # Evaluation always runs as one process, with the worker's own --evaluate flag.
+    evaluate = LocalProcessLauncher(2).command(
+        "k", tmp_path, ["--evaluate", "datasets/d/versions/v1"], distributed=False
+    )
+    assert evaluate[1:3] == ["-m", "textft_services.trainer.worker"]
+    assert evaluate[-2:] == ["--evaluate", "datasets/d/versions/v1"]
+    parsed = worker.parser().parse_args(evaluate[3:])  # the worker accepts exactly what the launcher passes
+    assert parsed.evaluate == "datasets/d/versions/v1" and parsed.job == "k"
+
+
+def test_keys_the_trainer_sets_itself_are_refused_up_front() -> None:
+    # TrainingArguments accepts them, but the worker passes them itself: a user
+    # value would crash the job with a TypeError after it was queued.
+    for key, value in (("disable_tqdm", False), ("remove_unused_columns", True)):
+        with pytest.raises(InvalidArgument) as info:
+            _validate({key: value})
+        assert [v.field for v in info.value.violations] == [f"trainer_config.{key}"]
+        assert info.value.reason == "MODEL_TRAINING_INVALID_PARAMS"
+
+
+def test_pretrained_model_name_is_an_alias() -> None:
+    # Clarifai's template docs write {"pretrained_model_name": ...}.
+    resolved = configs.validate(configs.merge(DEFAULTS, {"model_config": {"pretrained_model_name": "org/base"}}))
+    assert resolved["model_config"]["pretrained_model_name_or_path"] == "org/base"
+    assert "pretrained_model_name" not in resolved["model_config"]
+    with pytest.raises(InvalidArgument) as info:
+        configs.merge(
+            DEFAULTS,
+            {"model_config": {"pretrained_model_name": "org/a", "pretrained_model_name_or_path": "org/b"}},
+        )
+    assert sorted(v.field for v in info.value.violations) == [
+        "model_config.pretrained_model_name",
+        "model_config.pretrained_model_name_or_path",
     ]

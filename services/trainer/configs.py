@@ -42,6 +42,8 @@ FORBIDDEN: dict[str, str] = {
     "task_type": "set from the model's task",
     "base_model_name_or_path": "set from model_config.pretrained_model_name_or_path",
     "inference_mode": "set by the trainer",
+    "disable_tqdm": "the trainer reports progress as events (WatchModelVersion)",
+    "remove_unused_columns": "the trainer's collator needs the tokenised columns it builds",
 }
 _FORBIDDEN_PREFIXES = ("hub_", "trackio_", "push_to_hub")
 REPORT_TO_ALLOWED = {"none", "tensorboard"}
@@ -329,8 +331,43 @@ def _construct(trainer: dict[str, Any], peft: dict[str, Any]) -> list[FieldViola
     return violations
 
 
+# Other names users bring for a key, e.g. Clarifai's template docs write
+# {"pretrained_model_name": "EleutherAI/gpt-neo-2.7B"}: (section, alias) -> key.
+ALIASES: dict[tuple[str, str], str] = {
+    ("model_config", "pretrained_model_name"): "pretrained_model_name_or_path",
+    ("tokenizer_config", "pretrained_model_name"): "pretrained_model_name_or_path",
+}
+
+
+def resolve_aliases(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Overrides with aliases renamed to their keys; an alias given together
+    with its key is an InvalidArgument naming both."""
+    out = {section: dict(values) for section, values in overrides.items()}
+    violations = []
+    for (section, alias), key in ALIASES.items():
+        values = out.get(section, {})
+        if alias not in values:
+            continue
+        if key in values:
+            violations += [
+                FieldViolation(f"{section}.{alias}", f"an alias of {section}.{key}: give one of them, not both"),
+                FieldViolation(f"{section}.{key}", f"also given as {section}.{alias}"),
+            ]
+            continue
+        values[key] = values.pop(alias)
+    if violations:
+        raise InvalidArgument(
+            f"invalid {violations[0].field}: {violations[0].description}",
+            reason="MODEL_TRAINING_INVALID_PARAMS",
+            violations=violations,
+        )
+    return out
+
+
 def merge(defaults: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Template defaults overridden key by key (a null value removes a default)."""
+    """Template defaults overridden key by key (a null value removes a default);
+    aliases in the overrides count as their keys."""
+    overrides = resolve_aliases(overrides)
     merged: dict[str, dict[str, Any]] = {}
     for section in ("model_config", "peft_config", "tokenizer_config", "trainer_config"):
         values = dict(defaults.get(section, {}))

@@ -48,7 +48,7 @@ from ..common import basemodels
 from ..common.config import Settings
 from ..common.logs import setup_logging
 from ..common.store import ObjectStore, open_store
-from . import checkpoints
+from . import checkpoints, modelcard
 
 EVENT_PREFIX = "TEXTFT_EVENT "
 EXIT_FAILED = 3
@@ -730,22 +730,21 @@ def run_job(
             "peft": peft.__version__,
         },
     }
-    (adapter_dir / "textft.json").write_text(
-        json.dumps(
-            {
-                "model_version": job["name"],
-                "task": job["task"],
-                "label_names": prepared.label_names,
-                "multi_label": prepared.multi_label,
-                "prompt_template": PROMPT_TEMPLATE,
-                "max_length": max_length,
-                "model_config": configs["model_config"],
-                "tokenizer_config": configs["tokenizer_config"],
-                "lineage": lineage,
-            },
-            indent=1,
-        )
-    )
+    meta = {
+        "model_version": job["name"],
+        "task": job["task"],
+        "label_names": prepared.label_names,
+        "multi_label": prepared.multi_label,
+        "prompt_template": PROMPT_TEMPLATE,
+        "max_length": max_length,
+        "model_config": configs["model_config"],
+        "tokenizer_config": configs["tokenizer_config"],
+        "lineage": lineage,
+    }
+    (adapter_dir / "textft.json").write_text(json.dumps(meta, indent=1))
+    # Over PEFT's own placeholder card: how to load this adapter without textft.
+    card = modelcard.render(meta, job["dataset_version"], job.get("template", ""))
+    (adapter_dir / "README.md").write_text(card)
     prefix = job["adapter_prefix"]
 
     def upload_adapter() -> None:
@@ -755,7 +754,7 @@ def run_job(
 
     retry("uploading the adapter", upload_adapter)
     retry("uploading metrics", lambda: store.put_json(job["metrics_object"], evaluation))
-    return {"adapter_uri": prefix, "lineage": lineage, "evaluation": evaluation}
+    return {"adapter_uri": prefix, "lineage": lineage, "evaluation": evaluation, "world_size": world_size()}
 
 
 def evaluate_version(
@@ -850,7 +849,8 @@ def _lifeline() -> None:
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The job's command line (what every launcher passes)."""
     parser = argparse.ArgumentParser(prog="textft-train-job", description="Run one textft training job.")
     parser.add_argument("--job", required=True, help="store key of the job.json to run")
     parser.add_argument("--workdir", required=True, help="scratch directory of this job")
@@ -864,7 +864,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="exit when stdin closes (the local launcher keeps it open for the job's lifetime)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     settings = Settings.from_env()
     setup_logging("train-job", settings.log_level, settings.log_format, settings.secrets())
     if args.exit_on_stdin_eof:
