@@ -136,4 +136,6 @@ class LocalProcessLauncher(Launcher):
             )
         finally:
             stderr.close()
+        # Where operators (and tests) find the job's process group without parsing logs.
+        (workdir / "job.pid").write_text(f"{proc.pid}\n")
         return LocalProcessHandle(proc, torchrun=cmd[2] == "torch.distributed.run")

@@ -203,6 +203,7 @@ class TrainerCore:
                             "to resume from; create a new version to retry (set trainer_config.save_strategy=steps "
                             "and save_steps to make long runs resumable)"
                         ),
+                        field="trainer_config.save_strategy",
                     ),
                 )
                 log.warning("run %s was %s without a checkpoint: FAILED", version.name, was)
@@ -392,6 +393,7 @@ class TrainerCore:
                 "name": str(name),
                 "task": TASK_NAMES[model.task],
                 "dataset_version": request.dataset_version,
+                "template": template.name,
                 "label_names": list(dataset.label_names),
                 "configs": resolved,
                 "invalid_data_tolerance_percent": tolerance,
@@ -766,6 +768,7 @@ class TrainerCore:
         elif code == 0 and result is not None:
             with run.cond:
                 run.version.adapter_uri = result["adapter_uri"]
+                run.version.world_size = int(result.get("world_size", 1))
                 run.version.lineage.CopyFrom(json_format.ParseDict(result["lineage"], trainer_pb2.Lineage()))
                 run.version.progress.percent_completed = 100.0
                 run.version.progress.ClearField("time_remaining")
