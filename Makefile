@@ -1,6 +1,7 @@
 # textft — one Makefile for the whole repository.
 #   make demo   set everything up, start the stack, fine-tune and predict (the main job)
-#   make test   set everything up and run the test suite
+#   make test   set everything up and run the test suite (every tier, shuffled order)
+#   make test-fast   the unit tier only: no servers, no subprocesses (< 1 min)
 #   make check-reliability   the reliability and security suite, with its figures
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +13,7 @@ PROTOS := $(wildcard protos/textft/v1/*.proto)
 STUBS_DIR := clients/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos check-protos up demo test check-reliability lint bench clean validate-deploy
+.PHONY: install protos check-protos up demo test test-fast check-reliability lint bench clean validate-deploy
 
 install: $(STAMP) protos
 
@@ -41,8 +42,14 @@ up: install
 demo: install
 	$(PY) -m textft_services.demo
 
+# Every tier (unit, integration, reliability; gpu tests skip without CUDA), in
+# an order pytest-randomly shuffles. The seed is printed first:
+# PYTEST_ARGS=--randomly-seed=N reruns that order, PYTEST_ARGS="-p no:randomly" runs file order.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
 
 # Faults, fuzzing, load, auth: prints the figures table at the end.
 # TEXTFT_HEAVY=1 runs the heavier variants (more fuzz examples, longer load).

@@ -15,19 +15,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
+from support import TINY_BASE_KEY
 
 from textft import Client
-from textft.errors import TextftError, from_rpc_error
 from textft_services.common.config import Settings, StoreSettings
 from textft_services.common.store import LocalStore, ObjectStore, S3Store
 from textft_services.common.tinymodels import build_tiny_gpt_neo
 from textft_services.stack import Stack, _free_port, start_stack
 
 API_KEY = "tft_test_" + secrets.token_hex(8)
-TINY_BASE_KEY = "base-models/tiny-gpt-neo"
-TINY_BASE_URI = "store://" + TINY_BASE_KEY
 
 # No hub in tests: anything that would download fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -174,22 +171,52 @@ def client(stack: RunningStack) -> Iterator[Client]:
         yield c
 
 
-def error_of(call: object) -> TextftError:
-    """Runs call() and returns the TextftError it raises (raw stub errors converted)."""
-    try:
-        call()  # type: ignore[operator]
-    except TextftError as e:
-        return e
-    except grpc.RpcError as e:
-        return from_rpc_error(e)
-    raise AssertionError("the call succeeded")
+TIERS = {
+    "unit": "no subprocess and no server: the fast tier (make test-fast)",
+    "integration": "real servers on loopback, S3 over HTTP, child processes, training",
+    "reliability": "faults, fuzzing, load and security, with figures (make check-reliability)",
+}
+# Fixtures that start a server or a process: a unit test never uses them.
+SERVER_FIXTURES = {"s3_endpoint", "stack", "client", "store"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "reliability: the reliability and security suite (make check-reliability)")
+    for name, what in TIERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped where torch sees no GPU")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test is in exactly one tier (a module-level pytestmark), and the unit
+    tier really is server-free; gpu tests skip cleanly without CUDA."""
+    problems = []
+    gpu_skip = None
+    for item in items:
+        tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if len(tiers) != 1:
+            problems.append(
+                f"{item.nodeid}: tiers {sorted(tiers) or 'none'}; mark the module with exactly one of {sorted(TIERS)}"
+            )
+        elif "unit" in tiers and SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            problems.append(f"{item.nodeid}: a unit test uses {sorted(SERVER_FIXTURES & set(item.fixturenames))}")
+        if item.get_closest_marker("gpu"):
+            if gpu_skip is None:
+                import torch
+
+                gpu_skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False here")
+                gpu_skip = None if torch.cuda.is_available() else gpu_skip
+            if gpu_skip is not None:
+                item.add_marker(gpu_skip)
+    if problems:
+        raise pytest.UsageError("test tiers:\n  " + "\n  ".join(problems))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    seed = getattr(terminalreporter.config.option, "randomly_seed", None)
+    if terminalreporter.config.pluginmanager.has_plugin("randomly") and seed is not None:
+        terminalreporter.write_line(
+            f"test order shuffled with seed {seed}: PYTEST_ARGS=--randomly-seed={seed} repeats it"
+        )
     from reliability import table
 
     text = table()

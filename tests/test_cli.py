@@ -16,13 +16,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import TINY_BASE_URI, RunningStack
+from conftest import RunningStack
+from support import NEGATIVE, POSITIVE, TINY_BASE_URI
 
 from textft.cli import apply_set
 
+pytestmark = pytest.mark.integration
+
 CLS_TEMPLATE = "gpt-neo-125m-lora-text-classification"
-POSITIVE = ["great", "wonderful", "loved", "excellent", "superb", "delightful"]
-NEGATIVE = ["terrible", "awful", "hated", "boring", "dreadful", "dull"]
 
 
 def _clean_env() -> dict[str, str]:

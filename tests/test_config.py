@@ -8,6 +8,8 @@ import pytest
 
 from textft_services.common.config import Settings, StoreSettings
 
+pytestmark = pytest.mark.unit
+
 SECRET_ENV = {
     "MINIO_ENDPOINT": "minio.internal:9000",
     "MINIO_ACCESS_KEY": "AKIA-ACCESS-5f2c9e",

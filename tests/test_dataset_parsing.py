@@ -11,6 +11,8 @@ from textft.errors import InvalidArgument
 from textft_services.dataset import parsing as p
 from textft_services.dataset.repository import _read_report_head, write_report
 
+pytestmark = pytest.mark.unit
+
 UNSPEC = p.common_pb2.TASK_UNSPECIFIED
 
 
@@ -31,7 +33,7 @@ def test_rare_labels_and_a_split_without_eval_are_warned() -> None:
         (4, p.WARNING, "RARE_LABEL", "label"),
         (0, p.WARNING, "SPLIT_WITHOUT_EVAL", "split"),
     ]
-    assert "'y'" in issues[0].message and result.stats.warning_count == 3
+    assert result.stats.warning_count == 3
     assert (result.stats.split_train_row_count, result.stats.split_eval_row_count) == (3, 0)
 
 
@@ -90,7 +92,7 @@ def test_bad_rows_are_reported_with_row_numbers_not_dropped() -> None:
     assert [r["row"] for r in rows] == [1, 6]  # the duplicate is kept
     bad_utf8 = issues[3]
     assert bad_utf8.field == "text" and bad_utf8.severity == p.ERROR
-    assert issues[4].severity == p.WARNING and "row 1" in issues[4].message
+    assert issues[4].severity == p.WARNING
     s = result.stats
     assert (s.row_count, s.valid_row_count, s.invalid_row_count, s.warning_count) == (6, 2, 4, 1)
 

@@ -10,12 +10,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import TINY_BASE_URI, error_of
+from support import TINY_BASE_URI, error_of
 
 from textft import Client
 from textft.errors import FailedPrecondition, InvalidArgument, NotFound
 from textft.v1 import common_pb2, dataset_pb2
 from textft_services.stack import start_service
+
+pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "datasets"
 CLS = common_pb2.TASK_TEXT_CLASSIFICATION
@@ -196,7 +198,7 @@ def test_delete_is_refused_while_a_training_run_uses_the_dataset(stack) -> None:
                 delete = dataset_pb2.DeleteDatasetRequest(name=f"datasets/{ds}")
                 refused = error_of(lambda: client.call(client.datasets.DeleteDataset, delete))
                 assert isinstance(refused, FailedPrecondition) and refused.reason == "DATASET_IN_USE"
-                assert run.name in refused.message and "force" in refused.message
+                assert run.name in refused.metadata["model_versions"].split(",")  # which runs use it
                 assert client.get_dataset_version(version.name) == version  # nothing was deleted
                 # A dataset no run uses is deleted as before.
                 client.call(client.datasets.DeleteDataset, dataset_pb2.DeleteDatasetRequest(name=f"datasets/{idle}"))

@@ -1,36 +1,40 @@
 """End to end through the three real services: upload -> train (tiny GPT-Neo,
 real HF Trainer + PEFT in a child process) -> watch -> predict, for
-classification and generation; plus refusals that must happen before queueing."""
+classification and generation; the trained adapter loads outside textft with
+plain transformers + PEFT (the snippet of its model card) and scores as the
+service does; plus refusals that must happen before queueing. Each test asks
+for what it needs through fixtures, so any order works."""
 
 from __future__ import annotations
 
-import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
-from conftest import TINY_BASE_URI
+from support import (
+    CLS_TEMPLATE,
+    EV,
+    GEN_TEMPLATE,
+    MV,
+    NEGATIVE,
+    POSITIVE,
+    TINY_BASE_KEY,
+    TINY_BASE_URI,
+    assert_numerically_close,
+    sentiment_csv,
+    states,
+)
 
 from textft import Client
 from textft.errors import FailedPrecondition, InvalidArgument, NotFound, TextftError
 from textft.v1 import common_pb2, trainer_pb2
 
-MV = trainer_pb2.ModelVersion
-POSITIVE = ["great", "wonderful", "loved", "excellent", "superb", "delightful"]
-NEGATIVE = ["terrible", "awful", "hated", "boring", "dreadful", "dull"]
-CLS_TEMPLATE = "templates/gpt-neo-125m-lora-text-classification"
-GEN_TEMPLATE = "templates/gpt-neo-125m-lora-text-generation"
+pytestmark = pytest.mark.integration
+
 FAST = {"num_train_epochs": 6, "learning_rate": 5e-3, "logging_steps": 5, "per_device_train_batch_size": 8}
-
-
-def sentiment_csv(n: int = 160, seed: int = 0, bad_rows: int = 0) -> bytes:
-    rng = random.Random(seed)
-    lines = ["text,label"]
-    for _ in range(n):
-        label = rng.choice(["pos", "neg"])
-        word = rng.choice(POSITIVE if label == "pos" else NEGATIVE)
-        lines.append(f"the film was {word} from start to end,{label}")
-    lines += [",pos"] * bad_rows  # empty text: invalid rows
-    return ("\n".join(lines) + "\n").encode()
+UNSEEN = ["the film was wonderful from start to end", "the film was dreadful from start to end"]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +42,19 @@ def cls_version(stack) -> str:
     with stack.client() as client:
         client.create_dataset("reviews")
         return client.upload_dataset("reviews", sentiment_csv(), task="classification", format="csv").name
+
+
+@dataclass
+class Trained:
+    run: MV  # as created (QUEUED)
+    events: list[EV]  # watched from the start to the end
+
+
+@pytest.fixture(scope="module")
+def trained_classifier(stack, cls_version: str) -> Trained:
+    with stack.client() as client:
+        run = _train(client, "sentiment", "classification", cls_version, CLS_TEMPLATE)
+        return Trained(run, list(client.watch(run.name, timeout=600)))
 
 
 def _train(client: Client, model: str, task: str, dataset_version: str, template: str, **kw: object) -> MV:
@@ -51,24 +68,15 @@ def _train(client: Client, model: str, task: str, dataset_version: str, template
     return client.train(model, dataset_version, template, **overrides)  # type: ignore[arg-type]
 
 
-def test_classification_upload_train_predict(client: Client, cls_version: str) -> None:
+def test_classification_upload_train_predict(client: Client, cls_version: str, trained_classifier: Trained) -> None:
     version = client.get_dataset_version(cls_version)
     assert version.stats.valid_row_count == 160
     assert list(version.label_names) == ["neg", "pos"]
 
-    run = _train(client, "sentiment", "classification", cls_version, CLS_TEMPLATE)
+    run, events = trained_classifier.run, trained_classifier.events
     assert run.state == MV.STATE_QUEUED
-    events = list(client.watch(run.name, timeout=600))
-    states = [MV.State.Name(e.state) for e in events if e.kind == trainer_pb2.ModelVersionEvent.KIND_STATE]
-    assert states == [
-        "STATE_QUEUED",
-        "STATE_PREPARING_DATA",
-        "STATE_TRAINING",
-        "STATE_EVALUATING",
-        "STATE_UPLOADING",
-        "STATE_READY",
-    ]
-    losses = [e.loss for e in events if e.kind == trainer_pb2.ModelVersionEvent.KIND_PROGRESS and e.loss > 0]
+    assert states(events) == ["QUEUED", "PREPARING_DATA", "TRAINING", "EVALUATING", "UPLOADING", "READY"]
+    losses = [e.loss for e in events if e.kind == EV.KIND_PROGRESS and e.loss > 0]
     assert len(losses) >= 3 and losses[-1] < losses[0]
     assert [e.sequence for e in events] == list(range(len(events)))
 
@@ -79,38 +87,54 @@ def test_classification_upload_train_predict(client: Client, cls_version: str) -
     assert done.adapter_uri.endswith("/adapter")
     assert done.lineage.base_model == TINY_BASE_URI
     assert done.train_row_count + done.eval_row_count == 160
+    assert done.world_size == 1
 
     # A late watcher gets the whole history, and the stream ends.
     replay = list(client.watch(run.name, timeout=60))
     assert [e.sequence for e in replay] == [e.sequence for e in events]
 
-    response = client.predict(
-        run.name, ["the film was wonderful from start to end", "the film was dreadful from start to end"]
-    )
+    response = client.predict(run.name, UNSEEN)
     assert response.model_version == run.name
     top = [p.classification.scores[0].label for p in response.predictions]
     assert top == ["pos", "neg"]
     for p in response.predictions:
         scores = [s.score for s in p.classification.scores]
-        assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-4
+        assert scores == sorted(scores, reverse=True)
+        assert_numerically_close(sum(scores), 1.0)
     # models/{m} resolves to the latest READY version.
     assert client.predict("models/sentiment", ["superb"]).model_version == run.name
 
 
-def test_adapter_is_plain_peft_format(stack, client: Client, cls_version: str) -> None:
-    versions = [
-        v
-        for v in client.trainer.ListModelVersions(
-            trainer_pb2.ListModelVersionsRequest(parent="models/sentiment"), metadata=client.metadata
-        ).model_versions
-        if v.state == MV.STATE_READY
-    ]
-    assert versions, "the classification test trains first"
-    keys = set(stack.store.list(versions[0].adapter_uri + "/"))
-    assert {
-        versions[0].adapter_uri + "/adapter_config.json",
-        versions[0].adapter_uri + "/adapter_model.safetensors",
-    } <= keys
+def test_adapter_loads_with_plain_peft_and_scores_as_the_service(
+    stack, client: Client, trained_classifier: Trained, tmp_path: Path
+) -> None:
+    """What a user does without textft: download the adapter, follow its
+    model card (README.md), get the service's scores and label names."""
+    done = client.get_model_version(trained_classifier.run.name)
+    adapter = tmp_path / "adapter"
+    stack.store.download_dir(done.adapter_uri, adapter)
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {p.name for p in adapter.iterdir()}
+    card = (adapter / "README.md").read_text()
+    assert "library_name: peft" in card and done.name in card
+    snippet = re.search(r"```python\n(.*?)```", card, re.S)
+    assert snippet, "the model card has a Python snippet"
+    code = snippet.group(1)
+    base = tmp_path / "base"  # a store:// base is downloaded first, as the card says
+    stack.store.download_dir(TINY_BASE_KEY, base)
+    for name, value in (("ADAPTER", str(adapter)), ("BASE", str(base)), ("TEXTS", UNSEEN)):
+        code, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", code, count=1, flags=re.M)
+        assert count == 1, f"the snippet sets {name}"
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # the card's own code, as a user runs it
+
+    labels = namespace["LABELS"]
+    assert labels == list(done.label_names)  # not LABEL_0, LABEL_1
+    assert namespace["model"].config.id2label == dict(enumerate(labels))
+    local = namespace["scores"].tolist()
+    served = client.predict(done.name, UNSEEN).predictions
+    for row, prediction in zip(local, served, strict=True):
+        by_label = {s.label: s.score for s in prediction.classification.scores}
+        assert_numerically_close(row, [by_label[label] for label in labels])
 
 
 def test_generation_upload_train_predict(client: Client) -> None:
@@ -178,7 +202,6 @@ def test_tolerance_exceeded_fails_with_rows(client: Client) -> None:
     assert done.state == MV.STATE_FAILED
     assert done.failure.reason == "MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED"
     assert done.failure.field == "invalid_data_tolerance_percent"
-    assert "10 of 50 rows (20.0%)" in done.failure.message
     assert list(done.failure.rows)[:3] == [41, 42, 43]
     # Above the share of invalid rows, the same data trains (invalid rows skipped).
     ok = _train(client, "dirty-model", "classification", version.name, CLS_TEMPLATE, invalid_data_tolerance_percent=25)

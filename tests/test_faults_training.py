@@ -23,21 +23,17 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from conftest import API_KEY, TINY_BASE_KEY, TINY_BASE_URI, S3Endpoint, unique_bucket
+from conftest import API_KEY, S3Endpoint, unique_bucket
 from netutil import TcpProxy
 from reliability import record
+from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, until
 
 from textft import Client
 from textft.errors import Unavailable
-from textft.v1 import trainer_pb2
 from textft_services.common.store import S3Store
 from textft_services.stack import ServiceProcess, start_service
 
 pytestmark = pytest.mark.reliability
-MV = trainer_pb2.ModelVersion
-EV = trainer_pb2.ModelVersionEvent
-CLS_TEMPLATE = "templates/gpt-neo-125m-lora-text-classification"
-BASE = {"pretrained_model_name_or_path": TINY_BASE_URI}
 RETRY_MARK = "object store unavailable"
 
 
@@ -97,15 +93,6 @@ def outage(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory, ti
             print((home / "services.log").read_text())
 
 
-def _until(events: Iterator[EV], predicate: Callable[[EV], bool], seen: list[EV]) -> EV:
-    """Consumes a watch stream up to the first event matching predicate; every event goes to seen."""
-    for event in events:
-        seen.append(event)
-        if predicate(event):
-            return event
-    raise AssertionError(f"stream ended first; last events: {seen[-3:]}")
-
-
 def _is_state(state: int) -> Callable[[EV], bool]:
     return lambda e: e.kind == EV.KIND_STATE and e.state == state
 
@@ -138,10 +125,11 @@ def test_training_survives_store_outage(outage: Outage) -> None:
         )
         seen: list[EV] = []
         events = client.watch(run.name, timeout=120)
-        _until(events, _is_state(MV.STATE_TRAINING), seen)
+        seen += until(events, _is_state(MV.STATE_TRAINING))
         outage.proxy.cut()  # the store goes away mid-training
         try:
-            retry = _until(events, _is_retry, seen)  # the job's next store write (a checkpoint) retries
+            seen += until(events, _is_retry)
+            retry = seen[-1]  # the job's next store write (a checkpoint) retries
             assert "retrying (attempt 1)" in retry.message, retry.message
 
             # The service keeps serving the live run from memory.
@@ -150,7 +138,7 @@ def test_training_survives_store_outage(outage: Outage) -> None:
             assert live.state >= MV.STATE_TRAINING
             late: list[EV] = []
             late_watch = client.watch(run.name, timeout=60)
-            _until(late_watch, _is_state(MV.STATE_TRAINING), late)  # a late watcher gets the history
+            late += until(late_watch, _is_state(MV.STATE_TRAINING))  # a late watcher gets the history
             late_watch.close()
             assert [e.sequence for e in late] == list(range(len(late)))
             # What needs the store answers UNAVAILABLE, retryable, cleanly.
@@ -201,7 +189,7 @@ def test_training_fails_when_store_stays_away(outage: Outage) -> None:
         )
         seen_blocker: list[EV] = []
         blocker_events = client.watch(blocker.name, timeout=120)
-        _until(blocker_events, _is_state(MV.STATE_TRAINING), seen_blocker)  # past all its store reads
+        seen_blocker += until(blocker_events, _is_state(MV.STATE_TRAINING))  # past all its store reads
         run = client.train(
             "stranded",
             outage.dataset_version,

@@ -14,6 +14,8 @@ from textft.errors import Cancelled, DeadlineExceeded, ResourceExhausted
 from textft_services.inference.batcher import CLASSIFY, STREAM, Admission, Lane, Work
 from textft_services.inference.metrics import InferenceMetrics, parse
 
+pytestmark = pytest.mark.unit
+
 FOREVER = 3600_000  # a gathering window that never closes on its own: batches close when full
 
 
@@ -111,7 +113,7 @@ def test_queue_bound_refuses_with_resource_exhausted(lanes: list[Lane], metrics:
     lane.submit(work(["2"]))
     with pytest.raises(ResourceExhausted) as info:
         lane.submit(work(["3"]))
-    assert "TEXTFT_INFERENCE_QUEUE_SIZE" in info.value.message
+    assert info.value.reason == "INFERENCE_QUEUE_FULL" and info.value.retryable
     assert parse(metrics.render())['textft_inference_rejected_total{reason="queue_full"}'] == 1
     runner.gate.set()
 

@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from support import assert_numerically_close, assert_same_greedy
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from textft_services.common.tinymodels import build_tiny_gpt_neo
 from textft_services.inference.mixed import MixedLoRA
+
+pytestmark = pytest.mark.unit
 
 TEXTS = [f"the film was {w} from start to end" for w in ["great", "awful", "fine", "dull", "superb", "bland"]]
 ALL = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
@@ -68,8 +71,8 @@ def test_classification_rows_get_their_adapter_and_head(base_dir: Path) -> None:
             single = {k: v[i : i + 1, : int(batch["attention_mask"][i].sum())] for k, v in batch.items()}
             one_by_one.append(peft(**single).logits)
         plain = peft(**batch).logits  # outside rows(): PEFT's forward, the active adapter for every row
-    assert got == pytest.approx(want_peft, abs=1e-5)
-    assert got == pytest.approx(torch.cat(one_by_one), abs=1e-5)
+    assert_numerically_close(got, want_peft)
+    assert_numerically_close(got, torch.cat(one_by_one))
     assert not torch.allclose(plain, got, atol=1e-3)  # the adapters (and heads) really differ
     assert mixer.names is None
 
@@ -82,12 +85,18 @@ def test_greedy_generation_matches_peft(base_dir: Path) -> None:
     mixer = MixedLoRA()
     assert mixer.install(peft)
     names = ["a1", "a0", "a0", "a1"]
-    kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    kwargs = {
+        "max_new_tokens": 6,
+        "do_sample": False,
+        "pad_token_id": tokenizer.pad_token_id,
+        "output_scores": True,
+        "return_dict_in_generate": True,
+    }
     with torch.no_grad():
         want = peft.generate(**batch, adapter_names=names, **kwargs)
         with mixer.rows(names):
             got = peft.generate(**batch, **kwargs)
-    assert got.tolist() == want.tolist()
+    assert_same_greedy(got, want)
 
 
 def test_stacks_follow_adapter_changes(base_dir: Path) -> None:
@@ -107,7 +116,7 @@ def test_stacks_follow_adapter_changes(base_dir: Path) -> None:
         with mixer.rows(["a2", "a0"]):
             got = peft(**batch).logits
         want = peft(**batch, adapter_names=["a2", "a0"]).logits
-    assert got == pytest.approx(want, abs=1e-5)
+    assert_numerically_close(got, want)
 
 
 def test_unsupported_layers_fall_back_to_peft(base_dir: Path) -> None:

@@ -4,11 +4,12 @@ one-by-one calls, LRU eviction, streaming and cancel, overload, deadlines,
 status codes, and the Prometheus endpoint.
 
 Two inference processes: the stack's own (default settings: one-by-one
-references and status codes) and a dedicated one started here with a long
-gathering window (1.5 s), 8 texts per batch, 6 waiting requests at most, 2
-adapters cached and metrics on. With a window that long a batch closes when it
-is full, so tests decide what shares a forward pass without timing anything;
-the metrics endpoint tells what happened.
+references and status codes) and a dedicated one started here whose gathering
+window never closes on its own (an hour), 8 texts per batch, 6 waiting requests
+at most, 2 adapters cached and metrics on. A batch there runs when it is full
+and only then, so tests decide what shares a forward pass without timing
+anything (requests that must not run are cancelled or expire); the metrics
+endpoint tells what happened.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import TINY_BASE_URI, RunningStack
+from conftest import RunningStack
+from support import CLS_TEMPLATE, GEN_TEMPLATE, MV, TINY_BASE_URI, assert_numerically_close, wait_for
 
 from textft import Client
 from textft.errors import (
@@ -32,15 +34,14 @@ from textft.errors import (
     ResourceExhausted,
     TextftError,
 )
-from textft.v1 import inference_pb2, trainer_pb2
+from textft.v1 import inference_pb2
 from textft_services.inference.metrics import parse
 from textft_services.stack import ServiceProcess, _free_port, start_service
 
-MV = trainer_pb2.ModelVersion
+pytestmark = pytest.mark.integration
+
 Gen = inference_pb2.Generation
 SHORT = {"max_steps": 10, "learning_rate": 5e-3, "per_device_train_batch_size": 8, "logging_steps": 5}
-CLS_TEMPLATE = "templates/gpt-neo-125m-lora-text-classification"
-GEN_TEMPLATE = "templates/gpt-neo-125m-lora-text-generation"
 WORDS = ["great", "awful", "superb", "boring", "loved", "dull", "wonderful", "dreadful"]
 GOOD = {"great", "superb", "loved", "wonderful"}
 TEXTS = [f"the film was {w} from start to end" for w in WORDS]
@@ -105,7 +106,7 @@ def dedicated(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> 
         **stack.env,
         "TEXTFT_HOME": str(home),
         "TEXTFT_INFERENCE_MAX_ADAPTERS": "2",
-        "TEXTFT_INFERENCE_BATCH_WAIT_MS": "1500",
+        "TEXTFT_INFERENCE_BATCH_WAIT_MS": str(3_600_000),  # batches close when full
         "TEXTFT_INFERENCE_MAX_BATCH_SIZE": str(BATCH),
         "TEXTFT_INFERENCE_QUEUE_SIZE": "6",
         "TEXTFT_METRICS_PORT": str(port),
@@ -167,7 +168,7 @@ def test_mixed_classification_batch_equals_one_by_one(client: Client, dedicated:
         for text, got in zip(texts, response.predictions, strict=True):
             want = one_by_one[(version, text)]
             assert got.classification.scores[0].label == want.classification.scores[0].label
-            assert scores(got) == pytest.approx(scores(want), abs=1e-4)
+            assert_numerically_close(list(scores(got).values()), [scores(want)[k] for k in scores(got)])
     assert delta(before, after, "textft_inference_batch_rows_count") == 1  # one forward pass
     assert delta(before, after, "textft_inference_batch_rows_sum") == BATCH
     assert delta(before, after, "textft_inference_batch_adapters_sum") == 2
@@ -229,15 +230,26 @@ def test_overload_gives_resource_exhausted(dedicated: Dedicated, versions: Versi
     c = dedicated.client
     c.load_model_version(versions.cls[0])
     before = dedicated.metrics()
-    # 7 one-text requests: 6 wait for company (the window), the 7th finds the queue full.
-    results = together([lambda t=t: c.predict(versions.cls[0], [t]) for t in TEXTS[:7]])
-    refused = [r for r in results if isinstance(r, Exception)]
-    assert len(refused) == 1 and isinstance(refused[0], ResourceExhausted), results
-    assert "TEXTFT_INFERENCE_QUEUE_SIZE" in refused[0].message and "retry" in refused[0].message
+    # 6 one-text requests wait for company (the batch never fills): the queue is full.
+    waiting = [
+        c.inference.Predict.future(
+            inference_pb2.PredictRequest(model_version=versions.cls[0], texts=[t]), metadata=c.metadata
+        )
+        for t in TEXTS[:6]
+    ]
+    wait_for(lambda: dedicated.metrics()["textft_inference_queue_depth"] == 6, 60, "6 waiting requests")
+    with pytest.raises(ResourceExhausted) as refused:
+        c.predict(versions.cls[0], [TEXTS[6]])
+    assert refused.value.reason == "INFERENCE_QUEUE_FULL" and refused.value.retryable
+    # Callers that give up leave the queue before any compute is spent on them.
+    for future in waiting:
+        future.cancel()
+    wait_for(lambda: dedicated.metrics()["textft_inference_queue_depth"] == 0, 60, "the queue to empty")
     after = dedicated.metrics()
     assert delta(before, after, 'textft_inference_rejected_total{reason="queue_full"}') == 1
     assert delta(before, after, 'textft_inference_requests_total{method="Predict",code="RESOURCE_EXHAUSTED"}') == 1
-    assert delta(before, after, "textft_inference_batch_rows_sum") == 6
+    assert delta(before, after, 'textft_inference_dropped_total{reason="cancelled"}') == 6
+    assert delta(before, after, "textft_inference_batch_rows_sum") == 0
 
 
 def test_expired_request_is_dropped_before_it_runs(dedicated: Dedicated, versions: Versions) -> None:
@@ -245,7 +257,7 @@ def test_expired_request_is_dropped_before_it_runs(dedicated: Dedicated, version
     c.load_model_version(versions.cls[0])
     before = dedicated.metrics()
     with pytest.raises(DeadlineExceeded):
-        c.predict(versions.cls[0], ["too late"], timeout=0.3)  # waits for the 1.5 s window: expires queued
+        c.predict(versions.cls[0], ["too late"], timeout=0.3)  # alone, it waits for company and expires queued
     # A full batch behind it: it returns only after the lane got past the expired request.
     assert len(c.predict(versions.cls[0], TEXTS).predictions) == BATCH
     after = dedicated.metrics()
@@ -317,7 +329,7 @@ def test_status_codes(stack: RunningStack, client: Client, versions: Versions) -
     client.cancel(run.name)
     with pytest.raises(FailedPrecondition) as not_ready:
         client.predict(run.name, ["x"])
-    assert "not READY" in not_ready.value.message
+    assert not_ready.value.reason == "MODEL_VERSION_NOT_READY"
 
     limits = {
         "texts": lambda: client.predict(versions.cls[0], []),
@@ -334,6 +346,10 @@ def test_status_codes(stack: RunningStack, client: Client, versions: Versions) -
 
 
 def test_metrics_endpoint(dedicated: Dedicated, versions: Versions) -> None:
+    # Its own traffic, whatever ran before: a load (the process's first is a
+    # miss), then a full batch (a hit).
+    dedicated.client.load_model_version(versions.cls[0])
+    assert len(dedicated.client.predict(versions.cls[0], TEXTS).predictions) == BATCH
     values = dedicated.metrics()
     assert values['textft_inference_requests_total{method="Predict",code="OK"}'] >= 1
     assert values['textft_inference_request_seconds_count{method="Predict"}'] >= 1

@@ -24,20 +24,19 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import TINY_BASE_URI, RunningStack
+from conftest import RunningStack
 from reliability import HEAVY, record
+from support import CLS_TEMPLATE, MV, TINY_BASE_URI
 
 from textft import Client
-from textft.v1 import inference_pb2, inference_pb2_grpc, trainer_pb2
+from textft.v1 import inference_pb2, inference_pb2_grpc
 from textft_services.common.bootstrap import start_server
 from textft_services.common.config import Settings
 from textft_services.inference.metrics import parse
 from textft_services.stack import ServiceProcess, _free_port, start_service
 
 pytestmark = pytest.mark.reliability
-MV = trainer_pb2.ModelVersion
 SHORT = {"max_steps": 10, "learning_rate": 5e-3, "per_device_train_batch_size": 8, "logging_steps": 5}
-CLS_TEMPLATE = "templates/gpt-neo-125m-lora-text-classification"
 WORDS = ["great", "awful", "superb", "boring", "loved", "dull", "wonderful", "dreadful"]
 GOOD = {"great", "superb", "loved", "wonderful"}
 TEXTS = [f"the film was {w} from start to end" for w in WORDS]

@@ -7,6 +7,8 @@ import pytest
 from textft.errors import InvalidArgument
 from textft_services.common import names
 
+pytestmark = pytest.mark.unit
+
 VALID_IDS = ["a", "0", "reviews", "imdb-2024", "a" * 63, "x-", "v10"]
 INVALID_IDS = [
     "",
@@ -41,7 +43,6 @@ def test_invalid_ids_name_the_field(value: str) -> None:
     error = info.value
     assert [v.field for v in error.violations] == ["dataset_id"]
     assert error.reason == "INVALID_ID"
-    assert "dataset_id" in str(error)
 
 
 def test_long_invalid_id_is_shortened_in_the_message() -> None:

@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_BASE_URI, RunningStack
+from conftest import RunningStack
+from support import EV, MV, TINY_BASE_URI
 
 from textft.plots import PlotsUnavailable, loss_curve, save_loss_curve
-from textft.v1 import common_pb2, trainer_pb2
+from textft.v1 import common_pb2
 
-MV = trainer_pb2.ModelVersion
-EV = trainer_pb2.ModelVersionEvent
+pytestmark = pytest.mark.integration
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 PROTOS = ROOT / "protos"
 STUBS = ROOT / "clients" / "python" / "textft" / "v1"

@@ -15,7 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY_BASE_URI, RunningStack
+import pytest
+from conftest import RunningStack
+from support import TINY_BASE_URI
+
+pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEMPLATE = '"gpt-neo-125m-lora-text-classification",'

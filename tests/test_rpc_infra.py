@@ -28,6 +28,8 @@ from textft_services.common.bootstrap import Running, start_server
 from textft_services.common.config import Settings, StoreSettings
 from textft_services.common.logs import JsonFormatter, SecretFilter
 
+pytestmark = pytest.mark.integration
+
 API_KEY = "tft_infra_key_3f9a1c7e"
 STORE_SECRET = "store-secret-b81d5e0a"
 MAX_MESSAGE = 64 * 1024

@@ -5,12 +5,14 @@ raw RPCs."""
 from __future__ import annotations
 
 import pytest
-from conftest import TINY_BASE_URI
+from support import TINY_BASE_URI
 
 from textft import Client
 from textft.errors import NotFound
 from textft.resources import Run
 from textft.v1 import dataset_pb2, trainer_pb2
+
+pytestmark = pytest.mark.integration
 
 ROWS = "text,label\n" + "".join(
     f"the show was {'lovely' if i % 2 else 'awful'} tonight,{'pos' if i % 2 else 'neg'}\n" for i in range(60)

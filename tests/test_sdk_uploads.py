@@ -12,6 +12,8 @@ import pytest
 
 from textft.uploads import RowCounter
 
+pytestmark = pytest.mark.unit
+
 
 def _count(data: bytes, delimited: bool, chunk: int) -> int:
     counter = RowCounter(delimited)

@@ -11,6 +11,8 @@ from textft import Client
 from textft.errors import Unauthenticated
 from textft.v1 import dataset_pb2, dataset_pb2_grpc, inference_pb2, inference_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
+pytestmark = pytest.mark.integration
+
 SERVICE_NAMES = {
     "dataset": "textft.v1.DatasetService",
     "trainer": "textft.v1.TrainerService",

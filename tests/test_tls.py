@@ -18,12 +18,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import API_KEY, TINY_BASE_KEY, TINY_BASE_URI, S3Endpoint, unique_bucket
+from conftest import API_KEY, S3Endpoint, unique_bucket
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import TINY_BASE_KEY, TINY_BASE_URI
 
 from textft import Client
 from textft.client import channel_credentials, open_channel
@@ -33,6 +34,8 @@ from textft_services.common.bootstrap import start_server
 from textft_services.common.config import Settings, TlsSettings
 from textft_services.common.store import S3Store
 from textft_services.stack import Stack, start_stack
+
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTHCHECK = ROOT / "deploy" / "healthcheck.py"

@@ -10,11 +10,14 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from textft_services.trainer import worker
 from textft_services.trainer.templates import TEMPLATES
+
+pytestmark = pytest.mark.unit
 
 LABELS = ["a", "b"]
 

@@ -9,14 +9,14 @@ import random
 
 import grpc
 import pytest
-from conftest import TINY_BASE_URI
+from support import BASE, MV
 
 from textft import Client
 from textft.errors import TextftError
 from textft.v1 import trainer_pb2
 
-MV = trainer_pb2.ModelVersion
-BASE = {"pretrained_model_name_or_path": TINY_BASE_URI}
+pytestmark = pytest.mark.integration
+
 WORDS = {"pos": ["great", "superb", "loved"], "neg": ["awful", "dull", "hated"]}
 
 
