@@ -231,6 +231,43 @@ def test_health_serving_without_a_key(channel, service: str) -> None:
     assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_health_watch_needs_a_key(channel) -> None:
+    """Check is the whole key-less surface: a Watch holds a stream open."""
+    health = health_pb2_grpc.HealthStub(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        next(health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=10))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), metadata=AUTH, timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+
+
+def test_key_less_watch_flood_takes_no_slot_from_authorised_calls() -> None:
+    """Ten times more key-less Watch streams than the server has RPC slots (8):
+    each is refused at once, none stays open, and authorised calls still run."""
+    running = start_server(make_settings(), 0, register, host="127.0.0.1")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            request = health_pb2.HealthCheckRequest(service=DATASET_SERVICE)
+            flood = [health.Watch(request, timeout=60) for _ in range(80)]
+            codes = set()
+            for watch in flood:
+                with pytest.raises(grpc.RpcError) as info:
+                    next(watch)
+                codes.add(info.value.code())
+            # Refused: UNAUTHENTICATED, or RESOURCE_EXHAUSTED while the burst fills the slots.
+            assert grpc.StatusCode.UNAUTHENTICATED in codes
+            assert codes <= {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+            stub = dataset_pb2_grpc.DatasetServiceStub(ch)
+            for _ in range(10):
+                got = stub.GetDataset(dataset_pb2.GetDatasetRequest(name="datasets/ok"), metadata=AUTH, timeout=10)
+                assert got.dataset.name == "datasets/ok"
+            assert health.Check(request, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        running.stop(0)
+
+
 def test_health_unknown_service_is_not_found(channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     with pytest.raises(grpc.RpcError) as info:
@@ -246,7 +283,7 @@ def test_stop_reports_not_serving_then_drains() -> None:
     running = start_server(make_settings(), 0, register, host="127.0.0.1")
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
         health = health_pb2_grpc.HealthStub(ch)
-        watch = health.Watch(health_pb2.HealthCheckRequest(service=DATASET_SERVICE), timeout=30)
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=DATASET_SERVICE), metadata=AUTH, timeout=30)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         stopper = threading.Thread(target=running.stop, args=(20.0,))
         stopper.start()

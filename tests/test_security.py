@@ -13,7 +13,7 @@ from conftest import RunningStack
 from reliability import record
 
 from textft.errors import InvalidArgument
-from textft.v1 import dataset_pb2, inference_pb2, trainer_pb2
+from textft.v1 import dataset_pb2, inference_pb2, trainer_pb2, trainer_pb2_grpc
 
 pytestmark = pytest.mark.reliability
 
@@ -131,3 +131,71 @@ def test_path_writing_and_remote_code_keys_are_refused(overrides: dict, field: s
     with pytest.raises(InvalidArgument) as info:
         configs.validate(configs.merge(TEMPLATES["gpt-neo-125m-lora-text-classification"].defaults(), overrides))
     assert field in [v.field for v in info.value.violations]
+
+
+def _p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def test_key_less_health_flood_starves_nothing(stack: RunningStack) -> None:
+    """A few hundred key-less Health/Watch streams and Checks at the trainer:
+    Watch is refused at once (only Check is key-less), probes stay SERVING and
+    authorised calls keep answering. The latency ratio is a figure, not a test."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = stack.stack.addresses["trainer"]
+    metadata = [("authorization", f"Bearer {stack.api_key}")]
+    request = trainer_pb2.ListTemplatesRequest()
+
+    def authorised(n: int) -> list[float]:
+        import time
+
+        with grpc.insecure_channel(address) as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            took = []
+            for _ in range(n):
+                began = time.perf_counter()
+                assert stub.ListTemplates(request, metadata=metadata, timeout=30).templates
+                took.append(time.perf_counter() - began)
+            return took
+
+    quiet = authorised(100)
+    flood_codes: dict[str, int] = {}
+    # Spread over connections: one connection alone is capped at
+    # TEXTFT_MAX_CONCURRENT_STREAMS (100) streams, the rest refused by HTTP/2.
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]  # else channels to one target share one
+    channels = [grpc.insecure_channel(address, options=own_connection) for _ in range(6)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            watches, checks = [], []
+            for channel in channels:
+                health = health_pb2_grpc.HealthStub(channel)
+                watches += [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(50)]
+                checks += [
+                    health.Check.future(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(50)
+                ]
+            during = pool.submit(authorised, 100)
+            for watch in watches:
+                try:
+                    next(watch)
+                    code = "OPEN"
+                except grpc.RpcError as e:
+                    code = e.code().name
+                flood_codes[code] = flood_codes.get(code, 0) + 1
+            serving = sum(1 for c in checks if c.result().status == health_pb2.HealthCheckResponse.SERVING)
+            loaded = during.result()
+    finally:
+        for channel in channels:
+            channel.close()
+    assert "OPEN" not in flood_codes, flood_codes  # no key-less stream stayed open
+    assert serving == len(checks)  # probes kept answering
+    record("key-less flood", "300 Watch streams: refused / left open", f"{300 - flood_codes.get('OPEN', 0)} / 0")
+    record("key-less flood", "300 Checks during the flood: SERVING", f"{serving} / 300")
+    record(
+        "key-less flood",
+        "authorised p99 during / without the flood",
+        f"{_p99(loaded) * 1000:.1f} / {_p99(quiet) * 1000:.1f} ms ({_p99(loaded) / _p99(quiet):.2f}x)",
+    )

@@ -74,6 +74,9 @@ def start_server(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # Streams one connection may hold open at once (HTTP/2
+        # SETTINGS_MAX_CONCURRENT_STREAMS): one client cannot take every slot.
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
     ]
     # maximum_concurrent_rpcs bounds the executor's queue: without it, RPCs
     # beyond the worker count wait there without limit (and unseen by any
@@ -85,7 +88,12 @@ def start_server(
         maximum_concurrent_rpcs=settings.max_rpcs,
     )
     names = register(server)
-    health_servicer = health.HealthServicer()
+    # Blocking Watch on purpose: grpcio-health's non-blocking Watch sends under
+    # its state lock, and set() after a burst of cancelled watches deadlocks
+    # against the server's poll thread (reproduced with grpcio 1.7x; reworked
+    # upstream in grpc/grpc#43403). Watch needs a key (AuthInterceptor), so
+    # only authorised callers can hold a stream, like WatchModelVersion.
+    health_servicer = health.HealthServicer(experimental_non_blocking=False)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*names, ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

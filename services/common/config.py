@@ -114,6 +114,8 @@ class Settings:
     # it gRPC answers RESOURCE_EXHAUSTED at once instead of queueing without
     # bound. 0 means 2 x grpc_workers (see max_rpcs).
     max_concurrent_rpcs: int = 0
+    # Streams one HTTP/2 connection may have open at once.
+    max_concurrent_streams: int = 100
     log_format: str = "text"
     log_level: str = "INFO"
     # dataset service
@@ -186,6 +188,7 @@ class Settings:
             max_message_bytes=_int(env, "TEXTFT_MAX_MESSAGE_BYTES", 16 * 1024 * 1024),
             grpc_workers=_int(env, "TEXTFT_GRPC_WORKERS", DEFAULT_GRPC_WORKERS),
             max_concurrent_rpcs=_int(env, "TEXTFT_MAX_CONCURRENT_RPCS", 0),
+            max_concurrent_streams=_int(env, "TEXTFT_MAX_CONCURRENT_STREAMS", 100),
             log_format=env.get("TEXTFT_LOG_FORMAT", "text"),
             log_level=env.get("TEXTFT_LOG_LEVEL", "INFO"),
             max_upload_bytes=_int(env, "TEXTFT_MAX_UPLOAD_BYTES", 2 * 1024**3),

@@ -16,8 +16,14 @@ from textft.errors import FieldViolation, TextftError
 
 log = logging.getLogger("textft.rpc")
 
-# Kubernetes and load balancers probe health without credentials.
-AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+# The whole key-less surface: probes (Kubernetes, load balancers) call Check,
+# a cheap unary read. Health/Watch holds a stream open, so it needs a key like
+# everything else: key-less streams must not be able to pile up.
+AUTH_EXEMPT_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
+# Library servicers with their own error handling, passed through as they are
+# (wrapping a handler drops what gRPC reads off its method, such as
+# grpcio-health's experimental_non_blocking).
+UNWRAPPED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def _wrap_handler(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]) -> grpc.RpcMethodHandler:
@@ -73,9 +79,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method
+        if handler is None or method.startswith(UNWRAPPED_PREFIXES):
+            return handler
 
         def wrap(behaviour: Any, streaming: bool) -> Any:
             if streaming:
@@ -120,7 +126,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
         method = handler_call_details.method
-        if method.startswith(AUTH_EXEMPT_PREFIXES):
+        if method in AUTH_EXEMPT_METHODS:
             return continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
         header = metadata.get("authorization", "")
