@@ -63,9 +63,12 @@ def start_server(
     port: int,
     register: Callable[[grpc.Server], list[str]],
     host: str | None = None,
+    health_servicer: health.HealthServicer | None = None,
 ) -> Running:
     """Starts a server with the shared interceptors; `register` adds servicers
-    and returns their full service names (for health and reflection)."""
+    and returns their full service names (for health and reflection). A
+    servicer that reports readiness itself (the inference service's Open
+    Inference Protocol ServerReady) passes the health servicer it reads."""
     interceptors: list[grpc.ServerInterceptor] = []
     if settings.auth_enabled:
         interceptors.append(AuthInterceptor(settings.api_keys))
@@ -85,7 +88,7 @@ def start_server(
         maximum_concurrent_rpcs=settings.max_rpcs,
     )
     names = register(server)
-    health_servicer = health.HealthServicer()
+    health_servicer = health_servicer if health_servicer is not None else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*names, ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -106,6 +109,7 @@ def run_service(
     default_port: int,
     build: Callable[[Settings], tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]],
     argv: Sequence[str] | None = None,
+    health_servicer: health.HealthServicer | None = None,
 ) -> None:
     """Entry point body of a service process. `build` returns the registrar and
     a shutdown hook (stop queues, flush state) run before the server stops."""
@@ -115,7 +119,7 @@ def run_service(
     if not settings.auth_enabled:
         log.warning("auth is OFF (TEXTFT_AUTH=off): any caller can use this service")
     register, on_shutdown = build(settings)
-    running = start_server(settings, args.port, register, args.host)
+    running = start_server(settings, args.port, register, args.host, health_servicer)
     host = args.host or settings.host
     tls = "mutual TLS" if settings.tls.client_ca else "TLS" if settings.tls.enabled else "plaintext"
     log.info("%s service listening on %s:%d (%s)", service, host, running.port, tls)

@@ -16,8 +16,13 @@ from textft.errors import FieldViolation, TextftError
 
 log = logging.getLogger("textft.rpc")
 
-# Kubernetes and load balancers probe health without credentials.
-AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+# Kubernetes and load balancers probe health without credentials, and so do
+# Open Inference Protocol probes (liveness and readiness say nothing else).
+AUTH_EXEMPT_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 
 
 def _wrap_handler(handler: grpc.RpcMethodHandler, wrap: Callable[[Any, bool], Any]) -> grpc.RpcMethodHandler:
