@@ -235,7 +235,7 @@ def test_classification_equals_predict(
     expected = np.array(
         [[{s.label: s.score for s in p.classification.scores}[lab] for lab in models.labels] for p in want]
     )
-    torch.testing.assert_close(torch.from_numpy(scores), torch.from_numpy(expected.astype(np.float32)))
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(expected, dtype=torch.float32))
     assert [lab.decode() for lab in labels] == [p.classification.scores[0].label for p in want]
 
 
