@@ -14,8 +14,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -41,6 +46,7 @@ WORDS = ["great", "awful", "superb", "boring", "loved", "dull", "wonderful", "dr
 GOOD = {"great", "superb", "loved", "wonderful"}
 TEXTS = [f"the film was {w} from start to end" for w in WORDS]
 CLS, GEN = "oip-sentiment", "oip-shout"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @dataclass
@@ -112,8 +118,9 @@ class Reflected:
     pool of their own), requests written as JSON."""
 
     def __init__(self, address: str, auth: dict[str, str]) -> None:
+        self.auth = list(auth.items())
         self.raw = grpc.insecure_channel(address)
-        self.channel = grpc.intercept_channel(self.raw, _AddMetadata(list(auth.items())))
+        self.channel = grpc.intercept_channel(self.raw, _AddMetadata(self.auth))
         self.db = ProtoReflectionDescriptorDatabase(self.channel)
         self.pool = DescriptorPool(self.db)
         self.service = self.pool.FindServiceByName(SERVICE)
@@ -372,3 +379,42 @@ def test_reflection_lists_and_describes_the_service(reflected: Reflected) -> Non
         m.name for m in reflected.service.methods
     }
     assert reflected.call("ServerReady", {}) == {"ready": True}
+
+
+def test_every_rpc_needs_a_key_but_the_probes(address: str, reflected: Reflected) -> None:
+    probes = {"ServerLive", "ServerReady"}  # like grpc.health.v1: Kubernetes and gateways probe without a key
+    with grpc.insecure_channel(address) as channel:
+        for method in reflected.service.methods:
+            request_cls = message_factory.GetMessageClass(method.input_type)
+            call = channel.unary_unary(f"/{SERVICE}/{method.name}", request_serializer=lambda m: m.SerializeToString())
+            for label, metadata in (
+                ("none", []),
+                ("wrong", [("authorization", "Bearer wrong")]),
+                ("key", reflected.auth),
+            ):
+                try:
+                    call(request_cls(), metadata=metadata, timeout=60)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as err:
+                    code = err.code()
+                if label == "key" or method.name in probes:
+                    assert code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL), method.name
+                else:
+                    assert code == grpc.StatusCode.UNAUTHENTICATED, method.name
+
+
+def test_readme_tritonclient_example_runs(stack: RunningStack, address: str, models: Models, tmp_path: Path) -> None:
+    section = README.read_text().split("## Open Inference Protocol", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "README: no python block under '## Open Inference Protocol'"
+    code = match.group(1)
+    assert '"sentiment"' in code, "README's OIP example no longer names the model 'sentiment'"
+    (tmp_path / "example.py").write_text(code.replace('"sentiment"', f'"{CLS}"'))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEXTFT_")}
+    env.update(TEXTFT_INFERENCE_ADDR=address, TEXTFT_API_KEY=stack.api_key)
+    result = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert set(re.findall(r"b'(\w+)'", result.stdout)) <= set(models.labels)
+    assert re.findall(r"b'(\w+)'", result.stdout)
