@@ -404,6 +404,14 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
         self.health = health_servicer
         self.version = _server_version()
 
+    def _resolve(self, model_name: str, model_version: str) -> Any:
+        """The READY trainer ModelVersion an OIP name pair means (Engine.resolve)."""
+        name = resource_name(model_name, model_version)  # names its own fields
+        try:
+            return self.engine.resolve(name)
+        except InvalidArgument as exc:
+            raise _renamed(exc) from None
+
     @_observed
     def ServerLive(
         self, request: oip_pb2.ServerLiveRequest, context: grpc.ServicerContext
@@ -431,7 +439,7 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
         ModelInfer, or textft's LoadModelVersion, loads them). A model that
         exists but has no READY version is not ready; an unknown one is NOT_FOUND."""
         try:
-            version = self.engine.resolve(resource_name(request.name, request.version), "model_name")
+            version = self._resolve(request.name, request.version)
         except FailedPrecondition:
             return oip_pb2.ModelReadyResponse(ready=False)
         loaded = any(item.model_version == version.name for item in self.engine.loaded())
@@ -441,7 +449,7 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(
         self, request: oip_pb2.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> oip_pb2.ModelMetadataResponse:
-        version = self.engine.resolve(resource_name(request.name, request.version), "model_name")
+        version = self._resolve(request.name, request.version)
         meta = oip_pb2.ModelMetadataResponse.TensorMetadata
         response = oip_pb2.ModelMetadataResponse(
             name=request.name,
@@ -470,7 +478,7 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(
         self, request: oip_pb2.ModelInferRequest, context: grpc.ServicerContext
     ) -> oip_pb2.ModelInferResponse:
-        version = self.engine.resolve(resource_name(request.model_name, request.model_version), "model_name")
+        version = self._resolve(request.model_name, request.model_version)
         classify = version.task == common_pb2.TASK_TEXT_CLASSIFICATION
         wanted = _outputs_wanted(request, CLASSIFICATION_OUTPUTS if classify else GENERATION_OUTPUTS)
         texts = texts_of(request)
