@@ -37,6 +37,7 @@ from tritonclient.utils import InferenceServerException
 from textft import Client
 from textft.errors import NotFound, TextftError, from_rpc_error
 from textft.v1 import trainer_pb2
+from textft_services.stack import _free_port, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -418,3 +419,27 @@ def test_readme_tritonclient_example_runs(stack: RunningStack, address: str, mod
     assert result.returncode == 0, result.stderr
     assert set(re.findall(r"b'(\w+)'", result.stdout)) <= set(models.labels)
     assert re.findall(r"b'(\w+)'", result.stdout)
+
+
+def test_second_port(stack: RunningStack, auth: dict, models: Models, tmp_path: Path) -> None:
+    """TEXTFT_INFERENCE_OIP_PORT: one more port of the same server, same auth."""
+    port = _free_port()
+    env = {**stack.env, "TEXTFT_HOME": str(tmp_path), "TEXTFT_INFERENCE_OIP_PORT": str(port)}
+    with open(tmp_path / "inference.log", "w") as log:
+        service = start_service("inference", env, log=log)
+        try:
+            second = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+            try:
+                assert second.is_server_ready()
+                meta = second.get_model_metadata(CLS, "1", headers=auth)
+                assert [t.name for t in meta.outputs] == ["scores", "labels"]
+                assert triton_status(lambda: second.get_model_metadata(CLS)) == "StatusCode.UNAUTHENTICATED"
+            finally:
+                second.close()
+            main = triton.InferenceServerClient(url=service.address)  # and the main port still answers
+            try:
+                assert main.get_model_metadata(GEN, headers=auth).name == GEN
+            finally:
+                main.close()
+        finally:
+            service.stop()

@@ -141,7 +141,14 @@ def build(
 def main(argv: Sequence[str] | None = None) -> None:
     # One health servicer for the health service and OIP's ServerReady.
     probe = health.HealthServicer()
-    run_service("inference", 50053, functools.partial(build, health_servicer=probe), argv, probe)
+    run_service(
+        "inference",
+        50053,
+        functools.partial(build, health_servicer=probe),
+        argv,
+        probe,
+        lambda settings: [settings.inference_oip_port] if settings.inference_oip_port else [],
+    )
 
 
 if __name__ == "__main__":
