@@ -42,7 +42,7 @@ from grpc_health.v1 import health, health_pb2
 from textft.errors import FailedPrecondition, FieldViolation, InvalidArgument, TextftError
 from textft.oip.v2 import open_inference_grpc_pb2 as oip_pb2
 from textft.oip.v2 import open_inference_grpc_pb2_grpc as oip_pb2_grpc
-from textft.v1 import common_pb2, inference_pb2
+from textft.v1 import common_pb2, inference_pb2, trainer_pb2
 
 from ..common import names
 from .engine import Engine
@@ -404,7 +404,7 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
         self.health = health_servicer
         self.version = _server_version()
 
-    def _resolve(self, model_name: str, model_version: str) -> Any:
+    def _resolve(self, model_name: str, model_version: str) -> trainer_pb2.ModelVersion:
         """The READY trainer ModelVersion an OIP name pair means (Engine.resolve)."""
         name = resource_name(model_name, model_version)  # names its own fields
         try:
