@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -112,14 +113,19 @@ def _timed(calls: list[Callable[[Any], Any]], plan: list[Any]) -> float:
 
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench oip")
-    parser.add_argument("--requests", type=int, default=384, help="classification requests per measurement")
-    parser.add_argument("--gen-requests", type=int, default=64, help="generation requests per measurement")
+    parser.add_argument("--requests", type=int, default=192, help="classification requests per measurement")
+    parser.add_argument("--gen-requests", type=int, default=32, help="generation requests per measurement")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved repetitions; medians are reported")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=12,
+        help="interleaved repetitions, short so that each pair sees the same neighbours; medians are reported",
+    )
     parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of the server")
     args = parser.parse_args(argv)
 
@@ -140,7 +146,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     from textft_services.common.config import Settings
     from textft_services.common.store import open_store
     from textft_services.common.tinymodels import build_tiny_gpt_neo
-    from textft_services.stack import local_env, start_stack
+    from textft_services.inference.metrics import parse
+    from textft_services.stack import _free_port, local_env, start_stack
 
     hf_logging.set_verbosity_error()
     figures: dict[str, Any] = {
@@ -153,7 +160,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="textft-bench-oip-") as tmp:
         home = Path(tmp)
         env = local_env(home / "home", base=dict(os.environ))
+        metrics_port = _free_port()
         env.update(
+            TEXTFT_METRICS_PORT=str(metrics_port),
             TEXTFT_GRPC_WORKERS=str(args.clients * 2),
             TEXTFT_INFERENCE_QUEUE_SIZE=str(args.clients * 4),
             TEXTFT_TRAINER_CONCURRENCY="2",
@@ -177,6 +186,12 @@ def main(argv: list[str]) -> dict[str, Any]:
                 client.load_model_version(cls_version)
                 client.load_model_version(gen_version)
             inference_pid = stack.services["inference"].proc.pid
+
+            def batch_counts() -> tuple[float, float]:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as response:
+                    m = parse(response.read().decode())
+                return m["textft_inference_batch_rows_sum"], m["textft_inference_batch_rows_count"]
+
             auth = [("authorization", f"Bearer {key}")]
             channels = [grpc.insecure_channel(a["inference"]) for _ in range(args.clients)]
             predict = [inference_pb2_grpc.InferenceServiceStub(c).Predict for c in channels]
@@ -199,11 +214,15 @@ def main(argv: list[str]) -> dict[str, Any]:
                     _timed(calls[kind], plans[kind][: args.clients * 2])
                 seconds: dict[str, list[float]] = {"predict": [], "oip": []}
                 cpu: dict[str, list[float]] = {"predict": [], "oip": []}
+                rows = {"predict": [0.0, 0.0], "oip": [0.0, 0.0]}  # texts, forward passes
                 for r in range(args.rounds):
                     for kind in ("predict", "oip") if r % 2 == 0 else ("oip", "predict"):
-                        cpu0 = _cpu_s(inference_pid)
+                        cpu0, (texts0, passes0) = _cpu_s(inference_pid), batch_counts()
                         seconds[kind].append(_timed(calls[kind], plans[kind]))
                         cpu[kind].append((_cpu_s(inference_pid) - cpu0) / len(texts))
+                        texts1, passes1 = batch_counts()
+                        rows[kind][0] += texts1 - texts0
+                        rows[kind][1] += passes1 - passes0
                 ratios = [p / o for p, o in zip(seconds["predict"], seconds["oip"], strict=True)]
                 unit = len(texts) * (args.new_tokens if work == "gen" else 1)
                 figures[f"{work}_requests"] = len(texts)
@@ -213,6 +232,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                 figures[f"{work}_oip_vs_predict_rounds"] = [round(x, 3) for x in ratios]
                 figures[f"{work}_server_cpu_ms_predict"] = round(1000 * statistics.median(cpu["predict"]), 2)
                 figures[f"{work}_server_cpu_ms_oip"] = round(1000 * statistics.median(cpu["oip"]), 2)
+                for kind in calls:
+                    figures[f"{work}_texts_per_pass_{kind}"] = round(rows[kind][0] / max(1.0, rows[kind][1]), 1)
         finally:
             for c in channels:
                 c.close()
@@ -245,6 +266,10 @@ def _print(f: dict[str, Any]) -> None:
             f"{f['cls_server_cpu_ms_predict']}, {f['cls_server_cpu_ms_oip']}",
         ),
         (
+            "  texts per forward pass: Predict, ModelInfer",
+            f"{f['cls_texts_per_pass_predict']}, {f['cls_texts_per_pass_oip']}",
+        ),
+        (
             f"generation, {f['gen_requests']} requests x {f['new_tokens']} tokens: Predict (tok/s)",
             f"{f['gen_predict_per_s']}",
         ),
@@ -254,6 +279,10 @@ def _print(f: dict[str, Any]) -> None:
         (
             "  server CPU ms/request: Predict, ModelInfer",
             f"{f['gen_server_cpu_ms_predict']}, {f['gen_server_cpu_ms_oip']}",
+        ),
+        (
+            "  texts per forward pass: Predict, ModelInfer",
+            f"{f['gen_texts_per_pass_predict']}, {f['gen_texts_per_pass_oip']}",
         ),
         ("goal met", str(f["goal_met"])),
     ]

@@ -26,17 +26,18 @@ answers in kind (Triton's client sends raw, grpcurl users typed JSON).
 
 from __future__ import annotations
 
+import array
 import functools
 import json
 import re
 import struct
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2
 
 from textft.errors import FailedPrecondition, FieldViolation, InvalidArgument, TextftError
@@ -61,6 +62,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ---- names ----
+@functools.lru_cache(maxsize=4096)  # a pure function of the two strings; errors are not cached
 def resource_name(model_name: str, model_version: str) -> str:
     """The textft name an OIP (model_name, model_version) pair means."""
     if model_name.startswith("models/"):
@@ -341,29 +343,37 @@ def _add_bytes(response: oip_pb2.ModelInferResponse, name: str, items: list[byte
     return tensor
 
 
+@functools.lru_cache(maxsize=1024)
+def _labels_json(label_names: tuple[str, ...]) -> str:
+    return json.dumps(list(label_names))
+
+
 def classification_outputs(
     response: oip_pb2.ModelInferResponse,
     predictions: Any,
-    label_names: list[str],
+    label_names: tuple[str, ...],
     wanted: list[str],
     raw: bool,
 ) -> None:
     column = {label: j for j, label in enumerate(label_names)}
-    scores = np.zeros((len(predictions), len(label_names)), dtype="<f4")
+    width = len(label_names)
+    scores = array.array("f", bytes(4 * width * len(predictions)))  # row-major [texts, labels]
     top: list[bytes] = []
     for i, prediction in enumerate(predictions):
         ranked = prediction.classification.scores  # highest first
         for item in ranked:
-            scores[i, column[item.label]] = item.score
+            scores[i * width + column[item.label]] = item.score
         top.append(ranked[0].label.encode() if ranked else b"")
     for name in wanted:
         if name == "scores":
-            tensor = response.outputs.add(name="scores", datatype="FP32", shape=list(scores.shape))
-            tensor.parameters["labels"].string_param = json.dumps(label_names)
+            tensor = response.outputs.add(name="scores", datatype="FP32", shape=[len(predictions), width])
+            tensor.parameters["labels"].string_param = _labels_json(label_names)
             if raw:
+                if sys.byteorder == "big":
+                    scores.byteswap()  # OIP raw contents are little-endian
                 response.raw_output_contents.append(scores.tobytes())
             else:
-                tensor.contents.fp32_contents.extend(scores.ravel().tolist())
+                tensor.contents.fp32_contents.extend(scores)
         else:
             _add_bytes(response, "labels", top, raw)
 
@@ -495,7 +505,7 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
         response.parameters["model_version"].string_param = result.model_version
         raw = bool(request.raw_input_contents)
         if classify:
-            classification_outputs(response, result.predictions, list(version.label_names), wanted, raw)
+            classification_outputs(response, result.predictions, tuple(version.label_names), wanted, raw)
         else:
             _add_bytes(response, "text_output", [p.generation.text.encode() for p in result.predictions], raw)
         return response
