@@ -26,17 +26,16 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-import torch
 import tritonclient.grpc as triton
-from conftest import TINY_BASE_URI, RunningStack
+from conftest import RunningStack
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from support import CLS_TEMPLATE, GEN_TEMPLATE, MV, TINY_BASE_URI, assert_numerically_close, error_of
 from tritonclient.utils import InferenceServerException
 
 from textft import Client
-from textft.errors import NotFound, TextftError, from_rpc_error
-from textft.v1 import trainer_pb2
+from textft.errors import NotFound, from_rpc_error
 from textft_services.stack import _free_port, start_service
 
 pytestmark = pytest.mark.integration
@@ -72,12 +71,12 @@ def models(stack: RunningStack) -> Models:
         c.create_model(CLS, task="classification")
         c.create_model(GEN, task="generation")
         runs = [
-            c.train(CLS, cls_ds, "templates/gpt-neo-125m-lora-text-classification", **overrides).name,  # type: ignore[arg-type]
-            c.train(GEN, gen_ds, "templates/gpt-neo-125m-lora-text-generation", **overrides).name,  # type: ignore[arg-type]
+            c.train(CLS, cls_ds, CLS_TEMPLATE, **overrides).name,  # type: ignore[arg-type]
+            c.train(GEN, gen_ds, GEN_TEMPLATE, **overrides).name,  # type: ignore[arg-type]
         ]
         done = [c.wait(run, timeout=600) for run in runs]
         for version in done:
-            assert version.state == trainer_pb2.ModelVersion.STATE_READY, version.failure.message
+            assert version.state == MV.STATE_READY, version.failure.message
     return Models(runs[0], runs[1], list(done[0].label_names))
 
 
@@ -164,14 +163,6 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def error_of(call: Any) -> TextftError:
-    try:
-        call()
-    except TextftError as exc:
-        return exc
-    raise AssertionError("the call succeeded")
-
-
 def triton_status(call: Any) -> str:
     try:
         call()
@@ -243,7 +234,7 @@ def test_classification_equals_predict(
     expected = np.array(
         [[{s.label: s.score for s in p.classification.scores}[lab] for lab in models.labels] for p in want]
     )
-    torch.testing.assert_close(torch.tensor(scores), torch.tensor(expected, dtype=torch.float32))
+    assert_numerically_close(scores.copy(), expected.astype(np.float32))  # as_numpy views a read-only buffer
     assert [lab.decode() for lab in labels] == [p.classification.scores[0].label for p in want]
 
 
