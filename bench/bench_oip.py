@@ -214,12 +214,15 @@ def main(argv: list[str]) -> dict[str, Any]:
                     _timed(calls[kind], plans[kind][: args.clients * 2])
                 seconds: dict[str, list[float]] = {"predict": [], "oip": []}
                 cpu: dict[str, list[float]] = {"predict": [], "oip": []}
+                client_cpu: dict[str, list[float]] = {"predict": [], "oip": []}
                 rows = {"predict": [0.0, 0.0], "oip": [0.0, 0.0]}  # texts, forward passes
                 for r in range(args.rounds):
                     for kind in ("predict", "oip") if r % 2 == 0 else ("oip", "predict"):
                         cpu0, (texts0, passes0) = _cpu_s(inference_pid), batch_counts()
+                        own0 = _cpu_s(os.getpid())
                         seconds[kind].append(_timed(calls[kind], plans[kind]))
                         cpu[kind].append((_cpu_s(inference_pid) - cpu0) / len(texts))
+                        client_cpu[kind].append((_cpu_s(os.getpid()) - own0) / len(texts))
                         texts1, passes1 = batch_counts()
                         rows[kind][0] += texts1 - texts0
                         rows[kind][1] += passes1 - passes0
@@ -233,6 +236,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                 figures[f"{work}_server_cpu_ms_predict"] = round(1000 * statistics.median(cpu["predict"]), 2)
                 figures[f"{work}_server_cpu_ms_oip"] = round(1000 * statistics.median(cpu["oip"]), 2)
                 for kind in calls:
+                    figures[f"{work}_client_cpu_ms_{kind}"] = round(1000 * statistics.median(client_cpu[kind]), 2)
                     figures[f"{work}_texts_per_pass_{kind}"] = round(rows[kind][0] / max(1.0, rows[kind][1]), 1)
         finally:
             for c in channels:
@@ -266,6 +270,10 @@ def _print(f: dict[str, Any]) -> None:
             f"{f['cls_server_cpu_ms_predict']}, {f['cls_server_cpu_ms_oip']}",
         ),
         (
+            "  client CPU ms/request: Predict, ModelInfer",
+            f"{f['cls_client_cpu_ms_predict']}, {f['cls_client_cpu_ms_oip']}",
+        ),
+        (
             "  texts per forward pass: Predict, ModelInfer",
             f"{f['cls_texts_per_pass_predict']}, {f['cls_texts_per_pass_oip']}",
         ),
@@ -279,6 +287,10 @@ def _print(f: dict[str, Any]) -> None:
         (
             "  server CPU ms/request: Predict, ModelInfer",
             f"{f['gen_server_cpu_ms_predict']}, {f['gen_server_cpu_ms_oip']}",
+        ),
+        (
+            "  client CPU ms/request: Predict, ModelInfer",
+            f"{f['gen_client_cpu_ms_predict']}, {f['gen_client_cpu_ms_oip']}",
         ),
         (
             "  texts per forward pass: Predict, ModelInfer",

@@ -138,9 +138,31 @@ def _typed_fields_set(contents: oip_pb2.InferTensorContents) -> list[str]:
     return [field.name for field, _ in contents.ListFields()]
 
 
+def _one_text_raw(request: oip_pb2.ModelInferRequest) -> list[str] | None:
+    """What Triton's client sends for one text (the common case), decoded
+    without the general checks; None for anything else."""
+    if len(request.inputs) != 1 or len(request.raw_input_contents) != 1:
+        return None
+    tensor = request.inputs[0]
+    if tensor.name != INPUT or tensor.datatype != "BYTES" or list(tensor.shape) != [1] or tensor.parameters:
+        return None
+    if tensor.HasField("contents"):
+        return None
+    raw = request.raw_input_contents[0]
+    if len(raw) < 4 or _LENGTH.unpack_from(raw)[0] != len(raw) - 4:
+        return None
+    try:
+        return [raw[4:].decode("utf-8")]
+    except UnicodeDecodeError:
+        return None
+
+
 def texts_of(request: oip_pb2.ModelInferRequest) -> list[str]:
     """The `text` input as strings, from typed or raw contents, checked against
     its declared datatype and shape."""
+    fast = _one_text_raw(request)
+    if fast is not None:
+        return fast
     by_name: dict[str, int] = {}
     for i, tensor in enumerate(request.inputs):
         if tensor.name != INPUT:
