@@ -10,6 +10,8 @@ PY := $(VENV)/bin/python
 # CPU wheel pinned for CI and this machine; GPU users: make install TORCH_SPEC="torch"
 TORCH_SPEC ?= torch==2.13.0
 PROTOS := $(wildcard protos/textft/v1/*.proto)
+# The Open Inference Protocol (KServe v2), vendored unchanged (protos/textft/oip/v2/README.md).
+OIP_PROTOS := $(wildcard protos/textft/oip/v2/*.proto)
 STUBS_DIR := clients/python
 STAMP := $(VENV)/.installed
 
@@ -24,12 +26,13 @@ $(STAMP): clients/python/pyproject.toml services/pyproject.toml
 	$(PY) -m pip install -q -e "clients/python[plots]" -e "services[test,dev,demo]"
 	touch $(STAMP)
 
-# Stubs are generated into the SDK package (textft.v1), with .pyi type stubs.
+# Stubs are generated into the SDK package (textft.v1, textft.oip.v2), with .pyi type stubs.
 protos: $(STAMP) clients/python/textft/v1/.stamp
 
-clients/python/textft/v1/.stamp: $(PROTOS)
+# Also after a reinstall: the stubs must match the installed protobuf runtime.
+clients/python/textft/v1/.stamp: $(PROTOS) $(OIP_PROTOS) $(STAMP)
 	$(PY) -m grpc_tools.protoc -I protos --python_out=$(STUBS_DIR) --pyi_out=$(STUBS_DIR) \
-	  --grpc_python_out=$(STUBS_DIR) $(PROTOS)
+	  --grpc_python_out=$(STUBS_DIR) $(PROTOS) $(OIP_PROTOS)
 	touch $@
 
 # Fails when the generated stubs differ from what protos/ produces now.
@@ -69,4 +72,5 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .venv-deploy clients/python/textft/v1/*_pb2*.py* clients/python/textft/v1/.stamp .textft
+	rm -rf $(VENV) .venv-deploy clients/python/textft/v1/*_pb2*.py* clients/python/textft/oip/v2/*_pb2*.py* \
+	  clients/python/textft/v1/.stamp .textft

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -34,6 +34,7 @@ class Running:
     port: int
     health: health.HealthServicer
     service_names: list[str]
+    extra_ports: list[int] = field(default_factory=list)
 
     def stop(self, grace: float = 5.0) -> None:
         for name in [*self.service_names, ""]:
@@ -58,14 +59,29 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(pair, root_certificates=tls.client_ca.read_bytes(), require_client_auth=True)
 
 
+def blocking_health_servicer() -> health.HealthServicer:
+    """grpc.health.v1 with a blocking Watch, on purpose: grpcio-health's
+    non-blocking Watch sends under its state lock, and set() after a burst of
+    cancelled watches deadlocks against the server's poll thread (reproduced
+    with grpcio 1.7x; reworked upstream in grpc/grpc#43403). Watch needs a key
+    (AuthInterceptor), so only authorised callers hold a stream, as with
+    WatchModelVersion."""
+    return health.HealthServicer(experimental_non_blocking=False)
+
+
 def start_server(
     settings: Settings,
     port: int,
     register: Callable[[grpc.Server], list[str]],
     host: str | None = None,
+    health_servicer: health.HealthServicer | None = None,
+    extra_ports: Sequence[int] = (),
 ) -> Running:
     """Starts a server with the shared interceptors; `register` adds servicers
-    and returns their full service names (for health and reflection)."""
+    and returns their full service names (for health and reflection). A
+    servicer that reports readiness itself (the inference service's Open
+    Inference Protocol ServerReady) passes the health servicer it reads.
+    `extra_ports` are more ports of the same server (same host, TLS, auth)."""
     interceptors: list[grpc.ServerInterceptor] = []
     if settings.auth_enabled:
         interceptors.append(AuthInterceptor(settings.api_keys))
@@ -93,20 +109,26 @@ def start_server(
     # against the server's poll thread (reproduced with grpcio 1.7x; reworked
     # upstream in grpc/grpc#43403). Watch needs a key (AuthInterceptor), so
     # only authorised callers can hold a stream, like WatchModelVersion.
-    health_servicer = health.HealthServicer(experimental_non_blocking=False)
+    if health_servicer is None:
+        health_servicer = blocking_health_servicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in [*names, ""]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    address = f"{host or settings.host}:{port}"
+    bound = [_bind(server, settings, host or settings.host, p) for p in (port, *extra_ports)]
+    server.start()
+    return Running(server, bound[0], health_servicer, names, bound[1:])
+
+
+def _bind(server: grpc.Server, settings: Settings, host: str, port: int) -> int:
+    address = f"{host}:{port}"
     if settings.tls.enabled:
         bound = server.add_secure_port(address, server_credentials(settings.tls))
     else:
         bound = server.add_insecure_port(address)
     if bound == 0:
-        raise RuntimeError(f"could not bind {host or settings.host}:{port}")
-    server.start()
-    return Running(server, bound, health_servicer, names)
+        raise RuntimeError(f"could not bind {address}")
+    return bound
 
 
 def run_service(
@@ -114,20 +136,28 @@ def run_service(
     default_port: int,
     build: Callable[[Settings], tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]],
     argv: Sequence[str] | None = None,
+    health_servicer: health.HealthServicer | None = None,
+    extra_ports: Callable[[Settings], Sequence[int]] | None = None,
 ) -> None:
     """Entry point body of a service process. `build` returns the registrar and
-    a shutdown hook (stop queues, flush state) run before the server stops."""
+    a shutdown hook (stop queues, flush state) run before the server stops;
+    `extra_ports` picks more ports of the same server from the settings."""
     args = parse_args(service, default_port, argv)
     settings = Settings.from_env()
     setup_logging(service, settings.log_level, settings.log_format, settings.secrets())
     if not settings.auth_enabled:
         log.warning("auth is OFF (TEXTFT_AUTH=off): any caller can use this service")
     register, on_shutdown = build(settings)
-    running = start_server(settings, args.port, register, args.host)
+    more = list(extra_ports(settings)) if extra_ports else []
+    running = start_server(settings, args.port, register, args.host, health_servicer, more)
     host = args.host or settings.host
     tls = "mutual TLS" if settings.tls.client_ca else "TLS" if settings.tls.enabled else "plaintext"
     log.info("%s service listening on %s:%d (%s)", service, host, running.port, tls)
+    for port in running.extra_ports:
+        log.info("%s service also listening on %s:%d", service, host, port)
     ready: dict[str, Any] = {"service": service, "host": host, "port": running.port, "tls": settings.tls.enabled}
+    if running.extra_ports:
+        ready["extra_ports"] = running.extra_ports
     sys.stdout.write(READY_PREFIX + json.dumps(ready) + "\n")
     sys.stdout.flush()
 

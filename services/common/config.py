@@ -145,6 +145,10 @@ class Settings:
     inference_queue_size: int = 64
     # Base models held at once (each with its adapters); least recently used go first.
     inference_max_base_models: int = 2
+    # A second port of the inference server for Open Inference Protocol clients
+    # that expect one (Triton's default is 8001): the same server, so the same
+    # auth and TLS, and textft's API answers there too. 0: the main port only.
+    inference_oip_port: int = 0
     # Prometheus text format over HTTP at /metrics; 0 turns it off.
     metrics_port: int = 0
     # TLS of this service's server (TEXTFT_TLS_CERT/KEY, TEXTFT_TLS_CLIENT_CA).
@@ -206,6 +210,7 @@ class Settings:
             inference_max_batch_size=_int(env, "TEXTFT_INFERENCE_MAX_BATCH_SIZE", 32),
             inference_queue_size=_int(env, "TEXTFT_INFERENCE_QUEUE_SIZE", 64),
             inference_max_base_models=_int(env, "TEXTFT_INFERENCE_MAX_BASE_MODELS", 2),
+            inference_oip_port=_int(env, "TEXTFT_INFERENCE_OIP_PORT", 0),
             metrics_port=_int(env, "TEXTFT_METRICS_PORT", 0),
         )
 

@@ -16,10 +16,17 @@ from textft.errors import FieldViolation, TextftError
 
 log = logging.getLogger("textft.rpc")
 
-# The whole key-less surface: probes (Kubernetes, load balancers) call Check,
-# a cheap unary read. Health/Watch holds a stream open, so it needs a key like
-# everything else: key-less streams must not be able to pile up.
-AUTH_EXEMPT_METHODS = frozenset({"/grpc.health.v1.Health/Check"})
+# The whole key-less surface: the unary probes of Kubernetes, load balancers
+# and Open Inference Protocol gateways, cheap reads that hold nothing open.
+# Health/Watch holds a stream, so it needs a key like everything else:
+# key-less streams must not be able to pile up.
+AUTH_EXEMPT_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
+    }
+)
 # Library servicers with their own error handling, passed through as they are
 # (wrapping a handler drops what gRPC reads off its method, such as
 # grpcio-health's experimental_non_blocking).

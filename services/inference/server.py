@@ -1,5 +1,6 @@
-"""Inference service process: thin gRPC handlers over the Engine, plus the
-Prometheus endpoint (TEXTFT_METRICS_PORT)."""
+"""Inference service process: thin gRPC handlers over the Engine, the Open
+Inference Protocol façade (oip.py) on the same server, plus the Prometheus
+endpoint (TEXTFT_METRICS_PORT)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health
 
 from textft.errors import TextftError
 from textft.v1 import inference_pb2, inference_pb2_grpc
 
-from ..common.bootstrap import run_service
+from ..common.bootstrap import blocking_health_servicer, run_service
 from ..common.config import Settings
 from ..common.store import open_store
 from . import metrics as metrics_mod
+from . import oip
 from .engine import Engine
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,14 +117,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.ListLoadedModelVersionsResponse(model_versions=self.engine.loaded())
 
 
-def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
+def build(
+    settings: Settings, health_servicer: health.HealthServicer
+) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
     engine = Engine(settings, open_store(settings.store))
     servicer = InferenceServicer(engine)
+    oip_servicer = oip.OipServicer(engine, health_servicer)
     http = metrics_mod.serve(engine.metrics, settings.host, settings.metrics_port) if settings.metrics_port else None
 
     def register(server: grpc.Server) -> list[str]:
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
-        return [inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name]
+        oip.add_to_server(oip_servicer, server)
+        return [inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name, oip.SERVICE]
 
     def shutdown() -> None:
         engine.close()
@@ -132,7 +139,16 @@ def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Calla
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    run_service("inference", 50053, build, argv)
+    # One health servicer for the health service and OIP's ServerReady.
+    probe = blocking_health_servicer()
+    run_service(
+        "inference",
+        50053,
+        functools.partial(build, health_servicer=probe),
+        argv,
+        probe,
+        lambda settings: [settings.inference_oip_port] if settings.inference_oip_port else [],
+    )
 
 
 if __name__ == "__main__":
