@@ -42,6 +42,25 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
 
 
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ValueError(f"environment variable {name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _device(env: dict[str, str]) -> str:
+    from .devices import check_spec  # no torch import: spelling only
+
+    device = env.get("TEXTFT_INFERENCE_DEVICE", "").strip().lower() or "auto"
+    dtype = env.get("TEXTFT_INFERENCE_DTYPE", "").strip().lower() or "auto"
+    try:
+        check_spec(device, dtype)
+    except ValueError as exc:
+        raise ValueError(f"TEXTFT_INFERENCE_DEVICE / TEXTFT_INFERENCE_DTYPE: {exc}") from None
+    return device
+
+
 def _path(env: dict[str, str], name: str) -> Path | None:
     raw = env.get(name, "").strip()
     return Path(raw).expanduser() if raw else None
@@ -149,6 +168,21 @@ class Settings:
     # that expect one (Triton's default is 8001): the same server, so the same
     # auth and TLS, and textft's API answers there too. 0: the main port only.
     inference_oip_port: int = 0
+    # Generation: "continuous" (iteration-level: requests join a running batch
+    # between decoding steps and leave it when done) or "static" (the
+    # micro-batching lane above, one generate() per batch; kept for comparison).
+    inference_generation_batching: str = "continuous"
+    # Tokens in flight (prompt + max_new_tokens of every running row) bound the
+    # running batch, as do max_batch_size rows; a row that fits no budget runs alone.
+    inference_max_batch_tokens: int = 16384
+    # Stop sequences per request, and characters per stop sequence.
+    inference_max_stop_sequences: int = 4
+    inference_max_stop_chars: int = 64
+    # Where models run (services/common/devices.py): auto (CUDA, MPS, CPU),
+    # cpu, mps, cuda, cuda:N, or sharded (device_map="auto" over the GPUs);
+    # dtype auto (bf16 where supported, else fp16 on GPU, fp32 on CPU) or explicit.
+    inference_device: str = "auto"
+    inference_dtype: str = "auto"
     # Prometheus text format over HTTP at /metrics; 0 turns it off.
     metrics_port: int = 0
     # TLS of this service's server (TEXTFT_TLS_CERT/KEY, TEXTFT_TLS_CLIENT_CA).
@@ -211,6 +245,14 @@ class Settings:
             inference_queue_size=_int(env, "TEXTFT_INFERENCE_QUEUE_SIZE", 64),
             inference_max_base_models=_int(env, "TEXTFT_INFERENCE_MAX_BASE_MODELS", 2),
             inference_oip_port=_int(env, "TEXTFT_INFERENCE_OIP_PORT", 0),
+            inference_generation_batching=_choice(
+                env, "TEXTFT_INFERENCE_GENERATION_BATCHING", "continuous", ("continuous", "static")
+            ),
+            inference_max_batch_tokens=_int(env, "TEXTFT_INFERENCE_MAX_BATCH_TOKENS", 16384),
+            inference_max_stop_sequences=_int(env, "TEXTFT_INFERENCE_MAX_STOP_SEQUENCES", 4),
+            inference_max_stop_chars=_int(env, "TEXTFT_INFERENCE_MAX_STOP_CHARS", 64),
+            inference_device=_device(env),
+            inference_dtype=env.get("TEXTFT_INFERENCE_DTYPE", "auto").strip().lower() or "auto",
             metrics_port=_int(env, "TEXTFT_METRICS_PORT", 0),
         )
 

@@ -28,10 +28,11 @@ from textft import Client
 from textft.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from textft.v1 import common_pb2, inference_pb2, trainer_pb2
 
-from ..common import basemodels, names
+from ..common import basemodels, devices, names
 from ..common.config import Settings
 from ..common.store import ObjectStore
 from .batcher import CLASSIFY, GENERATE, STREAM, Admission, Lane, Work
+from .continuous import ContinuousBatcher, Row
 from .metrics import InferenceMetrics
 from .mixed import MixedLoRA
 
@@ -56,7 +57,9 @@ class Base:
     tokenizer: Any = field(repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
     adapters: set[str] = field(default_factory=set)
-    lane: Lane | None = None
+    lane: Lane | None = None  # classification, and generation when batching is static
+    gen: ContinuousBatcher | None = None  # generation when batching is continuous
+    device: Any = None  # where inputs go (torch.device)
     mixed_ok: bool = True  # PEFT mixed-adapter batches work on this model
     mixer: MixedLoRA = field(default_factory=MixedLoRA, repr=False)  # mixed-adapter batches (mixed.py)
 
@@ -107,6 +110,16 @@ class Engine:
         self.load_lock = threading.RLock()  # cold loads and drops, one at a time
         self.admission = Admission(settings.inference_queue_size, self.metrics)
         self.resolved: dict[str, tuple[float, trainer_pb2.ModelVersion]] = {}
+        self.continuous = settings.inference_generation_batching == "continuous"
+        self._placement: devices.Placement | None = None
+
+    @property
+    def placement(self) -> devices.Placement:
+        """Device and dtype of every base model (chosen once, on the first load)."""
+        if self._placement is None:
+            self._placement = devices.place(self.settings.inference_device, self.settings.inference_dtype)
+            log.info("inference models run on %s", self._placement.describe())
+        return self._placement
 
     # ---- resolution ----
     def resolve(self, name: str, field_name: str = "model_version") -> trainer_pb2.ModelVersion:
@@ -192,7 +205,11 @@ class Engine:
         started = time.monotonic()
         base_name, task, num_labels = key
         path = basemodels.resolve(base_name, self.store, self.settings.base_model_cache)
-        kwargs = {k: v for k, v in meta["model_config"].items() if k != "pretrained_model_name_or_path"}
+        # The device and dtype are this server's choice (TEXTFT_INFERENCE_DEVICE/DTYPE), not the training run's.
+        skip = {"pretrained_model_name_or_path", "dtype", "torch_dtype", "device_map"}
+        kwargs = {k: v for k, v in meta["model_config"].items() if k not in skip}
+        placement = self.placement
+        kwargs.update(placement.load_kwargs())
         tokenizer = AutoTokenizer.from_pretrained(str(local))  # saved with the adapter
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -205,8 +222,23 @@ class Engine:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
             if model.config.pad_token_id is None:
                 model.config.pad_token_id = tokenizer.pad_token_id
+        if not placement.sharded:
+            model.to(placement.device)
         model.eval()
-        base = Base(key, model, tokenizer)
+        base = Base(key, model, tokenizer, device=devices.input_device(model))
+        if task == "TEXT_GENERATION" and self.continuous:
+            base.gen = ContinuousBatcher(
+                f"{base_name}:{task}",
+                lambda *args: self._step(base, *args),
+                base.device,
+                tokenizer.pad_token_id,
+                getattr(model.config, "max_position_embeddings", None),
+                self.admission,
+                self.metrics,
+                self.settings.inference_max_batch_size,
+                self.settings.inference_max_batch_tokens,
+                lambda: not base.mixed_ok,
+            )
         base.lane = Lane(
             f"{base_name}:{task}:{num_labels}",
             lambda works: self._run(base, works),
@@ -311,6 +343,8 @@ class Engine:
                     self.bases.pop(base.key, None)
                 if base.lane is not None:
                     base.lane.close()
+                if base.gen is not None:
+                    base.gen.close()
                 log.info("unloaded base model %s (%s)", base.key[0], base.key[1])
         shutil.rmtree(self.cache_dir / adapter.adapter_name, ignore_errors=True)
         log.info("unloaded %s", adapter.version)
@@ -353,6 +387,8 @@ class Engine:
         for base in bases:
             if base.lane is not None:
                 base.lane.close()
+            if base.gen is not None:
+                base.gen.close()
 
     # ---- requests ----
     def check_inputs(
@@ -381,6 +417,14 @@ class Engine:
             raise InvalidArgument.for_field("generation.top_p", "must be in [0, 1]")
         if params.top_k < 0:
             raise InvalidArgument.for_field("generation.top_k", "must be 0 (off) or positive")
+        most, longest = self.settings.inference_max_stop_sequences, self.settings.inference_max_stop_chars
+        if len(params.stop) > most:
+            raise InvalidArgument.for_field("generation.stop", f"at most {most} stop sequences, got {len(params.stop)}")
+        for i, stop in enumerate(params.stop):
+            if len(stop) > longest:
+                raise InvalidArgument.for_field(
+                    f"generation.stop[{i}]", f"{len(stop)} characters, the limit is {longest}"
+                )
 
     def _work(self, adapter: Adapter, kind: str, texts: list[str], params: Any, deadline: float | None) -> Work:
         if kind == CLASSIFY:
@@ -422,7 +466,10 @@ class Engine:
         try:
             kind = CLASSIFY if adapter.task == "TEXT_CLASSIFICATION" else GENERATE
             work = self._work(adapter, kind, texts, params, deadline)
-            self._submit(work, on_done)
+            if kind == GENERATE and adapter.base.gen is not None:
+                self._join(work, on_done)
+            else:
+                self._submit(work, on_done)
             predictions = work.future.result()
         finally:
             self.release(adapter)
@@ -448,10 +495,102 @@ class Engine:
                     "model_version", f"{adapter.version} is a {adapter.task} model; PredictStream is for generation"
                 )
             work = self._work(adapter, STREAM, [text], params, deadline)
-            self._submit(work, on_done)
-            yield from self._relay(work)
+            if adapter.base.gen is not None:
+                self._join(work, on_done)
+                yield from self._relay_rows(work)
+            else:
+                self._submit(work, on_done)
+                yield from self._relay(work)
         finally:
             self.release(adapter)
+
+    # ---- continuous batching (continuous.py runs the loop; these are the RPC side and the forward) ----
+    def _rows(self, work: Work) -> list[Row]:
+        """The request's texts as rows: prompts tokenized here, on the RPC's thread, not the loop's."""
+        import torch
+
+        adapter, params = work.adapter, work.params
+        tokenizer = adapter.base.tokenizer
+        prompts = [adapter.prompt_template.format(text=t) for t in work.texts]
+        encoded = tokenizer(prompts, truncation=True, max_length=adapter.max_length)["input_ids"]
+        fallback = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        stops = tuple(s for s in params.stop if s)
+        rows = []
+        for i, ids in enumerate(encoded):
+            generator = None
+            if params.temperature > 0 and params.HasField("seed"):
+                # Each row its own stream of random numbers: the same seed gives the same text whatever shares the batch.
+                generator = torch.Generator(device=adapter.base.device).manual_seed(params.seed + i)
+            rows.append(
+                Row(
+                    work=work,
+                    index=i,
+                    prompt=list(ids) or fallback,
+                    adapter_name=adapter.adapter_name,
+                    max_new=params.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                    tokenizer=tokenizer,
+                    eos=None if params.ignore_eos else tokenizer.eos_token_id,
+                    stops=stops,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    generator=generator,
+                )
+            )
+        return rows
+
+    def _join(self, work: Work, on_done: OnRpcDone | None) -> None:
+        gen = work.adapter.base.gen
+        assert gen is not None
+        gen.submit(work, self._rows(work))
+        if on_done is not None and not on_done(lambda: gen.abandon(work)):
+            gen.abandon(work)  # the RPC had already ended
+
+    def _relay_rows(self, work: Work) -> Iterator[inference_pb2.PredictStreamResponse]:
+        """The stream's text deltas as the loop produces them, then the finish."""
+        assert work.events is not None
+        while True:
+            kind, value = work.events.get()
+            if kind == "error":
+                raise value
+            if kind == "end":
+                finish, tokens = value
+                yield inference_pb2.PredictStreamResponse(finish_reason=finish, generated_tokens=tokens)
+                return
+            yield inference_pb2.PredictStreamResponse(text=value)
+
+    def _step(self, base: Base, names: list[str], ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        """One forward of a running batch (prefill or decode), each row with its
+        adapter; the last position's logits. Called by the loop thread, which is
+        already in inference mode."""
+        model = base.model
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "cache": cache,
+            "use_cache": True,
+        }
+        unique = list(dict.fromkeys(names))
+        with base.lock:  # classification lanes and adapter loads share the model
+            if len(unique) == 1:
+                self._activate(base, unique[0])
+                out = model(**inputs)
+            else:
+                if model.active_adapter not in unique:
+                    self._activate(base, unique[0])
+                if base.mixer.supported:
+                    with base.mixer.rows(names):
+                        out = model(**inputs)
+                else:
+                    try:
+                        out = model(**inputs, adapter_names=names)  # PEFT's own mixed-adapter path
+                    except (TypeError, ValueError) as exc:
+                        # Rows of one adapter per step from now on (the batcher asks mixed_ok).
+                        log.warning("mixed-adapter batches unsupported on %s (%s)", base.key[0], exc)
+                        base.mixed_ok = False
+                        raise
+        return out.logits[:, -1]
 
     def _relay(self, work: Work) -> Iterator[inference_pb2.PredictStreamResponse]:
         tokenizer = work.adapter.base.tokenizer
@@ -580,7 +719,7 @@ class Engine:
             texts, return_tensors="pt", padding=True, truncation=True, max_length=works[0].adapter.max_length
         )
         extra = {"adapter_names": names} if names is not None else {}
-        logits = base.model(**batch.to(base.model.device), **extra, use_cache=False).logits.float()
+        logits = base.model(**batch.to(base.device), **extra, use_cache=False).logits.float()
         # Scores and their order for the whole batch at once, one tolist() each.
         multi = [w.adapter.multi_label for w in row_works]
         if all(multi):
@@ -588,7 +727,7 @@ class Engine:
         elif not any(multi):
             scores = torch.softmax(logits, dim=-1)
         else:
-            flags = torch.tensor(multi).unsqueeze(1)
+            flags = torch.tensor(multi, device=logits.device).unsqueeze(1)
             scores = torch.where(flags, torch.sigmoid(logits), torch.softmax(logits, dim=-1))
         order = torch.argsort(scores, dim=-1, descending=True, stable=True)
         ranked = torch.gather(scores, -1, order).tolist()
@@ -633,7 +772,7 @@ class Engine:
         if params.HasField("seed"):
             torch.manual_seed(params.seed)
         extra = {"adapter_names": names} if names is not None else {}
-        generated = base.model.generate(**batch.to(base.model.device), **extra, **self._generate_kwargs(base, params))
+        generated = base.model.generate(**batch.to(base.device), **extra, **self._generate_kwargs(base, params))
         new_tokens = generated[:, batch["input_ids"].shape[1] :]
         out = []
         for work, ids in zip(row_works, new_tokens.tolist(), strict=True):
@@ -697,7 +836,7 @@ class Engine:
                 if work.params.HasField("seed"):
                     torch.manual_seed(work.params.seed)
                 base.model.generate(
-                    **batch.to(base.model.device),
+                    **batch.to(base.device),
                     streamer=relay,
                     stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
                     **self._generate_kwargs(base, work.params),

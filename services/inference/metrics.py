@@ -132,6 +132,12 @@ class InferenceMetrics:
         self.loaded_bases = Gauge(p + "loaded_base_models", "Base models in memory.")
         self.adapter_bytes = Gauge(p + "adapter_bytes", "Adapter weight bytes in the cache.")
         self.generated_tokens = Counter(p + "generated_tokens_total", "Tokens generated (Predict and PredictStream).")
+        self.running_rows = Gauge(p + "running_rows", "Rows in the continuous running batch.", ["base"])
+        self.tokens_in_flight = Gauge(
+            p + "tokens_in_flight", "Prompt + max_new_tokens of the running batch's rows.", ["base"]
+        )
+        self.decode_steps = Counter(p + "decode_steps_total", "Decoding steps of continuous batches.")
+        self.prefill_tokens = Counter(p + "prefill_tokens_total", "Prompt tokens prefilled into running batches.")
         self.streams = Counter(p + "streams_total", "PredictStream generations by how they ended.", ["outcome"])
         self.all: list[_Metric] = [v for v in vars(self).values() if isinstance(v, _Metric)]
 

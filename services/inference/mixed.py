@@ -49,8 +49,9 @@ class MixedLoRA:
         self.names: list[str] | None = None
         self.supported = True  # every adapter layer of the model is wrapped
         self._stacks: dict[int, tuple[tuple[str, ...], Any, Any]] = {}
-        self._slots: dict[tuple[str, ...], Any] = {}
+        self._slots: dict[tuple[tuple[str, ...], Any], Any] = {}
         self._gathered: dict[int, tuple[Any, Any, Any]] = {}  # per layer, within rows(): the batch's weights
+        self._kept: tuple[tuple[str, ...], dict[int, tuple[Any, Any, Any]]] | None = None  # the last rows()'
 
     # ---- setup ----
     def install(self, model: Any) -> bool:
@@ -76,6 +77,7 @@ class MixedLoRA:
         layer's stack is rebuilt anyway once its adapters change (and the engine
         never reuses an adapter name), so this only frees memory early."""
         self._stacks.clear()
+        self._kept = None
 
     def _wrap(self, module: Any, forward: Any) -> None:
         if getattr(module, STACK_ATTR, False):
@@ -90,24 +92,29 @@ class MixedLoRA:
 
     @contextlib.contextmanager
     def rows(self, names: list[str]) -> Iterator[None]:
-        """Within: wrapped layers apply adapter names[i] to row i."""
-        self.names, self._slots, self._gathered = names, {}, {}
+        """Within: wrapped layers apply adapter names[i] to row i. The joined
+        weights of the last `names` are kept for the next call with the same
+        rows (continuous batching runs one forward per decoding step)."""
+        key = tuple(names)
+        kept = self._kept if self._kept is not None and self._kept[0] == key else None
+        self.names, self._slots, self._gathered = names, {}, kept[1] if kept else {}
         try:
             yield
+            self._kept = (key, self._gathered)
         finally:
             self.names, self._slots, self._gathered = None, {}, {}
 
     # ---- forwards ----
-    def _slot_index(self, keys: tuple[str, ...]) -> Any:
-        """Row -> its adapter's slot among `keys` (every row's adapter is there)."""
-        index = self._slots.get(keys)
+    def _slot_index(self, keys: tuple[str, ...], device: Any) -> Any:
+        """Row -> its adapter's slot among `keys` (every row's adapter is there), on `device`."""
+        index = self._slots.get((keys, device))
         if index is None:
             import torch
 
             assert self.names is not None
             where = {k: i for i, k in enumerate(keys)}
-            index = torch.tensor([where[n] for n in self.names], dtype=torch.long)
-            self._slots[keys] = index
+            index = torch.tensor([where[n] for n in self.names], dtype=torch.long, device=device)
+            self._slots[(keys, device)] = index
         return index
 
     def _lora_stack(self, layer: Any) -> tuple[tuple[str, ...], list[Any], list[Any]] | None:
@@ -155,12 +162,13 @@ class MixedLoRA:
         columns, span = {}, 0
         for i in used:
             columns[keys[i]], span = (span, span + a_list[i].shape[1]), span + a_list[i].shape[1]
+        # Built on the host and copied once: per-row writes on a GPU would each be a kernel launch.
         mask = torch.zeros(len(self.names), 1, span, dtype=a_cat.dtype)
         for row, name in enumerate(self.names):
             if name in columns:
                 lo, hi = columns[name]
                 mask[row, 0, lo:hi] = 1
-        return a_cat, b_cat, mask
+        return a_cat, b_cat, mask.to(a_cat.device, non_blocking=True)
 
     def _lora_forward(self, layer: Any, original: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         names = self.names
@@ -220,7 +228,7 @@ class MixedLoRA:
         ):
             return original(x, *args, adapter_names=names, **kwargs)
         keys, weights, bias = stack
-        index = self._slot_index(keys)
+        index = self._slot_index(keys, weights.device)
         rows = x.reshape(x.shape[0], -1, x.shape[-1]).to(weights.dtype)
         out = torch.bmm(rows, weights[index])
         if bias is not None:

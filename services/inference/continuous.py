@@ -1,0 +1,496 @@
+"""Continuous (iteration-level) batching for generation, after TGI's CausalLM
+batches (server/text_generation_server/models/causal_lm.py).
+
+One loop thread per base model keeps a running batch: every row's last token,
+a left-padded attention mask and a transformers DynamicCache whose keys and
+values are right-aligned, so every row's tokens end at the same column. Each
+iteration of the loop:
+
+1. drops rows whose request went away (cancelled RPC, passed deadline);
+2. admits waiting rows, first come first served, while the batch stays within
+   `max_rows` rows and `max_tokens` tokens in flight (prompt + max_new_tokens
+   of every row); a row bigger than the whole budget runs alone. The new rows
+   are prefilled together (left-padded, each with its own position ids), take
+   their first token, and their cache is concatenated onto the running one,
+   left-padding whichever is shorter (TGI's `CausalLMBatch.concatenate`);
+3. runs one decoding step for every row, each row with its own adapter (the
+   mixed-adapter layers of mixed.py), sampling parameters and seed;
+4. removes finished rows (EOS, a stop sequence, max_new_tokens, the model's
+   context) and the left columns no remaining row uses
+   (`CausalLMBatch.filter`).
+
+Text is detokenized incrementally per row (TGI's prefix/read offsets) and stop
+sequences are looked for only in the text that is new since the last token
+(plus the stop's length less one, so one that straddles two tokens is seen).
+Streams get text deltas as they are produced, holding back a tail that may
+begin a stop sequence; a unary request's rows complete it together.
+
+Results equal one-by-one generation: padded columns are masked out, position
+ids count each row's own tokens, and greedy decoding takes the same argmax
+(tests/test_inference_continuous.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from textft.errors import Cancelled, DeadlineExceeded, TextftError, Unavailable
+from textft.v1 import inference_pb2
+
+from .batcher import STREAM, Admission, Work
+from .metrics import InferenceMetrics
+
+log = logging.getLogger("textft.inference.continuous")
+Gen = inference_pb2.Generation
+
+# forward(adapter names per row, input_ids, attention_mask, position_ids, cache) -> last-position logits (rows x vocab)
+Forward = Callable[[list[str], Any, Any, Any, Any], Any]
+
+
+@dataclass(eq=False, repr=False)
+class Row:
+    """One text of a request, from admission to its finish."""
+
+    work: Work
+    index: int  # its position among the request's texts
+    prompt: list[int]  # token ids
+    adapter_name: str
+    max_new: int
+    tokenizer: Any = field(repr=False)
+    eos: int | None = None  # None: ignore_eos (EOS is never sampled)
+    stops: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 0.0
+    top_k: int = 0
+    generator: Any = None  # a seeded torch.Generator, or None (the global RNG)
+    ids: list[int] = field(default_factory=list)
+    text: str = ""  # decoded so far (complete characters only)
+    sent: int = 0  # characters of text already streamed
+    finish: int = Gen.FINISH_REASON_UNSPECIFIED
+    pending: Pending | None = None  # its request's bookkeeping, once admitted
+    _prefix: int = 0  # incremental detokenization offsets (TGI's decode_token)
+    _read: int = 0
+
+    @property
+    def cost(self) -> int:
+        """Tokens this row may hold in the cache."""
+        return len(self.prompt) + self.max_new
+
+    @property
+    def done(self) -> bool:
+        return self.finish != Gen.FINISH_REASON_UNSPECIFIED
+
+    def push(self, token: int) -> str:
+        """Takes one generated token; returns the text a stream may send now."""
+        if self.eos is not None and token == self.eos:
+            self.finish = Gen.FINISH_REASON_EOS
+            return self._flush()
+        self.ids.append(token)
+        before = len(self.text)
+        self.text += self._decode()
+        if self.stops:
+            # Only new text can complete a stop sequence: search from where one ending in it could start.
+            longest = max(len(s) for s in self.stops)
+            start = max(0, before - longest + 1)
+            cuts = [c for c in (self.text.find(s, start) for s in self.stops) if c >= 0]
+            if cuts:
+                self.text = self.text[: min(cuts)]
+                self.finish = Gen.FINISH_REASON_STOP
+                return self._take(len(self.text))
+        if len(self.ids) >= self.max_new:
+            self.finish = Gen.FINISH_REASON_LENGTH
+            return self._flush()
+        return self._take(self._ready())
+
+    def _decode(self) -> str:
+        prefix = self.tokenizer.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        new = self.tokenizer.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if len(new) > len(prefix) and not new.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return new[len(prefix) :]
+        return ""  # an incomplete character: wait for the next token
+
+    def _flush(self) -> str:
+        """At the end: whatever the last tokens decode to, complete or not."""
+        prefix = self.tokenizer.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        new = self.tokenizer.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if len(new) > len(prefix):
+            self.text += new[len(prefix) :]
+            self._prefix = self._read = len(self.ids)
+        return self._take(len(self.text))
+
+    def _ready(self) -> int:
+        """How much of the text may be streamed: all but a tail that begins a stop sequence."""
+        ready = len(self.text)
+        for s in self.stops:
+            for n in range(min(len(s) - 1, ready - self.sent), 0, -1):
+                if self.text.endswith(s[:n]):
+                    ready = min(ready, len(self.text) - n)
+                    break
+        return ready
+
+    def _take(self, upto: int) -> str:
+        if upto <= self.sent:
+            return ""
+        delta, self.sent = self.text[self.sent : upto], upto
+        return delta
+
+
+@dataclass(eq=False)
+class Pending:
+    """A request waiting for (some of) its rows to be admitted."""
+
+    work: Work
+    rows: deque[Row]
+    results: list[Any]
+    left: int  # rows not yet finished
+
+
+class Running:
+    """The running batch: rows, their last tokens, mask and KV cache (all on one device)."""
+
+    def __init__(self, rows: list[Row], last: Any, mask: Any, cache: Any) -> None:
+        self.rows, self.last, self.mask, self.cache = rows, last, mask, cache
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.cost for r in self.rows)
+
+    def concatenate(self, other: Running) -> None:
+        """Appends `other`'s rows, left-padding the shorter mask and cache."""
+        import torch
+
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def pad(x: Any, n: int, dim: int) -> Any:
+            if n == 0:
+                return x
+            shape = list(x.shape)
+            shape[dim] = n
+            return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+        self.mask = torch.cat(
+            [pad(self.mask, width - self.mask.shape[1], 1), pad(other.mask, width - other.mask.shape[1], 1)]
+        )
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            for attr in ("keys", "values"):
+                a, b = getattr(mine, attr), getattr(theirs, attr)
+                setattr(mine, attr, torch.cat([pad(a, width - a.shape[2], 2), pad(b, width - b.shape[2], 2)]))
+        self.last = torch.cat([self.last, other.last])
+        self.rows += other.rows
+
+    def filter(self, keep: list[int]) -> None:
+        """Keeps rows `keep` (in order) and drops the left columns none of them uses."""
+        import torch
+
+        if len(keep) != len(self.rows):
+            index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+            self.rows = [self.rows[i] for i in keep]
+            self.last, self.mask = self.last[index], self.mask[index]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[index], layer.values[index]
+        used = self.mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else self.mask.shape[1]
+        if start > 0:
+            self.mask = self.mask[:, start:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+
+
+def sample(logits: Any, rows: list[Row]) -> list[int]:
+    """One token per row: argmax for greedy rows; temperature, top-k and top-p
+    (then each row's own generator) for sampling rows. EOS is masked for rows
+    that ignore it, as generate()'s min_new_tokens does."""
+    import torch
+
+    logits = logits.float()
+    banned = [i for i, r in enumerate(rows) if r.eos is None]
+    if banned:
+        eos_id = rows[banned[0]].tokenizer.eos_token_id
+        if eos_id is not None:
+            logits[banned, eos_id] = -float("inf")
+    tokens = logits.argmax(dim=-1)
+    sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
+    if not sampled:
+        return tokens.tolist()
+    out = tokens.tolist()
+    for i in sampled:
+        row = rows[i]
+        scores = logits[i] / row.temperature
+        if row.top_k:
+            kth = torch.topk(scores, min(row.top_k, scores.shape[-1])).values[-1]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+        if 0 < row.top_p < 1:
+            ordered, order = torch.sort(scores, descending=True)
+            cumulative = ordered.softmax(-1).cumsum(-1)
+            drop = cumulative - ordered.softmax(-1) > row.top_p  # keep the smallest set reaching top_p
+            scores = scores.scatter(0, order, ordered.masked_fill(drop, -float("inf")))
+        probs = scores.softmax(-1)
+        out[i] = int(torch.multinomial(probs, 1, generator=row.generator))
+    return out
+
+
+class ContinuousBatcher:
+    """The waiting queue and running batch of one base model's generations."""
+
+    def __init__(
+        self,
+        name: str,
+        forward: Forward,
+        device: Any,
+        pad_id: int,
+        max_positions: int | None,
+        admission: Admission,
+        metrics: InferenceMetrics,
+        max_rows: int,
+        max_tokens: int,
+        one_adapter_at_a_time: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.name = name
+        self.forward = forward
+        self.device = device
+        self.pad_id = pad_id
+        self.max_positions = max_positions
+        self.admission = admission
+        self.metrics = metrics
+        self.max_rows = max(1, max_rows)
+        self.max_tokens = max(1, max_tokens)
+        self.one_adapter = one_adapter_at_a_time  # mixed-adapter steps unsupported on this model
+        self.waiting: deque[Pending] = deque()
+        self.running: Running | None = None
+        self.cond = threading.Condition()
+        self.closed = False
+        self.steps = 0  # decoding steps run (tests and the bench read it)
+        self.thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
+        self.thread.start()
+
+    # ---- the RPC side ----
+    def submit(self, work: Work, rows: list[Row]) -> None:
+        if work.expired():
+            self.metrics.dropped.inc(reason="deadline")
+            raise DeadlineExceeded("the request's deadline passed before it was queued")
+        if self.max_positions is not None:
+            for row in rows:  # the model's context bounds the prompt and what follows it
+                row.prompt = row.prompt[-(self.max_positions - 1) :]
+                row.max_new = max(1, min(row.max_new, self.max_positions - len(row.prompt)))
+        pending = Pending(work, deque(rows), [None] * len(rows), len(rows))
+        with self.cond:
+            if self.closed:
+                raise Unavailable("the base model was just unloaded; retry", reason="BASE_MODEL_UNLOADED")
+            self.admission.acquire()
+            self.waiting.append(pending)
+            self.cond.notify()
+
+    def abandon(self, work: Work) -> None:
+        """The RPC ended: a waiting request leaves the queue now, a running one
+        at the next step (the loop sees `cancelled`)."""
+        work.cancelled.set()
+        if work.future.done():
+            return
+        with self.cond:
+            self.cond.notify()  # the loop may be idle-waiting on a queue that held only this request
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            waiting = list(self.waiting)
+            self.waiting.clear()
+            self.admission.release(len(waiting))
+            self.cond.notify_all()
+        for pending in waiting:
+            pending.work.fail(Unavailable("the base model was unloaded while the request waited; retry"))
+
+    # ---- the loop ----
+    def _loop(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                with self.cond:
+                    while not self.closed and not self.waiting and self.running is None:
+                        self.cond.wait()
+                    if self.closed:
+                        break
+                try:
+                    self._iterate()
+                except Exception as exc:  # the RPCs map it to INTERNAL (or its own status); details stay here
+                    if not isinstance(exc, TextftError):
+                        log.exception("generation step failed on %s", self.name)
+                    self._fail_all(exc)
+        if self.running is not None:
+            self._fail_all(Unavailable("the base model was unloaded during generation; retry"))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        works = {r.work for r in self.running.rows} if self.running is not None else set()
+        self.running = None
+        for work in works:
+            work.fail(exc)
+        self._export()
+
+    def _iterate(self) -> None:
+        self._drop_gone()
+        new = self._admit()
+        if new:
+            self._prefill(new)
+        if self.running is not None and self.running.rows:
+            self._step()
+        self._export()
+
+    def _export(self) -> None:
+        rows = len(self.running.rows) if self.running is not None else 0
+        self.metrics.running_rows.set(rows, base=self.name)
+        self.metrics.tokens_in_flight.set(self.running.tokens if self.running is not None else 0, base=self.name)
+
+    def _drop_gone(self) -> None:
+        """Rows whose request was cancelled or timed out leave the batch: no step is spent on them."""
+        running = self.running
+        if running is None:
+            return
+        now = time.monotonic()
+        gone = {r.work for r in running.rows if r.work.cancelled.is_set() or r.work.expired(now)}
+        if not gone:
+            return
+        for work in gone:
+            reason = "deadline" if work.expired(now) else "cancelled"
+            self._end_stream(work, reason)
+            work.fail(DeadlineExceeded("deadline exceeded") if reason == "deadline" else Cancelled("cancelled"))
+        self._remove([i for i, r in enumerate(running.rows) if r.work not in gone])
+
+    def _remove(self, keep: list[int]) -> None:
+        assert self.running is not None
+        if not keep:
+            self.running = None
+        else:
+            self.running.filter(keep)
+
+    def _admit(self) -> list[Row]:
+        """Waiting rows that fit the budget, first come first served (the head
+        is never overtaken, so a big request cannot be starved)."""
+        now = time.monotonic()
+        rows = len(self.running.rows) if self.running is not None else 0
+        tokens = self.running.tokens if self.running is not None else 0
+        adapters = {r.adapter_name for r in self.running.rows} if self.running is not None else set()
+        taken: list[Row] = []
+        with self.cond:
+            while self.waiting:
+                pending = self.waiting[0]
+                work = pending.work
+                if work.cancelled.is_set() or work.expired(now):
+                    # Dropped before (more) compute is spent on it; rows already running leave at the next step.
+                    self.waiting.popleft()
+                    self.admission.release()
+                    reason = "deadline" if work.expired(now) else "cancelled"
+                    if len(pending.rows) == len(pending.results):
+                        self.metrics.dropped.inc(reason=reason)
+                    expired = DeadlineExceeded("deadline exceeded while queued")
+                    work.fail(expired if reason == "deadline" else Cancelled("cancelled"))
+                    continue
+                row = pending.rows[0]
+                if self.one_adapter():
+                    names = adapters | {r.adapter_name for r in taken}
+                    if names and row.adapter_name not in names:
+                        break
+                empty = rows == 0 and not taken
+                if not empty and (rows + 1 > self.max_rows or tokens + row.cost > self.max_tokens):
+                    break
+                pending.rows.popleft()
+                row.pending = pending
+                taken.append(row)
+                rows, tokens = rows + 1, tokens + row.cost
+                if not pending.rows:
+                    self.waiting.popleft()
+                    self.admission.release()
+        return taken
+
+    def _prefill(self, rows: list[Row]) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(r.prompt) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt, dtype=torch.long)
+            mask[i, width - len(row.prompt) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+        cache = DynamicCache()
+        names = [r.adapter_name for r in rows]
+        logits = self.forward(names, ids, mask, positions, cache)
+        self.metrics.batch_rows.observe(len(rows))
+        self.metrics.batch_requests.observe(len({id(r.work) for r in rows}))
+        self.metrics.batch_adapters.observe(len(set(names)))
+        self.metrics.prefill_tokens.inc(sum(len(r.prompt) for r in rows))
+        batch = Running(rows, None, mask, cache)
+        batch.last = self._take_tokens(batch, logits)
+        keep = [i for i, r in enumerate(rows) if not r.done]
+        if not keep:
+            return
+        batch.filter(keep)
+        if self.running is None:
+            self.running = batch
+        else:
+            self.running.concatenate(batch)
+
+    def _step(self) -> None:
+        import torch
+
+        running = self.running
+        assert running is not None
+        running.mask = torch.cat([running.mask, running.mask.new_ones((running.mask.shape[0], 1))], dim=1)
+        positions = running.mask.sum(-1, keepdim=True) - 1
+        names = [r.adapter_name for r in running.rows]
+        logits = self.forward(names, running.last.unsqueeze(1), running.mask, positions, running.cache)
+        self.steps += 1
+        self.metrics.decode_steps.inc()
+        if len(set(names)) > 1:
+            self.metrics.mixed_batches.inc()
+        running.last = self._take_tokens(running, logits)
+        keep = [i for i, r in enumerate(running.rows) if not r.done]
+        self._remove(keep)
+
+    def _take_tokens(self, batch: Running, logits: Any) -> Any:
+        """Samples a token per row, hands text to streams, completes finished rows; returns the tokens (device)."""
+        import torch
+
+        tokens = sample(logits, batch.rows)
+        kept = 0
+        for row, token in zip(batch.rows, tokens, strict=True):
+            before = len(row.ids)
+            delta = row.push(token)
+            kept += len(row.ids) - before  # an EOS that ends a row is not a generated token
+            work = row.work
+            if work.events is not None and delta:
+                work.events.put(("text", delta))
+            if row.done:
+                self._finish(row)
+        self.metrics.generated_tokens.inc(kept)
+        return torch.tensor(tokens, dtype=torch.long, device=self.device)
+
+    def _finish(self, row: Row) -> None:
+        work = row.work
+        pending = row.pending
+        assert pending is not None
+        if work.kind == STREAM:
+            outcome = {Gen.FINISH_REASON_EOS: "eos", Gen.FINISH_REASON_STOP: "stopped"}.get(row.finish, "completed")
+            self.metrics.streams.inc(outcome=outcome)
+            assert work.events is not None
+            work.events.put(("end", (row.finish, len(row.ids))))
+            work.succeed(len(row.ids))
+            return
+        pending.results[row.index] = inference_pb2.Prediction(
+            generation=Gen(text=row.text, generated_tokens=len(row.ids), finish_reason=row.finish)
+        )
+        pending.left -= 1
+        if pending.left == 0:
+            work.succeed(pending.results)
+
+    def _end_stream(self, work: Work, reason: str) -> None:
+        if work.kind == STREAM:
+            self.metrics.streams.inc(outcome=reason)
