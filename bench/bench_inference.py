@@ -197,7 +197,23 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="intra-op threads of the server and the baseline alike (on a small shared CPU, 1 avoids "
         "the stalls of threads waiting for a busy core)",
     )
+    parser.add_argument(
+        "--part",
+        choices=("all", "stack", "generation"),
+        default="all",
+        help="stack: classification and generation through the real RPCs; generation: continuous vs static batching",
+    )
+    parser.add_argument(
+        "--rates", default="40,160", help="generation: Poisson arrivals per second, one set of cases per rate"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="generation: the cap; EOS ends most rows first")
+    parser.add_argument("--eos-bias", type=float, default=4.0, help="generation: EOS logit bias (output lengths)")
+    parser.add_argument("--gen-batch", type=int, default=32, help="generation: rows per batch, both modes")
+    parser.add_argument("--adapter-counts", default="4,16,64", help="generation: adapters in rotation, per case")
+    parser.add_argument("--gen-rounds", type=int, default=2, help="generation: interleaved rounds (medians)")
     args = parser.parse_args(argv)
+    args.adapter_counts = [int(n) for n in str(args.adapter_counts).split(",") if n]
+    args.rates = [float(r) for r in str(args.rates).split(",") if r]
 
     for key, value in {
         "HF_HUB_OFFLINE": "1",
@@ -218,6 +234,10 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.torch_threads)
+    if args.part == "generation":
+        gen_figures = generation_bench(args)
+        _print_generation(gen_figures)
+        return gen_figures
     figures: dict[str, Any] = {
         "device": "cpu",
         "cpus": os.cpu_count(),
@@ -363,6 +383,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         figures["cls_mixed_vs_single"] >= GOAL_MIXED and figures["gen_mixed_vs_single"] >= GOAL_MIXED
     )
     _print(figures)
+    if args.part == "all":
+        gen_figures = generation_bench(args)
+        _print_generation(gen_figures)
+        figures.update(gen_figures)
     return figures
 
 
@@ -406,3 +430,248 @@ def _print(f: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+# ---- generation: continuous vs static batching, open-loop Poisson arrivals ----
+class _Timeline:
+    """Stands in for a stream's event queue: timestamps what the loop hands over."""
+
+    def __init__(self, submitted: float, done: threading.Event, left: list[int]) -> None:
+        self.submitted, self.done, self.left = submitted, done, left
+        self.first: float | None = None
+        self.gaps: list[float] = []
+        self.last = submitted
+        self.tokens = 0
+        self.finished: float | None = None
+
+    def put(self, item: tuple[str, Any]) -> None:
+        kind, value = item
+        now = time.perf_counter()
+        if kind == "text":
+            if self.first is None:
+                self.first = now
+            else:
+                self.gaps.append(now - self.last)
+            self.last = now
+            return
+        if kind == "end":
+            self.tokens = value[1]
+        self.finished = now
+        if self.first is None:
+            self.first = now
+        self.left[0] -= 1
+        if self.left[0] == 0:
+            self.done.set()
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class GenerationBench:
+    """One base model with up to `adapters` LoRA adapters (random weights, in
+    this process), served by the engine's static lane and by its continuous
+    batcher in turn, under the same arrival schedule."""
+
+    def __init__(self, args: Any, workdir: Path) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from textft_services.common.config import Settings
+        from textft_services.common.tinymodels import build_tiny_gpt_neo
+        from textft_services.inference.engine import Adapter, Base, Engine
+
+        base_dir = build_tiny_gpt_neo(
+            workdir / "gen-base", corpus=TEXTS, vocab_size=1024, hidden_size=args.hidden, num_layers=args.layers
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        # Output lengths that vary as real ones do: EOS gets a logit bias, so sampled rows end
+        # after a geometric number of tokens (mean near --mean-new-tokens) or at max_new_tokens.
+        head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+        with torch.no_grad():
+            head.weight.copy_(model.lm_head.weight)
+            head.bias.zero_()
+            head.bias[self.tokenizer.eos_token_id] = args.eos_bias
+        model.lm_head = head
+        model.config.tie_word_embeddings = False
+        self.params = sum(p.numel() for p in model.parameters())
+        torch.manual_seed(0)
+        peft: Any = None
+        self.names = [f"g{i}" for i in range(max(args.adapter_counts))]
+        for name in self.names:
+            config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+            peft = get_peft_model(model, config, adapter_name=name) if peft is None else peft
+            if name != self.names[0]:
+                peft.add_adapter(name, config)
+        for pname, param in peft.named_parameters():
+            if "lora_B" in pname:
+                torch.nn.init.normal_(param, std=0.02)
+        peft.eval()
+        settings = Settings(
+            inference_max_batch_size=args.gen_batch,
+            inference_batch_wait_ms=args.batch_wait_ms,
+            inference_queue_size=100_000,
+        )
+        self.engine = Engine(settings, store=None, trainer=object())  # type: ignore[arg-type]
+        self.base = Base(("bench", "TEXT_GENERATION", 0), peft, self.tokenizer, device=torch.device("cpu"))
+        self.base.mixer.install(peft)
+        self.adapters = {
+            n: Adapter(n, n, self.base, "TEXT_GENERATION", [], False, "{text}\n", 512, 0, 0.0, "bench")
+            for n in self.names
+        }
+        self.args = args
+
+    def run(self, mode: str, adapters: int, schedule: list[tuple[float, int, str]]) -> dict[str, float]:
+        """Submits `schedule` ((arrival offset s, adapter index, prompt)) open loop; returns figures."""
+        from textft.v1 import inference_pb2
+        from textft_services.inference.batcher import GENERATE, STREAM, Admission, Lane
+        from textft_services.inference.continuous import ContinuousBatcher
+        from textft_services.inference.metrics import InferenceMetrics
+
+        engine, base, args = self.engine, self.base, self.args
+        metrics = InferenceMetrics()
+        admission = Admission(100_000, metrics)
+        params = inference_pb2.GenerationParameters(
+            max_new_tokens=args.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
+        )
+        done, left = threading.Event(), [len(schedule)]
+        timelines: list[_Timeline] = []
+        if mode == "static":
+            runner: Any = Lane(
+                "bench", lambda works: engine._run(base, works), admission, metrics, args.batch_wait_ms, args.gen_batch
+            )
+        else:
+            runner = ContinuousBatcher(
+                "bench",
+                lambda *a: engine._step(base, *a),
+                base.device,
+                self.tokenizer.pad_token_id,
+                base.model.config.max_position_embeddings,
+                admission,
+                metrics,
+                args.gen_batch,
+                args.gen_batch * (args.max_new_tokens + 32),
+            )
+        try:
+            started = time.perf_counter()
+            for offset, index, prompt in schedule:
+                delay = started + offset - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)  # open loop: arrivals do not wait for answers
+                adapter = self.adapters[self.names[index % adapters]]
+                now = time.perf_counter()
+                timeline = _Timeline(now, done, left)
+                timelines.append(timeline)
+                if mode == "static":
+                    work = engine._work(adapter, GENERATE, [prompt], params, None)
+
+                    def finished(future: Any, t: _Timeline = timeline) -> None:
+                        prediction = future.result()[0]
+                        t.put(("end", (0, prediction.generation.generated_tokens)))
+
+                    work.future.add_done_callback(finished)
+                    runner.submit(work)
+                else:
+                    work = engine._work(adapter, STREAM, [prompt], params, None)
+                    work.events = timeline  # type: ignore[assignment]
+                    runner.submit(work, engine._rows(work))
+            if not done.wait(600):
+                raise RuntimeError(f"{mode}: requests still running after 600 s")
+            ended = max(t.finished or 0.0 for t in timelines)
+        finally:
+            runner.close()
+        tokens = sum(t.tokens for t in timelines)
+        ttft = [(t.first or t.submitted) - t.submitted for t in timelines]
+        gaps = [g for t in timelines for g in t.gaps]
+        return {
+            "tok_s": tokens / (ended - started),
+            "ttft_p50": _pct(ttft, 0.5),
+            "ttft_p99": _pct(ttft, 0.99),
+            "itl_p99": _pct(gaps, 0.99),
+            "mean_tokens": tokens / len(timelines),
+        }
+
+
+def generation_bench(args: Any) -> dict[str, Any]:
+    """Continuous vs static batching under the same Poisson schedules, rounds interleaved."""
+    import random
+
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+    figures: dict[str, Any] = {
+        "gen_rates_rps": args.rates,
+        "gen_requests": args.gen_requests,
+        "gen_max_new_tokens": args.max_new_tokens,
+        "gen_batch": args.gen_batch,
+        "gen_rounds": args.gen_rounds,
+    }
+    prompts = [f"repeat: {w} and {x}" for w in WORDS for x in WORDS]
+    with tempfile.TemporaryDirectory(prefix="textft-bench-generation-") as tmp:
+        bench = GenerationBench(args, Path(tmp))
+        figures["gen_base_model"] = (
+            f"GPT-Neo hidden {args.hidden}, {args.layers} layers, {bench.params / 1e6:.1f}M parameters, LoRA r=8 q/v"
+        )
+        schedules = {}
+        for rate in args.rates:
+            rng = random.Random(0)
+            offset, schedule = 0.0, []
+            for i in range(args.gen_requests):
+                offset += rng.expovariate(rate)
+                schedule.append((offset, i, prompts[rng.randrange(len(prompts))]))
+            schedules[rate] = schedule
+        bench.run("continuous", 1, schedules[args.rates[0]][:8])  # warm-up
+        bench.run("static", 1, schedules[args.rates[0]][:8])
+        cases = [
+            (rate, mode, k)
+            for rate in args.rates
+            for mode, k in [("continuous", 1)] + [(m, k) for k in args.adapter_counts for m in ("static", "continuous")]
+        ]
+        results: dict[tuple[float, str, int], list[dict[str, float]]] = {c: [] for c in cases}
+        for _ in range(args.gen_rounds):  # interleaved: a noisy neighbour hits every case alike
+            for rate, mode, k in cases:
+                results[(rate, mode, k)].append(bench.run(mode, k, schedules[rate]))
+    med = {c: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for c, rs in results.items()}
+    figures["gen_cases"] = [
+        {"rate": rate, "mode": mode, "adapters": k, **{key: round(v, 4) for key, v in m.items()}}
+        for (rate, mode, k), m in med.items()
+    ]
+    ratios = {}
+    most = max(args.adapter_counts)
+    for rate in args.rates:
+        for k in args.adapter_counts:
+            s_, c_ = med[(rate, "static", k)], med[(rate, "continuous", k)]
+            ratios[f"{rate:g}/s {k} adapters: continuous/static tok/s"] = round(c_["tok_s"] / s_["tok_s"], 2)
+            ratios[f"{rate:g}/s {k} adapters: continuous/static TTFT p99"] = round(c_["ttft_p99"] / s_["ttft_p99"], 3)
+        ratios[f"{rate:g}/s continuous {most} adapters / 1 adapter tok/s"] = round(
+            med[(rate, "continuous", most)]["tok_s"] / med[(rate, "continuous", 1)]["tok_s"], 2
+        )
+    figures["gen_ratios"] = ratios
+    return figures
+
+
+def _print_generation(f: dict[str, Any]) -> None:
+    print(
+        f"generation: {f['gen_base_model']}; {f['gen_requests']} requests per case, Poisson arrivals, sampled "
+        f"(T=1, EOS-biased: lengths vary), max_new_tokens {f['gen_max_new_tokens']}, {f['gen_batch']} rows per batch, "
+        f"medians of {f['gen_rounds']} interleaved rounds; static answers unary (TTFT = its answer), continuous streams"
+    )
+    print(
+        f"{'rate/s':>6} {'mode':<11} {'adapters':>8} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p99':>8} {'tok/req':>7}"
+    )
+    for r in f["gen_cases"]:
+        itl = "-" if r["mode"] == "static" else f"{1000 * r['itl_p99']:.0f}ms"
+        print(
+            f"{r['rate']:>6g} {r['mode']:<11} {r['adapters']:>8} {r['tok_s']:>8.1f} {1000 * r['ttft_p50']:>7.0f}ms "
+            f"{1000 * r['ttft_p99']:>7.0f}ms {itl:>8} {r['mean_tokens']:>7.1f}"
+        )
+    for key, value in f["gen_ratios"].items():
+        print(f"  {key}: {value}x")
+    sys.stdout.flush()

@@ -3,9 +3,10 @@ test through the real stack (tiny GPT-Neo): mixed-adapter micro-batches equal
 one-by-one calls, LRU eviction, streaming and cancel, overload, deadlines,
 status codes, and the Prometheus endpoint.
 
-Two inference processes: the stack's own (default settings: one-by-one
-references and status codes) and a dedicated one started here whose gathering
-window never closes on its own (an hour), 8 texts per batch, 6 waiting requests
+Two inference processes: the stack's own (default settings, continuous
+batching for generation: one-by-one references, status codes, streams running
+alongside short requests) and a dedicated one started here with static batching
+for generation, whose gathering window never closes on its own (an hour), 8 texts per batch, 6 waiting requests
 at most, 2 adapters cached and metrics on. A batch there runs when it is full
 and only then, so tests decide what shares a forward pass without timing
 anything (requests that must not run are cancelled or expire); the metrics
@@ -14,6 +15,7 @@ endpoint tells what happened.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -106,6 +108,7 @@ def dedicated(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> 
         **stack.env,
         "TEXTFT_HOME": str(home),
         "TEXTFT_INFERENCE_MAX_ADAPTERS": "2",
+        "TEXTFT_INFERENCE_GENERATION_BATCHING": "static",
         "TEXTFT_INFERENCE_BATCH_WAIT_MS": str(3_600_000),  # batches close when full
         "TEXTFT_INFERENCE_MAX_BATCH_SIZE": str(BATCH),
         "TEXTFT_INFERENCE_QUEUE_SIZE": "6",
@@ -295,6 +298,35 @@ def test_stream_stops_generating_when_the_client_cancels(dedicated: Dedicated, v
     streamed = delta(before, after, "textft_inference_generated_tokens_total") - BATCH
     assert 1 <= streamed < limit, streamed  # stopped early: the cancel reached the generation loop
     assert delta(before, after, 'textft_inference_requests_total{method="PredictStream",code="CANCELLED"}') == 1
+
+
+def test_short_predict_finishes_while_a_long_stream_goes_on(client: Client, versions: Versions) -> None:
+    """Continuous batching: the Predict joins the stream's running batch and
+    leaves it done; the stream's last message comes after the Predict's answer
+    (with static batching the Predict waits for the whole stream)."""
+    order = itertools.count()  # one sequence for both threads' events
+    arrivals: list[tuple[int, inference_pb2.PredictStreamResponse]] = []
+    first = threading.Event()
+    stream = client.predict_stream(versions.gen[0], "upper: great", max_new_tokens=2048, ignore_eos=True)
+
+    def read() -> None:
+        for message in stream:
+            arrivals.append((next(order), message))
+            first.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        assert first.wait(60)  # the stream is generating
+        short = client.predict(versions.gen[0], ["upper: dull"], max_new_tokens=4, ignore_eos=True)
+        answered = next(order)
+        assert short.predictions[0].generation.generated_tokens == 4
+    finally:
+        reader.join(120)
+    assert not reader.is_alive()
+    last_at, last = arrivals[-1]
+    assert last.finish_reason == Gen.FINISH_REASON_LENGTH and last.generated_tokens > 100  # to the model's context
+    assert last_at > answered  # the stream went on after the short request was answered
 
 
 def test_stream_stop_sequence(client: Client, versions: Versions) -> None:

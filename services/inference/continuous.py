@@ -94,19 +94,25 @@ class Row:
         self.ids.append(token)
         before = len(self.text)
         self.text += self._decode()
-        if self.stops:
-            # Only new text can complete a stop sequence: search from where one ending in it could start.
-            longest = max(len(s) for s in self.stops)
-            start = max(0, before - longest + 1)
-            cuts = [c for c in (self.text.find(s, start) for s in self.stops) if c >= 0]
-            if cuts:
-                self.text = self.text[: min(cuts)]
-                self.finish = Gen.FINISH_REASON_STOP
-                return self._take(len(self.text))
+        if self._stopped(before):
+            return self._take(len(self.text))
         if len(self.ids) >= self.max_new:
             self.finish = Gen.FINISH_REASON_LENGTH
             return self._flush()
         return self._take(self._ready())
+
+    def _stopped(self, before: int) -> bool:
+        """Cuts the text at a stop sequence in what was added after `before` characters."""
+        if not self.stops or len(self.text) == before:
+            return False
+        # Only new text can complete a stop sequence: search from where one ending in it could start.
+        start = max(0, before - max(len(s) for s in self.stops) + 1)
+        cuts = [c for c in (self.text.find(s, start) for s in self.stops) if c >= 0]
+        if not cuts:
+            return False
+        self.text = self.text[: min(cuts)]
+        self.finish = Gen.FINISH_REASON_STOP
+        return True
 
     def _decode(self) -> str:
         prefix = self.tokenizer.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
@@ -121,8 +127,10 @@ class Row:
         prefix = self.tokenizer.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
         new = self.tokenizer.decode(self.ids[self._prefix :], skip_special_tokens=True)
         if len(new) > len(prefix):
+            before = len(self.text)
             self.text += new[len(prefix) :]
             self._prefix = self._read = len(self.ids)
+            self._stopped(before)  # the tail may hold a stop sequence too
         return self._take(len(self.text))
 
     def _ready(self) -> int:

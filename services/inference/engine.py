@@ -745,11 +745,8 @@ class Engine:
         if params.ignore_eos:
             kwargs["min_new_tokens"] = max_new
         if params.temperature > 0:
-            kwargs.update(do_sample=True, temperature=params.temperature)
-            if params.top_p:
-                kwargs["top_p"] = params.top_p
-            if params.top_k:
-                kwargs["top_k"] = params.top_k
+            # Explicit, so 0 means off here as in the API (generate() would default top_k to 50).
+            kwargs.update(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p or 1.0)
         else:
             kwargs["do_sample"] = False
         return kwargs
