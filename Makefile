@@ -15,7 +15,7 @@ OIP_PROTOS := $(wildcard protos/textft/oip/v2/*.proto)
 STUBS_DIR := clients/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install protos check-protos up demo test test-fast check-reliability lint bench clean validate-deploy
+.PHONY: install protos check-protos up demo test test-fast check-reliability lint bench bench-gpu clean validate-deploy
 
 install: $(STAMP) protos
 
@@ -70,6 +70,11 @@ validate-deploy:
 
 bench: install
 	$(PY) -m bench
+
+# Continuous batching tokens/s and MFU on a GPU (GPT-Neo-125M-shaped LoRA model); skips without CUDA.
+bench-gpu: install
+	$(PY) -m bench gpu
+	$(PY) -m pytest -q -m gpu tests/test_inference_gpu.py
 
 clean:
 	rm -rf $(VENV) .venv-deploy clients/python/textft/v1/*_pb2*.py* clients/python/textft/oip/v2/*_pb2*.py* \

@@ -49,10 +49,11 @@ TIMEOUT = 60
 class Model:
     """A base with three adapters (different ranks and targets) and the engine objects around it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
         self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(str(directory))
+        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype)
         model.config.pad_token_id = self.tokenizer.pad_token_id
         torch.manual_seed(0)
         peft: Any = None
@@ -65,9 +66,9 @@ class Model:
         for name, param in peft.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.3)  # LoRA B starts at zero: make every adapter count
-        self.peft: PeftModel = peft.eval()
+        self.peft: PeftModel = peft.to(self.device).eval()
         self.engine = Engine(Settings(), store=None, trainer=object())  # type: ignore[arg-type]
-        self.base = Base(("tiny", "TEXT_GENERATION", 0), self.peft, self.tokenizer, device=torch.device("cpu"))
+        self.base = Base(("tiny", "TEXT_GENERATION", 0), self.peft, self.tokenizer, device=self.device)
         assert self.base.mixer.install(self.peft)
         self.adapters = {
             n: Adapter(n, n, self.base, "TEXT_GENERATION", [], False, "{text}", 256, 0, 0.0, "tiny")
@@ -79,7 +80,7 @@ class Model:
         under the base's lock, as the loop may still be running other rows."""
         with self.base.lock, torch.inference_mode():
             self.peft.set_adapter(adapter)
-            batch = self.tokenizer([prompt], return_tensors="pt")
+            batch = self.tokenizer([prompt], return_tensors="pt").to(self.device)
             out = self.peft.generate(
                 **batch, max_new_tokens=max_new, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
             )
@@ -105,7 +106,7 @@ class Loop:
         self.batcher = ContinuousBatcher(
             "tiny",
             self._forward,
-            torch.device("cpu"),
+            model.device,
             model.tokenizer.pad_token_id,
             model.peft.config.max_position_embeddings,
             Admission(queue_size, self.metrics),
