@@ -231,6 +231,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--gen-batch", type=int, default=32, help="generation: rows per batch, both modes")
     parser.add_argument("--adapter-counts", default="4,16,64", help="generation: adapters in rotation, per case")
     parser.add_argument("--gen-rounds", type=int, default=2, help="generation: interleaved rounds (medians)")
+    parser.add_argument("--max-waiting-steps", type=int, default=-1, help="generation: -1: the server default")
     args = parser.parse_args(argv)
     args.adapter_counts = [int(n) for n in str(args.adapter_counts).split(",") if n]
     args.rates = [float(r) for r in str(args.rates).split(",") if r]
@@ -633,6 +634,11 @@ class GenerationBench:
                 metrics,
                 args.gen_batch,
                 args.gen_batch * (args.max_new_tokens + 32),
+                max_waiting_steps=(
+                    engine.settings.inference_max_waiting_steps
+                    if args.max_waiting_steps < 0
+                    else args.max_waiting_steps
+                ),
             )
         try:
             started = time.perf_counter()

@@ -98,7 +98,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
 class Loop:
     """A ContinuousBatcher over the engine's forward, with a hook run before each forward."""
 
-    def __init__(self, model: Model, max_rows: int = 32, max_tokens: int = 16384, queue_size: int = 64) -> None:
+    def __init__(
+        self, model: Model, max_rows: int = 32, max_tokens: int = 16384, queue_size: int = 64, waiting_steps: int = 0
+    ) -> None:
         self.model = model
         self.metrics = InferenceMetrics()
         self.calls: list[list[str]] = []  # adapter names of each forward's rows
@@ -113,6 +115,7 @@ class Loop:
             self.metrics,
             max_rows,
             max_tokens,
+            max_waiting_steps=waiting_steps,
         )
 
     def _forward(self, names: list[str], *args: Any) -> Any:
@@ -237,6 +240,22 @@ def test_a_short_predict_finishes_while_a_long_stream_goes_on(model: Model, loop
     checked.set()
     events = stream_events(stream)
     assert events[-1] == ("end", (Gen.FINISH_REASON_LENGTH, 200))
+
+
+def test_arrivals_wait_a_few_steps_to_be_prefilled_together(model: Model) -> None:
+    loop = Loop(model, waiting_steps=3)
+    try:
+        running = loop.work("a0", PROMPTS, max_new_tokens=20, ignore_eos=True)  # six rows, one submission
+        late = loop.work("a1", [PROMPTS[1]], max_new_tokens=4, ignore_eos=True)
+        loop.hooks[1] = lambda: loop.submit(late)  # one arrival against six running rows
+        loop.submit(running)
+        assert len(texts_of(running)) == 6
+        assert texts_of(late) == [expected(model, "a1", PROMPTS[1], 4)]
+        sizes = [len(c) for c in loop.calls]
+        # forward 0: prefill of 6; decodes 1, 2, 3 without it; then its prefill (1 row) and decodes of 7.
+        assert sizes[:6] == [6, 6, 6, 6, 1, 7], sizes
+    finally:
+        loop.batcher.close()
 
 
 def test_seeded_sampling_is_reproducible_whatever_shares_the_batch(model: Model, loop: Loop) -> None:

@@ -64,9 +64,8 @@ def test_continuous_batching_on_cuda_equals_one_by_one_greedy(base_dir: Path) ->
         works = [loop.submit(loop.work(a, [p], max_new_tokens=n)) for a, p, n in plan]
         for (adapter, prompt, n), w in zip([*plan, ("a0", PROMPTS[4], 8)], [*works, late], strict=True):
             assert texts_of(w) == [expected(model, adapter, prompt, n)]
-        assert model.base.mixer._kept is not None  # the mixed path ran
-        assert model.base.mixer._kept[1], "joined LoRA weights were built on the device"
-        assert all(t[0].device.type == "cuda" for t in model.base.mixer._kept[1].values())
+        stacks = model.base.mixer._padded.values()  # the gathered mixed-adapter path ran ...
+        assert stacks and all(a.device.type == "cuda" for _, a, _ in stacks)  # ... with its stacks on the GPU
     finally:
         loop.batcher.close()
 

@@ -175,6 +175,9 @@ class Settings:
     # Tokens in flight (prompt + max_new_tokens of every running row) bound the
     # running batch, as do max_batch_size rows; a row that fits no budget runs alone.
     inference_max_batch_tokens: int = 16384
+    # While a batch decodes, new requests wait at most this many steps to be
+    # prefilled together (sooner once they are half as many as the running rows).
+    inference_max_waiting_steps: int = 4
     # Stop sequences per request, and characters per stop sequence.
     inference_max_stop_sequences: int = 4
     inference_max_stop_chars: int = 64
@@ -249,6 +252,7 @@ class Settings:
                 env, "TEXTFT_INFERENCE_GENERATION_BATCHING", "continuous", ("continuous", "static")
             ),
             inference_max_batch_tokens=_int(env, "TEXTFT_INFERENCE_MAX_BATCH_TOKENS", 16384),
+            inference_max_waiting_steps=_int(env, "TEXTFT_INFERENCE_MAX_WAITING_STEPS", 4),
             inference_max_stop_sequences=_int(env, "TEXTFT_INFERENCE_MAX_STOP_SEQUENCES", 4),
             inference_max_stop_chars=_int(env, "TEXTFT_INFERENCE_MAX_STOP_CHARS", 64),
             inference_device=_device(env),

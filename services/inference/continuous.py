@@ -259,6 +259,7 @@ class ContinuousBatcher:
         max_rows: int,
         max_tokens: int,
         one_adapter_at_a_time: Callable[[], bool] = lambda: False,
+        max_waiting_steps: int = 0,
     ) -> None:
         self.name = name
         self.forward = forward
@@ -275,6 +276,11 @@ class ContinuousBatcher:
         self.cond = threading.Condition()
         self.closed = False
         self.steps = 0  # decoding steps run (tests and the bench read it)
+        # TGI's max_waiting_tokens: while a batch runs, new arrivals are prefilled
+        # after at most this many decoding steps (0: at once), or sooner once they
+        # are as many as half the running rows: fewer, fuller prefills.
+        self.max_waiting_steps = max(0, max_waiting_steps)
+        self._since_prefill = 0
         self.thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
         self.thread.start()
 
@@ -343,12 +349,20 @@ class ContinuousBatcher:
 
     def _iterate(self) -> None:
         self._drop_gone()
-        new = self._admit()
+        new = self._admit() if self._prefill_now() else []
         if new:
             self._prefill(new)
         if self.running is not None and self.running.rows:
             self._step()
         self._export()
+
+    def _prefill_now(self) -> bool:
+        running = self.running
+        if running is None or not running.rows or self._since_prefill >= self.max_waiting_steps:
+            return True
+        with self.cond:
+            waiting = sum(len(p.rows) for p in self.waiting)
+        return 2 * waiting >= len(running.rows)
 
     def _export(self) -> None:
         rows = len(self.running.rows) if self.running is not None else 0
@@ -430,6 +444,7 @@ class ContinuousBatcher:
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         cache = DynamicCache()
         names = [r.adapter_name for r in rows]
+        self._since_prefill = 0
         logits = self.forward(names, ids, mask, positions, cache)
         self.metrics.batch_rows.observe(len(rows))
         self.metrics.batch_requests.observe(len({id(r.work) for r in rows}))
@@ -456,6 +471,7 @@ class ContinuousBatcher:
         names = [r.adapter_name for r in running.rows]
         logits = self.forward(names, running.last.unsqueeze(1), running.mask, positions, running.cache)
         self.steps += 1
+        self._since_prefill += 1
         self.metrics.decode_steps.inc()
         if len(set(names)) > 1:
             self.metrics.mixed_batches.inc()

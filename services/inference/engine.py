@@ -238,6 +238,7 @@ class Engine:
                 self.settings.inference_max_batch_size,
                 self.settings.inference_max_batch_tokens,
                 lambda: not base.mixed_ok,
+                self.settings.inference_max_waiting_steps,
             )
         base.lane = Lane(
             f"{base_name}:{task}:{num_labels}",
@@ -580,7 +581,7 @@ class Engine:
                 if model.active_adapter not in unique:
                     self._activate(base, unique[0])
                 if base.mixer.supported:
-                    with base.mixer.rows(names):
+                    with base.mixer.rows(names, gather=True):  # rows change between steps: no joining per step
                         out = model(**inputs)
                 else:
                     try:

@@ -52,6 +52,8 @@ class MixedLoRA:
         self._slots: dict[tuple[tuple[str, ...], Any], Any] = {}
         self._gathered: dict[int, tuple[Any, Any, Any]] = {}  # per layer, within rows(): the batch's weights
         self._kept: tuple[tuple[str, ...], dict[int, tuple[Any, Any, Any]]] | None = None  # the last rows()'
+        self._padded: dict[int, tuple[tuple[str, ...], Any, Any]] = {}  # per layer: every adapter, gather mode
+        self.gather = False
 
     # ---- setup ----
     def install(self, model: Any) -> bool:
@@ -77,6 +79,7 @@ class MixedLoRA:
         layer's stack is rebuilt anyway once its adapters change (and the engine
         never reuses an adapter name), so this only frees memory early."""
         self._stacks.clear()
+        self._padded.clear()
         self._kept = None
 
     def _wrap(self, module: Any, forward: Any) -> None:
@@ -91,18 +94,27 @@ class MixedLoRA:
         setattr(module, STACK_ATTR, True)
 
     @contextlib.contextmanager
-    def rows(self, names: list[str]) -> Iterator[None]:
-        """Within: wrapped layers apply adapter names[i] to row i. The joined
-        weights of the last `names` are kept for the next call with the same
-        rows (continuous batching runs one forward per decoding step)."""
+    def rows(self, names: list[str], gather: bool = False) -> Iterator[None]:
+        """Within: wrapped layers apply adapter names[i] to row i.
+
+        Default (join): the batch's adapters side by side, two GEMMs a layer;
+        the joined weights of the last `names` are kept for the next call with
+        the same rows. `gather`: every loaded adapter of a layer stacked once
+        (ranks zero-padded), each row gathering its own A and B for two batched
+        matmuls: no per-batch joining, for continuous batching, whose rows
+        change between decoding steps, and where many adapters share a batch
+        (joined columns grow with the adapters, gathered ones do not)."""
         key = tuple(names)
-        kept = self._kept if self._kept is not None and self._kept[0] == key else None
+        kept = self._kept if not gather and self._kept is not None and self._kept[0] == key else None
         self.names, self._slots, self._gathered = names, {}, kept[1] if kept else {}
+        self.gather = gather
         try:
             yield
-            self._kept = (key, self._gathered)
+            if not gather:
+                self._kept = (key, self._gathered)
         finally:
             self.names, self._slots, self._gathered = None, {}, {}
+            self.gather = False
 
     # ---- forwards ----
     def _slot_index(self, keys: tuple[str, ...], device: Any) -> Any:
@@ -170,12 +182,62 @@ class MixedLoRA:
                 mask[row, 0, lo:hi] = 1
         return a_cat, b_cat, mask.to(a_cat.device, non_blocking=True)
 
+    def _padded_stack(self, layer: Any) -> tuple[tuple[str, ...], Any, Any] | None:
+        """(adapter names, A^T stacked (adapters + 1) x in x max rank, scaled
+        B^T stacked (adapters + 1) x max rank x out) of a LoRA layer; the last
+        slot is zeros, for rows whose adapter leaves this layer alone."""
+        keys = tuple(layer.lora_A.keys())
+        cached = self._padded.get(id(layer))
+        if cached is not None and cached[0] == keys:
+            return cached
+        stack = self._lora_stack(layer)
+        if stack is None:
+            return None
+        _, a_list, b_list = stack
+        rank = max(a.shape[1] for a in a_list)
+        a_stack = a_list[0].new_zeros(len(keys) + 1, a_list[0].shape[0], rank)
+        b_stack = b_list[0].new_zeros(len(keys) + 1, rank, b_list[0].shape[1])
+        for i, (a, b) in enumerate(zip(a_list, b_list, strict=True)):
+            a_stack[i, :, : a.shape[1]] = a
+            b_stack[i, : b.shape[0]] = b
+        padded = (keys, a_stack, b_stack)
+        self._padded[id(layer)] = padded
+        return padded
+
+    def _gather_index(self, keys: tuple[str, ...], device: Any) -> Any:
+        """Row -> its adapter's slot among `keys`, or the zero slot after them."""
+        index = self._slots.get((keys, device, "gather"))
+        if index is None:
+            import torch
+
+            assert self.names is not None
+            where = {k: i for i, k in enumerate(keys)}
+            slots = [where.get(n, len(keys)) for n in self.names]
+            index = torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True)
+            self._slots[(keys, device, "gather")] = index
+        return index
+
+    def _gathered_forward(self, layer: Any, original: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        padded = self._padded_stack(layer)
+        if padded is None:
+            return original(x, *args, adapter_names=self.names, **kwargs)
+        keys, a_stack, b_stack = padded
+        index = self._gather_index(keys, a_stack.device)
+        result = layer.base_layer(x, *args, **kwargs)
+        rows = x.to(a_stack.dtype).reshape(x.shape[0], -1, x.shape[-1])  # rows x positions x in
+        delta = torch.bmm(torch.bmm(rows, a_stack[index]), b_stack[index])
+        return result + delta.reshape(result.shape).to(result.dtype)
+
     def _lora_forward(self, layer: Any, original: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         names = self.names
         if names is None or "adapter_names" in kwargs:
             return original(x, *args, **kwargs)
         if layer.disable_adapters or layer.merged or x.dim() < 2 or x.shape[0] != len(names):
             return original(x, *args, adapter_names=names, **kwargs)
+        if self.gather:
+            return self._gathered_forward(layer, original, x, *args, **kwargs)
         joined = self._gathered.get(id(layer))
         if joined is None:  # once per batch: generation reuses it at every decoding step
             joined = self._join(layer)
