@@ -154,3 +154,48 @@ def test_with_overrides_ignores_none() -> None:
     assert t.host == s.host
     assert t.grpc_workers == 2
     assert s.grpc_workers == Settings().grpc_workers  # frozen: the original is unchanged
+
+
+def test_inference_batching_and_device_settings() -> None:
+    s = Settings.from_env({})
+    assert (s.inference_generation_batching, s.inference_device, s.inference_dtype) == ("continuous", "auto", "auto")
+    s = Settings.from_env(
+        {
+            "TEXTFT_INFERENCE_GENERATION_BATCHING": "static",
+            "TEXTFT_INFERENCE_DEVICE": "cuda:1",
+            "TEXTFT_INFERENCE_DTYPE": "bfloat16",
+            "TEXTFT_INFERENCE_MAX_BATCH_TOKENS": "4096",
+        }
+    )
+    assert (s.inference_generation_batching, s.inference_device, s.inference_dtype) == ("static", "cuda:1", "bfloat16")
+    assert s.inference_max_batch_tokens == 4096
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TEXTFT_INFERENCE_GENERATION_BATCHING": "dynamic"},
+        {"TEXTFT_INFERENCE_DEVICE": "gpu"},
+        {"TEXTFT_INFERENCE_DEVICE": "cuda:x"},
+        {"TEXTFT_INFERENCE_DTYPE": "fp8"},
+    ],
+)
+def test_bad_inference_choices_name_the_variable(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match=next(iter(env))):
+        Settings.from_env(env)
+
+
+def test_device_choice_on_this_machine() -> None:
+    import torch
+
+    from textft_services.common import devices
+
+    cpu = devices.place("cpu", "auto")
+    assert (cpu.device.type, cpu.dtype, cpu.sharded) == ("cpu", torch.float32, False)
+    assert devices.place("cpu", "bfloat16").dtype == torch.bfloat16
+    assert cpu.load_kwargs() == {"dtype": torch.float32}
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            devices.place("cuda:0", "auto")
+        with pytest.raises(ValueError, match="CUDA"):
+            devices.place("sharded", "auto")
