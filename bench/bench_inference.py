@@ -274,8 +274,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         moto = None
         base_env = dict(os.environ)
         if args.store == "s3" and not base_env.get("MINIO_ENDPOINT"):
+            import logging
+
             from moto.server import ThreadedMotoServer
 
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
             moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             moto.start()
             host, port = moto.get_host_and_port()
@@ -352,7 +355,16 @@ def main(argv: list[str]) -> dict[str, Any]:
             # The same server with batch size 1, in a second process: its first Predict of each
             # adapter is a cold load (never loaded there), timed by the client, from the store.
             one_log = open(home / "inference-batch1.log", "w")  # noqa: SIM115 - closed below
-            one = start_service("inference", {**env, "TEXTFT_INFERENCE_MAX_BATCH_SIZE": "1"}, log=one_log)
+            one_env = {
+                **env,
+                "TEXTFT_INFERENCE_MAX_BATCH_SIZE": "1",
+                "TEXTFT_METRICS_PORT": "0",
+                "TEXTFT_TRAINER_ADDR": addresses["trainer"],  # it resolves versions through the stack's trainer
+                "TEXTFT_DATASET_ADDR": addresses["dataset"],
+                "TEXTFT_HOME": str(home / "home-batch1"),  # its own adapter cache directory
+                "TEXTFT_STORE_DIR": str(Settings.from_env(env).store.local_dir),  # the same store
+            }
+            one = start_service("inference", one_env, log=one_log)
             one_addresses = {**addresses, "inference": one.address}
             one_client = Client(addresses["dataset"], addresses["trainer"], one.address, api_key=key, timeout=600)
             one_client.predict(cls_versions[0], [TEXTS[0]])  # the base model loads with the first adapter
