@@ -14,11 +14,7 @@ from test_inference_continuous import PROMPTS, Loop, Model, expected, texts_of
 from textft_services.common import devices
 from textft_services.common.tinymodels import build_tiny_gpt_neo
 
-pytestmark = [
-    pytest.mark.unit,
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+pytestmark = [pytest.mark.unit, pytest.mark.gpu]  # conftest skips gpu tests where torch sees no CUDA
 
 
 @pytest.fixture(scope="module")
