@@ -316,6 +316,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         figures["base_model"] = f"GPT-Neo hidden {args.hidden}, {args.layers} layers, {params / 1e6:.1f}M parameters"
         log = open(home / "services.log", "w")  # noqa: SIM115 - closed below
         stack = start_stack(env, log=log)
+        extra: list[Any] = []  # services started beside the stack: stopped however the run ends
         try:
             addresses = stack.addresses
             key = env["TEXTFT_API_KEY"]
@@ -354,7 +355,6 @@ def main(argv: list[str]) -> dict[str, Any]:
 
             # The same server with batch size 1, in a second process: its first Predict of each
             # adapter is a cold load (never loaded there), timed by the client, from the store.
-            one_log = open(home / "inference-batch1.log", "w")  # noqa: SIM115 - closed below
             one_env = {
                 **env,
                 "TEXTFT_INFERENCE_MAX_BATCH_SIZE": "1",
@@ -364,7 +364,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                 "TEXTFT_HOME": str(home / "home-batch1"),  # its own adapter cache directory
                 "TEXTFT_STORE_DIR": str(Settings.from_env(env).store.local_dir),  # the same store
             }
-            one = start_service("inference", one_env, log=one_log)
+            one = start_service("inference", one_env, log=log)  # the stack's log, closed with it
+            extra.append(one)
             one_addresses = {**addresses, "inference": one.address}
             one_client = Client(addresses["dataset"], addresses["trainer"], one.address, api_key=key, timeout=600)
             one_client.predict(cls_versions[0], [TEXTS[0]])  # the base model loads with the first adapter
@@ -411,8 +412,6 @@ def main(argv: list[str]) -> dict[str, Any]:
             figures["cls_served_batch1_rps"] = round(n / batch1_s, 1)
             figures["cls_speedup_vs_batch1"] = round(batch1_s / served_mixed, 2)
             one_client.close()
-            one.stop()
-            one_log.close()
             figures["cls_mixed_vs_single"] = round(served_single / served_mixed, 2)
             figures["cls_mean_batch_rows"] = round(rows / max(1, passes), 1)
             # Where a served request's time goes (16 clients over 4 adapters; medians of the rounds).
@@ -448,6 +447,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             figures["gen_mixed_vs_single"] = round(served_gsingle / served_gmixed, 2)
             client.close()
         finally:
+            for service in extra:
+                service.stop()
             stack.stop()
             log.close()
             if moto is not None:
