@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU wheel pinned for CI and this machine; GPU users: make install TORCH_SPEC="torch"
 TORCH_SPEC ?= torch==2.13.0
-PROTOS := $(wildcard protos/textft/v1/*.proto)
+PROTOS := $(wildcard protos/textft/v1/*.proto) $(wildcard protos/textft/internal/v1/*.proto)
 STUBS_DIR := clients/python
 STAMP := $(VENV)/.installed
 
@@ -69,4 +69,4 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .venv-deploy clients/python/textft/v1/*_pb2*.py* clients/python/textft/v1/.stamp .textft
+	rm -rf $(VENV) .venv-deploy clients/python/textft/v1/*_pb2*.py* clients/python/textft/internal/v1/*_pb2*.py* clients/python/textft/v1/.stamp .textft

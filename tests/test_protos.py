@@ -1,5 +1,5 @@
-"""The generated stubs in clients/python/textft/v1 are what protos/ generates
-now (run by `make check-protos`)."""
+"""The generated stubs in clients/python/textft/v1 and textft/internal/v1 are
+what protos/ generates now (run by `make check-protos`)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOS = ROOT / "protos"
-STUBS = ROOT / "clients" / "python" / "textft" / "v1"
+PACKAGES = ("textft/v1", "textft/internal/v1")  # the Makefile's PROTOS
+STUBS = ROOT / "clients" / "python"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 HINT = "the generated stubs are stale: run `make protos`"
 
 
-def _generated(directory: Path) -> dict[str, bytes]:
+def _generated(root: Path) -> dict[str, bytes]:
     return {
-        p.name: p.read_bytes()
-        for p in sorted(directory.iterdir())
+        f"{package}/{p.name}": p.read_bytes()
+        for package in PACKAGES
+        if (root / package).is_dir()
+        for p in sorted((root / package).iterdir())
         if p.is_file() and p.name.endswith(GENERATED_SUFFIXES)
     }
 
@@ -29,7 +32,7 @@ def _generated(directory: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("stubs")
-    protos = sorted(p.relative_to(ROOT).as_posix() for p in (PROTOS / "textft" / "v1").glob("*.proto"))
+    protos = sorted(p.relative_to(ROOT).as_posix() for package in PACKAGES for p in (PROTOS / package).glob("*.proto"))
     assert protos, "no .proto files found"
     # The same invocation as the Makefile's `protos` target, from the repository root.
     result = subprocess.run(
@@ -50,7 +53,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         timeout=120,
     )
     assert result.returncode == 0, f"protoc failed:\n{result.stderr}"
-    files = _generated(out / "textft" / "v1")
+    files = _generated(out)
     assert len(files) == 3 * len(protos)
     return files
 

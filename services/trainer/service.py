@@ -58,6 +58,7 @@ from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
 from ..common import names
 from ..common.config import Settings
 from ..common.protojson import now, to_dict
+from ..common.rows import require_rows
 from ..common.store import ObjectStore
 from . import checkpoints, configs
 from .launcher import JobHandle, Launcher
@@ -342,6 +343,7 @@ class TrainerCore:
                 f"the model is {common_pb2.Task.Name(task)}",
                 reason="TASK_MISMATCH",
             )
+        require_rows(version.rows_manifest_object, version.name)
         return version, issues
 
     def create_version(self, request: trainer_pb2.CreateModelVersionRequest) -> trainer_pb2.ModelVersion:
@@ -395,6 +397,7 @@ class TrainerCore:
                 "dataset_version": request.dataset_version,
                 "template": template.name,
                 "label_names": list(dataset.label_names),
+                "rows_manifest_object": dataset.rows_manifest_object,
                 "configs": resolved,
                 "invalid_data_tolerance_percent": tolerance,
                 "dataset_stats": {
@@ -456,7 +459,7 @@ class TrainerCore:
             f"{prefix}/job.json",
             workdir,
             dict(os.environ),
-            extra_args=["--evaluate", dataset.name or dataset_version],
+            extra_args=["--evaluate", dataset.name or dataset_version, "--rows-manifest", dataset.rows_manifest_object],
             distributed=False,
         )
         if on_rpc_done is not None:

@@ -33,27 +33,29 @@ import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from textft.errors import Unavailable
 
 from ..common import basemodels
+from ..common import rows as stored_rows
 from ..common.config import Settings
 from ..common.logs import setup_logging
 from ..common.store import ObjectStore, open_store
+from ..modeling import data
+from ..modeling.collate import PROMPT_TEMPLATE, batches, make_collator
+from ..modeling.data import JobFailure
 from . import checkpoints, modelcard
 
 EVENT_PREFIX = "TEXTFT_EVENT "
 EXIT_FAILED = 3
 EXIT_ORPHANED = 4  # the launcher went away (its lifeline pipe closed)
-PROMPT_TEMPLATE = "{text}\n"  # generation: the model sees the text, then learns to continue with the target
 STORE_UNAVAILABLE = "MODEL_TRAINING_STORE_UNAVAILABLE"
 log = logging.getLogger("textft.worker")
 T = TypeVar("T")
@@ -68,12 +70,6 @@ def parse_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
                 yield json.loads(line[len(EVENT_PREFIX) :])
             except json.JSONDecodeError:
                 continue
-
-
-class JobFailure(Exception):
-    def __init__(self, reason: str, message: str, field: str = "", rows: list[int] | None = None) -> None:
-        super().__init__(message)
-        self.reason, self.message, self.field, self.rows = reason, message, field, rows or []
 
 
 def rank() -> int:
@@ -175,166 +171,31 @@ class StoreRetry:
             return result
 
 
-@dataclass
-class Prepared:
-    train: list[dict[str, Any]]
-    eval: list[dict[str, Any]]
-    skipped: int
-    split_source: str
-    label_names: list[str] = field(default_factory=list)
-    multi_label: bool = False
-
-
-def _read_rows(store: ObjectStore, dataset_version: str, legacy_rows_object: str = "") -> list[dict[str, Any]]:
-    """The valid rows of a dataset version, normalised (the dataset service's
-    reader: its source validated again with the options it was uploaded with)."""
+def read_rows(store: ObjectStore, rows_manifest_object: str, settings: Settings) -> Any:
+    """A dataset version's rows (memory-mapped, through its rows manifest)."""
     from textft.errors import FailedPrecondition
 
-    from ..common import names
-    from ..dataset.repository import read_valid_rows
-
-    if legacy_rows_object:  # a job queued by an earlier release: its rows were stored normalised
-        with store.open(legacy_rows_object) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    parsed = names.parse_dataset_version(dataset_version, "dataset_version")
     try:
-        return list(read_valid_rows(store, parsed.dataset, parsed.version))
+        manifest = stored_rows.load_manifest(store, rows_manifest_object)
+        return data.open_rows(store, manifest, settings.rows_cache)
     except FailedPrecondition as e:
         raise JobFailure("DATASET_VERSION_UNREADABLE", e.message, field="dataset_version") from None
 
 
-def _format_issues(issues: list[dict[str, Any]], limit: int = 5) -> str:
-    parts = [f"row {i['row']}: {i.get('code', '')} {i.get('message', '')}".strip() for i in issues[:limit]]
-    return "; ".join(parts)
+def job_trainer(lengths: Any) -> Any:
+    """transformers' Trainer whose length-grouped sampler orders by the lengths
+    computed from Arrow (its own would read a column of the dataset per index)."""
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    class JobTrainer(Trainer):  # type: ignore[misc]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if self.args.train_sampling_strategy == "group_by_length":
+                size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+                return LengthGroupedSampler(size, lengths=lengths)
+            return super()._get_train_sampler(train_dataset)
 
-def prepare_rows(job: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> Prepared:
-    """Task checks, the invalid-data tolerance, and the train/eval split."""
-    task = job["task"]
-    label_names: list[str] = list(job.get("label_names") or [])
-    task_issues: list[dict[str, Any]] = []
-    valid: list[dict[str, Any]] = []
-    for row in rows:
-        text = row.get("text") or ""
-        if task == "TEXT_CLASSIFICATION":
-            labels = row.get("labels") or []
-            unknown = [lab for lab in labels if lab not in label_names]
-            if not labels or unknown:
-                task_issues.append(
-                    {
-                        "row": row["row"],
-                        "code": "MISSING_LABEL" if not labels else "UNKNOWN_LABEL",
-                        "message": f"labels {labels}",
-                    }
-                )
-                continue
-        else:
-            target = row.get("target") or ""
-            if not target:
-                task_issues.append({"row": row["row"], "code": "MISSING_TARGET", "message": "no target text"})
-                continue
-            prompt_len = len(tokenizer(PROMPT_TEMPLATE.format(text=text))["input_ids"])
-            if prompt_len >= max_length - 1:
-                task_issues.append(
-                    {
-                        "row": row["row"],
-                        "code": "TOO_LONG_AFTER_TOKENIZATION",
-                        "message": f"prompt is {prompt_len} tokens, max_length {max_length} leaves no room for the target",
-                    }
-                )
-                continue
-        valid.append(row)
-
-    stats = job.get("dataset_stats", {})
-    total = int(stats.get("row_count", len(rows)))
-    invalid = int(stats.get("invalid_row_count", 0)) + len(task_issues)
-    tolerance = float(job.get("invalid_data_tolerance_percent", 0.0))
-    share = 100.0 * invalid / total if total else 0.0
-    issues = sorted([*job.get("dataset_issues", []), *task_issues], key=lambda i: i["row"])
-    if invalid and share > tolerance:
-        raise JobFailure(
-            "MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED",
-            f"{invalid} of {total} rows ({share:.1f}%) are invalid, above invalid_data_tolerance_percent={tolerance:g}. "
-            f"First: {_format_issues(issues)}. Fix the rows or raise the tolerance to skip them.",
-            field="invalid_data_tolerance_percent",
-            rows=[int(i["row"]) for i in issues[:20]],
-        )
-    if not valid:
-        raise JobFailure("MODEL_TRAINING_INSUFFICIENT_DATA", "no valid rows to train on", field="dataset_version")
-    multi_label = any(len(r.get("labels") or []) > 1 for r in valid)
-    if task == "TEXT_CLASSIFICATION" and len({lab for r in valid for lab in r["labels"]}) < 2 and not multi_label:
-        raise JobFailure(
-            "MODEL_TRAINING_INSUFFICIENT_DATA",
-            f"classification needs at least 2 distinct labels among valid rows, found {sorted({lab for r in valid for lab in r['labels']})}",
-            field="dataset_version",
-        )
-
-    explicit_eval = [r for r in valid if r.get("split") == "eval"]
-    if explicit_eval:
-        train = [r for r in valid if r.get("split") != "eval"]
-        source = "split column"
-        evaluation = explicit_eval
-    else:
-        seed = int(job["configs"]["trainer_config"].get("seed", 42))
-        shuffled = list(valid)
-        random.Random(seed).shuffle(shuffled)
-        n_eval = max(1, len(shuffled) // 10) if len(shuffled) >= 5 else 0
-        evaluation, train = shuffled[:n_eval], shuffled[n_eval:]
-        source = f"random 10% holdout (seed {seed})" if n_eval else "none (fewer than 5 rows): evaluated on train"
-        if not evaluation:
-            evaluation = train
-    return Prepared(train, evaluation, invalid, source, label_names, multi_label)
-
-
-def _encode_classification(
-    rows: list[dict[str, Any]], tokenizer: Any, max_length: int, label_names: list[str], multi_label: bool
-) -> list[dict[str, Any]]:
-    index = {name: i for i, name in enumerate(label_names)}
-    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
-    out = []
-    for i, row in enumerate(rows):
-        if multi_label:
-            label: Any = [0.0] * len(label_names)
-            for lab in row["labels"]:
-                label[index[lab]] = 1.0
-        else:
-            label = index[row["labels"][0]]
-        out.append(
-            {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": label}
-        )
-    return out
-
-
-def _encode_generation(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
-    """Prompt tokens are masked with -100: the loss is on the target only."""
-    out = []
-    for row in rows:
-        prompt = tokenizer(PROMPT_TEMPLATE.format(text=row["text"]))["input_ids"]
-        target = tokenizer(row["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        target = target[: max_length - len(prompt)]
-        ids = prompt + target
-        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + target})
-    return out
-
-
-class DropLength:
-    """Wraps a collator: the `length` column (precomputed for the length-grouped
-    sampler) is not a model input. A class, so DataLoader workers can pickle it."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __call__(self, features: list[dict[str, Any]]) -> Any:
-        return self.inner([{k: v for k, v in f.items() if k != "length"} for f in features])
-
-
-def to_dataset(encoded: list[dict[str, Any]], length_column: str = "length") -> Any:
-    """A datasets.Dataset with each example's token count in `length_column`:
-    the Trainer's LengthGroupedSampler reads it instead of decoding every row
-    (with remove_unused_columns=False nothing else would drop it)."""
-    from datasets import Dataset
-
-    return Dataset.from_list([{**e, length_column: len(e["input_ids"])} for e in encoded])
+    return JobTrainer
 
 
 def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
@@ -415,7 +276,7 @@ def _checkpoint_callback(store: ObjectStore, prefix: str, emitter: Emitter, keep
 
 
 def evaluate_classification(
-    model: Any, encoded: list[dict[str, Any]], collator: Any, label_names: list[str], multi_label: bool, batch_size: int
+    model: Any, rows: Any, collator: Any, label_names: list[str], multi_label: bool, batch_size: int
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, per-label ROC AUC with curve points, confusion matrix, loss."""
     import numpy as np
@@ -425,8 +286,8 @@ def evaluate_classification(
     model.eval()
     logits_all, labels_all, losses = [], [], []
     with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            batch = collator(encoded[start : start + batch_size])
+        for chunk in batches(rows, batch_size):
+            batch = collator(chunk)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             out = model(**batch)
             losses.append(float(out.loss) * len(batch["input_ids"]))
@@ -459,7 +320,7 @@ def evaluate_classification(
             curves.append(
                 {"label": name, "false_positive_rate": fpr[keep].tolist(), "true_positive_rate": tpr[keep].tolist()}
             )
-    metrics = {"accuracy": accuracy, "macro_f1": macro_f1, "loss": sum(losses) / len(encoded)}
+    metrics = {"accuracy": accuracy, "macro_f1": macro_f1, "loss": sum(losses) / len(rows)}
     if per_label:
         metrics["roc_auc"] = float(np.mean(list(per_label.values())))
     return {
@@ -468,15 +329,14 @@ def evaluate_classification(
         "roc_curves": curves,
         "label_names": label_names,
         "confusion_matrix": [int(x) for x in np.asarray(cm).ravel()],
-        "example_count": len(encoded),
+        "example_count": len(rows),
     }
 
 
 def evaluate_generation(
     model: Any,
     tokenizer: Any,
-    rows: list[dict[str, Any]],
-    encoded: list[dict[str, Any]],
+    rows: Any,
     collator: Any,
     batch_size: int,
     max_exact: int = 32,
@@ -492,8 +352,8 @@ def evaluate_generation(
     model.eval()
     total_loss, total_tokens = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            batch = collator(encoded[start : start + batch_size])
+        for chunk in batches(rows, batch_size):
+            batch = collator(chunk)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             out = model(**batch)
             tokens = int((batch["labels"][:, 1:] != -100).sum())
@@ -501,10 +361,9 @@ def evaluate_generation(
             total_tokens += tokens
         loss = total_loss / max(total_tokens, 1)
         matches, rouge_l = 0, 0.0
-        sample = rows[:max_exact]
+        sample = rows.select(range(min(max_exact, len(rows))))
         tokenizer.padding_side = "left"  # batched generation needs left padding
-        for start in range(0, len(sample), batch_size):
-            chunk = sample[start : start + batch_size]
+        for chunk in batches(sample, batch_size):
             prompts = [prompt_template.format(text=r["text"]) for r in chunk]
             inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
             longest = max(len(tokenizer(r["target"])["input_ids"]) for r in chunk) + 2
@@ -523,7 +382,7 @@ def evaluate_generation(
             "exact_match": matches / max(len(sample), 1),
             "rouge_l": rouge_l / max(len(sample), 1),
         },
-        "example_count": len(encoded),
+        "example_count": len(rows),
     }
 
 
@@ -571,29 +430,11 @@ def load_base_model(
     return model
 
 
-def encode(
-    classification: bool, rows: list[dict[str, Any]], tokenizer: Any, max_length: int, labels: list[str], multi: bool
-) -> list[dict[str, Any]]:
-    if classification:
-        return _encode_classification(rows, tokenizer, max_length, labels, multi)
-    return _encode_generation(rows, tokenizer, max_length)
-
-
-def make_collator(classification: bool, tokenizer: Any) -> Any:
-    """Dynamic padding: each batch is padded to its own longest row."""
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
-
-    if classification:
-        return DropLength(DataCollatorWithPadding(tokenizer))
-    return DropLength(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
-
-
 def evaluate(
     classification: bool,
     model: Any,
     tokenizer: Any,
-    rows: list[dict[str, Any]],
-    encoded: list[dict[str, Any]],
+    rows: Any,
     collator: Any,
     labels: list[str],
     multi: bool,
@@ -601,14 +442,15 @@ def evaluate(
     max_generations: int = 32,
     prompt_template: str = PROMPT_TEMPLATE,
 ) -> dict[str, Any]:
+    """The version's metrics on rows (a datasets.Dataset), tokenised batch by batch."""
     if classification:
-        return evaluate_classification(model, encoded, collator, labels, multi, batch_size)
-    return evaluate_generation(model, tokenizer, rows, encoded, collator, batch_size, max_generations, prompt_template)
+        return evaluate_classification(model, rows, collator, labels, multi, batch_size)
+    return evaluate_generation(model, tokenizer, rows, collator, batch_size, max_generations, prompt_template)
 
 
 def build_training_args(trainer_kwargs: dict[str, Any], out_dir: Path) -> Any:
     """TrainingArguments as the job uses them: the job's directory, no tqdm,
-    our collators see every column (they drop `length`), gloo for DDP on CPU."""
+    our collators see the stored columns (they tokenise), gloo for DDP on CPU."""
     import torch
     from transformers import TrainingArguments
 
@@ -626,7 +468,6 @@ def run_job(
     import torch
     import transformers
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import Trainer
 
     configs = job["configs"]
     model_kwargs = dict(configs["model_config"])
@@ -645,10 +486,20 @@ def run_job(
     tok_path = retry("reading the tokenizer", lambda: basemodels.resolve(tok_name, store, settings.base_model_cache))
     tokenizer, max_length = load_tokenizer(tokenizer_kwargs, tok_path)
 
-    rows = retry(
-        "reading the dataset rows", lambda: _read_rows(store, job["dataset_version"], job.get("rows_object", ""))
+    rows = retry("reading the dataset rows", lambda: read_rows(store, job["rows_manifest_object"], settings))
+    stats = job.get("dataset_stats", {})
+    prepared = data.prepare(
+        rows,
+        classification,
+        list(job.get("label_names") or []),
+        lambda text: len(tokenizer(PROMPT_TEMPLATE.format(text=text))["input_ids"]),
+        max_length,
+        int(stats.get("row_count", 0)),
+        int(stats.get("invalid_row_count", 0)),
+        list(job.get("dataset_issues", [])),
+        float(job.get("invalid_data_tolerance_percent", 0.0)),
+        int(configs["trainer_config"].get("seed", 42)),
     )
-    prepared = prepare_rows(job, rows, tokenizer, max_length)
     emitter.log(
         f"{len(prepared.train)} train rows, {len(prepared.eval)} eval rows ({prepared.split_source}), {prepared.skipped} invalid rows skipped"
     )
@@ -657,9 +508,9 @@ def run_job(
     labels, multi = prepared.label_names, prepared.multi_label
     model = load_base_model(classification, base_path, model_kwargs, tokenizer, labels, multi)
     task_type = TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM  # SEQ_CLS saves the score head itself
-    train_set = encode(classification, prepared.train, tokenizer, max_length, labels, multi)
-    eval_set = encode(classification, prepared.eval, tokenizer, max_length, labels, multi)
-    collator = make_collator(classification, tokenizer)
+    train_set, eval_set = rows.select(prepared.train), rows.select(prepared.eval)
+    lengths = data.text_lengths(rows, with_target=not classification)[prepared.train]
+    collator = make_collator(classification, tokenizer, max_length, labels, multi)
 
     try:
         model = get_peft_model(model, LoraConfig(task_type=task_type, **peft_kwargs))
@@ -681,11 +532,11 @@ def run_job(
     callbacks = [_progress_callback(emitter, len(train_set))]
     if args.save_strategy != "no":
         callbacks.append(_checkpoint_callback(store, ckpt_prefix, emitter, args.save_total_limit, retry))
-    trainer = Trainer(
+    trainer = job_trainer(lengths)(
         model=model,
         args=args,
-        train_dataset=to_dataset(train_set, args.length_column_name),
-        eval_dataset=to_dataset(eval_set, args.length_column_name) if args.eval_strategy != "no" else None,
+        train_dataset=train_set,
+        eval_dataset=eval_set if args.eval_strategy != "no" else None,
         data_collator=collator,
         callbacks=callbacks,
     )
@@ -711,7 +562,7 @@ def run_job(
 
     emitter.state("EVALUATING")
     batch = args.per_device_eval_batch_size
-    evaluation = evaluate(classification, model, tokenizer, prepared.eval, eval_set, collator, labels, multi, batch)
+    evaluation = evaluate(classification, model, tokenizer, eval_set, collator, labels, multi, batch)
     evaluation["metrics"]["train_loss"] = float(result.training_loss)
     evaluation["metrics"]["train_samples_per_second"] = speed
     evaluation["metrics"]["train_runtime_seconds"] = runtime
@@ -763,6 +614,7 @@ def evaluate_version(
     settings: Settings,
     workdir: Path,
     dataset_version: str,
+    rows_manifest_object: str,
     max_generations: int = 200,
 ) -> dict[str, Any]:
     """Evaluates the version's stored adapter on every usable row of another
@@ -786,36 +638,28 @@ def evaluate_version(
     max_length = min(max_length, int(meta.get("max_length", max_length)))
     prompt_template = meta.get("prompt_template", PROMPT_TEMPLATE)
 
-    usable, skipped = [], []
-    for row in retry("reading the dataset rows", lambda: _read_rows(store, dataset_version)):
-        if not row.get("text"):
-            skipped.append(row)
-        elif classification and (not row.get("labels") or any(lab not in labels for lab in row["labels"])):
-            skipped.append(row)  # a label the model was not trained on cannot be scored
-        elif not classification and not row.get("target"):
-            skipped.append(row)
-        else:
-            usable.append(row)
-    if not usable:
+    rows = retry("reading the dataset rows", lambda: read_rows(store, rows_manifest_object, settings))
+    # A label the model was not trained on cannot be scored.
+    usable_rows, skipped, first_skipped = data.usable_for_evaluation(rows, classification, labels)
+    if not len(usable_rows):
         known = f" (the model knows labels {labels})" if classification else ""
         raise JobFailure(
             "EVALUATION_NO_USABLE_ROWS",
             f"{dataset_version} has no rows this model can be evaluated on{known}",
             field="dataset_version",
-            rows=[int(r.get("row", 0)) for r in skipped[:20]],
+            rows=first_skipped,
         )
+    usable = rows.select(usable_rows)
     model = load_base_model(classification, base_path, model_kwargs, tokenizer, labels, multi)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
-    encoded = encode(classification, usable, tokenizer, max_length, labels, multi)
-    collator = make_collator(classification, tokenizer)
+    collator = make_collator(classification, tokenizer, max_length, labels, multi)
     batch = int(job["configs"]["trainer_config"].get("per_device_eval_batch_size", 16))
     evaluation = evaluate(
         classification,
         model,
         tokenizer,
         usable,
-        encoded,
         collator,
         labels,
         multi,
@@ -824,7 +668,7 @@ def evaluate_version(
         prompt_template,
     )
     evaluation["dataset_version"] = dataset_version
-    evaluation["skipped_row_count"] = len(skipped)
+    evaluation["skipped_row_count"] = skipped
     return evaluation
 
 
@@ -860,6 +704,9 @@ def parser() -> argparse.ArgumentParser:
         help="instead of training, evaluate the version's adapter on this dataset version",
     )
     parser.add_argument(
+        "--rows-manifest", metavar="KEY", help="with --evaluate: store key of that dataset version's rows manifest"
+    )
+    parser.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
         help="exit when stdin closes (the local launcher keeps it open for the job's lifetime)",
@@ -882,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         store = retry("connecting to the store", lambda: open_store(settings.store))
         job = retry("reading the job", lambda: store.get_json(args.job))
         if args.evaluate:
-            evaluation = evaluate_version(job, store, settings, workdir, args.evaluate)
+            evaluation = evaluate_version(job, store, settings, workdir, args.evaluate, args.rows_manifest)
             emitter.emit("evaluation", **evaluation)
             return 0
         result = run_job(job, store, settings, workdir, emitter)
