@@ -53,6 +53,7 @@ from textft.errors import (
     Unauthenticated,
     Unavailable,
 )
+from textft.internal.v1 import job_pb2
 from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
 
 from ..common import names
@@ -61,9 +62,9 @@ from ..common.protojson import now, to_dict
 from ..common.rows import require_rows
 from ..common.store import ObjectStore
 from . import checkpoints, configs
+from .events import parse_events
 from .launcher import JobHandle, Launcher
 from .templates import TEMPLATES, get_template
-from .worker import parse_events
 
 log = logging.getLogger("textft.trainer")
 MV = trainer_pb2.ModelVersion
@@ -317,7 +318,7 @@ class TrainerCore:
         versions = [self.get_version(k[: -len("/version.json")]) for k in keys]
         return sorted(versions, key=lambda v: names.version_sort_key(v.name.rsplit("/", 1)[1]), reverse=True)
 
-    def _resolve_dataset(self, name: str, task: int) -> tuple[dataset_pb2.DatasetVersion, list[dict[str, Any]]]:
+    def _resolve_dataset(self, name: str, task: int) -> tuple[dataset_pb2.DatasetVersion, list[common_pb2.RowIssue]]:
         """Through DatasetService's public RPCs, like any client."""
         names.parse_dataset_version(name, "dataset_version")
         try:
@@ -332,11 +333,7 @@ class TrainerCore:
             raise Unavailable(
                 "the trainer could not authenticate to the dataset service (check TEXTFT_API_KEY)"
             ) from None
-        issues = [
-            {"row": i.row, "code": i.code, "message": i.message}
-            for i in report.issues
-            if i.severity == common_pb2.RowIssue.SEVERITY_ERROR
-        ][:20]
+        issues = [i for i in report.issues if i.severity == common_pb2.RowIssue.SEVERITY_ERROR][:20]
         if version.task != task:
             raise FailedPrecondition(
                 f"dataset version {name} was validated for {common_pb2.Task.Name(version.task)}, "
@@ -391,25 +388,25 @@ class TrainerCore:
                 description=request.description,
                 lineage=trainer_pb2.Lineage(base_model=resolved["model_config"]["pretrained_model_name_or_path"]),
             )
-            job = {
-                "name": str(name),
-                "task": TASK_NAMES[model.task],
-                "dataset_version": request.dataset_version,
-                "template": template.name,
-                "label_names": list(dataset.label_names),
-                "rows_manifest_object": dataset.rows_manifest_object,
-                "configs": resolved,
-                "invalid_data_tolerance_percent": tolerance,
-                "dataset_stats": {
-                    "row_count": dataset.stats.row_count,
-                    "invalid_row_count": dataset.stats.invalid_row_count,
-                },
-                "dataset_issues": issues,
-                "adapter_prefix": f"{prefix}/adapter",
-                "metrics_object": f"{prefix}/metrics.json",
-                "checkpoints_prefix": checkpoints.checkpoints_prefix(prefix),
-            }
-            self.store.put_json(f"{prefix}/job.json", job)
+            spec = job_pb2.TrainingJobSpec(
+                model_version=str(name),
+                task=model.task,  # type: ignore[arg-type]
+                dataset_version=request.dataset_version,
+                template=template.name,
+                rows_manifest_object=dataset.rows_manifest_object,
+                label_names=list(dataset.label_names),
+                model_config=version.model_config,
+                peft_config=version.peft_config,
+                tokenizer_config=version.tokenizer_config,
+                trainer_config=version.trainer_config,
+                invalid_data_tolerance_percent=tolerance,
+                dataset_row_count=dataset.stats.row_count,
+                dataset_invalid_row_count=dataset.stats.invalid_row_count,
+                dataset_issues=issues,
+                store=self.store.describe(),
+                output_prefix=prefix,
+            )
+            self.store.put_json(f"{prefix}/job.json", to_dict(spec))
             self._save_version(version)
             run = Run(version)
             self.runs[str(name)] = run
@@ -454,28 +451,35 @@ class TrainerCore:
         dataset, _ = self._resolve_dataset(dataset_version, version.task)
         parsed = names.parse_model_version(version.name)
         prefix = _version_prefix(parsed)
-        workdir = self.settings.trainer_workdir / parsed.model / parsed.version / f"eval-{time.time_ns()}"
-        handle: JobHandle = self.launcher.start(
-            f"{prefix}/job.json",
-            workdir,
-            dict(os.environ),
-            extra_args=["--evaluate", dataset.name or dataset_version, "--rows-manifest", dataset.rows_manifest_object],
-            distributed=False,
+        evaluation_id = f"eval-{time.time_ns()}"
+        workdir = self.settings.trainer_workdir / parsed.model / parsed.version / evaluation_id
+        spec = json_format.ParseDict(
+            self.store.get_json(f"{prefix}/job.json"), job_pb2.TrainingJobSpec(), ignore_unknown_fields=True
         )
-        if on_rpc_done is not None:
-            on_rpc_done(handle.terminate)
-        evaluation: trainer_pb2.Evaluation | None = None
-        failure: dict[str, Any] = {}
-        for event in parse_events(handle.lines()):
-            kind = event.pop("type", "")
-            if kind == "evaluation":
-                evaluation = json_format.ParseDict(event, trainer_pb2.Evaluation(), ignore_unknown_fields=True)
-            elif kind == "failure":
-                failure = event
-        code = handle.wait()
+        spec.evaluation.CopyFrom(
+            job_pb2.EvaluationTarget(
+                dataset_version=dataset.name or dataset_version, rows_manifest_object=dataset.rows_manifest_object
+            )
+        )
+        spec_key = f"{prefix}/evaluation-jobs/{evaluation_id}.json"
+        self.store.put_json(spec_key, to_dict(spec))
+        try:
+            handle: JobHandle = self.launcher.start(spec_key, workdir, dict(os.environ), distributed=False)
+            if on_rpc_done is not None:
+                on_rpc_done(handle.terminate)
+            evaluation: trainer_pb2.Evaluation | None = None
+            failure = common_pb2.Failure()
+            for event in parse_events(handle.lines()):
+                if event.HasField("evaluation"):
+                    evaluation = event.evaluation
+                elif event.HasField("failure"):
+                    failure = event.failure
+            code = handle.wait()
+        finally:
+            self.store.delete(spec_key)
         if evaluation is None or code != 0:
-            if failure.get("reason") == "EVALUATION_NO_USABLE_ROWS":
-                raise FailedPrecondition(failure.get("message", ""), reason=failure["reason"])
+            if failure.reason == "EVALUATION_NO_USABLE_ROWS":
+                raise FailedPrecondition(failure.message, reason=failure.reason)
             log.error("evaluation of %s on %s failed (exit %s): %s", version.name, dataset_version, code, failure)
             raise Internal("the evaluation process failed; see the trainer's log", reason="EVALUATION_FAILED")
         self._store_evaluation(version.name, prefix, evaluation)
@@ -699,21 +703,14 @@ class TrainerCore:
             )
         started = time.monotonic()
         failure: common_pb2.Failure | None = None
-        result: dict[str, Any] | None = None
+        result: job_pb2.JobResult | None = None
         last_persist = 0.0
         for event in parse_events(run.handle.lines()):
-            kind = event.pop("type", "")
+            kind = event.WhichOneof("event")
             if kind == "state":
-                self._set_state(run, MV.State.Value("STATE_" + event["state"]))
+                self._set_state(run, event.state)
             elif kind == "progress":
-                progress = common_pb2.Progress(
-                    percent_completed=event.get("percent", 0.0),
-                    step=event.get("step", 0),
-                    total_steps=event.get("total_steps", 0),
-                    epoch=event.get("epoch", 0.0),
-                )
-                if event.get("eta_seconds") is not None:
-                    progress.time_remaining.FromMilliseconds(int(event["eta_seconds"] * 1000))
+                progress = event.progress.progress
                 with run.cond:
                     run.version.progress.CopyFrom(progress)
                 tick = time.monotonic()
@@ -724,35 +721,28 @@ class TrainerCore:
                     persist=persist,
                     kind=trainer_pb2.ModelVersionEvent.KIND_PROGRESS,
                     progress=progress,
-                    loss=event.get("loss", 0.0),
-                    learning_rate=event.get("learning_rate", 0.0),
-                    samples_per_second=event.get("samples_per_second", 0.0),
+                    loss=event.progress.loss,
+                    learning_rate=event.progress.learning_rate,
+                    samples_per_second=event.progress.samples_per_second,
                 )
             elif kind == "log":
-                self._event(
-                    run, persist=False, kind=trainer_pb2.ModelVersionEvent.KIND_LOG, message=event.get("message", "")
-                )
+                self._event(run, persist=False, kind=trainer_pb2.ModelVersionEvent.KIND_LOG, message=event.log)
             elif kind == "data":
                 with run.cond:
-                    run.version.train_row_count = event["train_rows"]
-                    run.version.eval_row_count = event["eval_rows"]
-                    run.version.skipped_row_count = event["skipped_rows"]
+                    run.version.train_row_count = event.data.train_rows
+                    run.version.eval_row_count = event.data.eval_rows
+                    run.version.skipped_row_count = event.data.skipped_rows
             elif kind == "evaluation":
-                evaluation = json_format.ParseDict(event, trainer_pb2.Evaluation(), ignore_unknown_fields=True)
+                evaluation = event.evaluation
                 with run.cond:
                     run.version.evaluation.CopyFrom(evaluation)
                 self._event(
                     run, kind=trainer_pb2.ModelVersionEvent.KIND_EVALUATION, eval_metrics=dict(evaluation.metrics)
                 )
             elif kind == "result":
-                result = event
+                result = event.result
             elif kind == "failure":
-                failure = common_pb2.Failure(
-                    reason=event.get("reason", ""),
-                    message=event.get("message", ""),
-                    field=event.get("field", ""),
-                    rows=event.get("rows", []),
-                )
+                failure = event.failure
         code = run.handle.wait()
         log.info("run %s: job exited with %s after %.1fs", run.version.name, code, time.monotonic() - started)
         if self._stopping and not run.cancel_requested:
@@ -770,9 +760,9 @@ class TrainerCore:
             )
         elif code == 0 and result is not None:
             with run.cond:
-                run.version.adapter_uri = result["adapter_uri"]
-                run.version.world_size = int(result.get("world_size", 1))
-                run.version.lineage.CopyFrom(json_format.ParseDict(result["lineage"], trainer_pb2.Lineage()))
+                run.version.adapter_uri = result.adapter_uri
+                run.version.lineage.CopyFrom(result.lineage)
+                run.version.world_size = result.world_size or 1
                 run.version.progress.percent_completed = 100.0
                 run.version.progress.ClearField("time_remaining")
             self._finish(run, MV.STATE_READY)
