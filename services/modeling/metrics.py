@@ -5,13 +5,20 @@ EvaluateModelVersion returns."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from .collate import PROMPT_TEMPLATE, batches
 
 
 def evaluate_classification(
-    model: Any, rows: Any, collator: Any, label_names: list[str], multi_label: bool, batch_size: int
+    model: Any,
+    rows: Any,
+    collator: Any,
+    label_names: list[str],
+    multi_label: bool,
+    batch_size: int,
+    on_rows: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, per-label ROC AUC with curve points, confusion matrix, loss."""
     import numpy as np
@@ -21,11 +28,14 @@ def evaluate_classification(
     model.eval()
     logits_all, labels_all, losses = [], [], []
     with torch.no_grad():
+        done = 0
         for chunk in batches(rows, batch_size):
             batch = collator(chunk)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             out = model(**batch)
             losses.append(float(out.loss) * len(batch["input_ids"]))
+            done += len(chunk)
+            on_rows(done, len(rows))
             logits_all.append(out.logits.float().cpu().numpy())
             labels_all.append(batch["labels"].cpu().numpy())
     logits, labels = np.concatenate(logits_all), np.concatenate(labels_all)
@@ -76,6 +86,7 @@ def evaluate_generation(
     batch_size: int,
     max_exact: int = 32,
     prompt_template: str = PROMPT_TEMPLATE,
+    on_rows: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, Any]:
     """Loss and perplexity on target tokens; exact match and ROUGE-L (F-measure,
     Google's rouge-score package) of greedy generations on a sample."""
@@ -86,6 +97,8 @@ def evaluate_generation(
 
     model.eval()
     total_loss, total_tokens = 0.0, 0
+    sample = rows.select(range(min(max_exact, len(rows))))
+    work, done = len(rows) + len(sample), 0  # rows scored, then rows generated
     with torch.no_grad():
         for chunk in batches(rows, batch_size):
             batch = collator(chunk)
@@ -94,9 +107,10 @@ def evaluate_generation(
             tokens = int((batch["labels"][:, 1:] != -100).sum())
             total_loss += float(out.loss) * tokens
             total_tokens += tokens
+            done += len(chunk)
+            on_rows(done, work)
         loss = total_loss / max(total_tokens, 1)
         matches, rouge_l = 0, 0.0
-        sample = rows.select(range(min(max_exact, len(rows))))
         tokenizer.padding_side = "left"  # batched generation needs left padding
         for chunk in batches(sample, batch_size):
             prompts = [prompt_template.format(text=r["text"]) for r in chunk]
@@ -109,6 +123,8 @@ def evaluate_generation(
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 matches += int(text.strip() == row["target"].strip())
                 rouge_l += scorer.score(row["target"], text)["rougeL"].fmeasure
+            done += len(chunk)
+            on_rows(done, work)
         tokenizer.padding_side = "right"
     return {
         "metrics": {
@@ -132,8 +148,10 @@ def evaluate(
     batch_size: int,
     max_generations: int = 32,
     prompt_template: str = PROMPT_TEMPLATE,
+    on_rows: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, Any]:
-    """The version's metrics on rows (a datasets.Dataset), tokenised batch by batch."""
+    """The version's metrics on rows (a datasets.Dataset), tokenised batch by
+    batch; on_rows(done, total) after each batch."""
     if classification:
-        return evaluate_classification(model, rows, collator, labels, multi, batch_size)
-    return evaluate_generation(model, tokenizer, rows, collator, batch_size, max_generations, prompt_template)
+        return evaluate_classification(model, rows, collator, labels, multi, batch_size, on_rows)
+    return evaluate_generation(model, tokenizer, rows, collator, batch_size, max_generations, prompt_template, on_rows)

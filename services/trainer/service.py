@@ -34,19 +34,20 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 
 from textft import Client
 from textft.errors import (
     AlreadyExists,
     FailedPrecondition,
-    Internal,
     InvalidArgument,
     NotFound,
     TextftError,
@@ -63,11 +64,12 @@ from ..common.rows import require_rows
 from ..common.store import ObjectStore
 from . import checkpoints, configs
 from .events import parse_events
-from .launcher import JobHandle, Launcher
+from .launcher import Launcher
 from .templates import TEMPLATES, get_template
 
 log = logging.getLogger("textft.trainer")
 MV = trainer_pb2.ModelVersion
+ME = trainer_pb2.ModelEvaluation
 FINAL = {MV.STATE_READY, MV.STATE_FAILED, MV.STATE_CANCELLED}
 FLUSH_FIRST_DELAY = 0.5  # seconds before the flusher retries a failed write; doubles up to FLUSH_MAX_DELAY
 FLUSH_MAX_DELAY = 10.0
@@ -121,6 +123,46 @@ class Run:
         return self.version.state in FINAL
 
 
+@dataclass
+class EvaluationRun:
+    """A live evaluation: its record, the job's handle, and watchers' condition."""
+
+    evaluation: trainer_pb2.ModelEvaluation
+    prefix: str  # models/{model}/versions/{version}/evaluations/{evaluation}
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    handle: Any = None
+    changes: int = 0  # bumped on every update, so watchers notice each one
+
+    def update(self, **fields: Any) -> None:
+        with self.cond:
+            for key, value in fields.items():
+                if isinstance(value, (common_pb2.Progress, common_pb2.Failure, trainer_pb2.Evaluation)):
+                    getattr(self.evaluation, key).CopyFrom(value)
+                else:
+                    setattr(self.evaluation, key, value)
+            if fields.get("state") == ME.STATE_SUCCEEDED:
+                self.evaluation.progress.percent_completed = 100.0
+                self.evaluation.progress.ClearField("time_remaining")
+            self.evaluation.update_time.CopyFrom(now())
+            self.changes += 1
+            self.cond.notify_all()
+
+    def snapshot(self) -> trainer_pb2.ModelEvaluation:
+        with self.cond:
+            return trainer_pb2.ModelEvaluation().FromString(self.evaluation.SerializeToString())
+
+
+def _parse_evaluation(name: str) -> tuple[names.ModelVersionName, str]:
+    """models/{model}/versions/{version}/evaluations/{evaluation}, checked."""
+    version, sep, evaluation_id = name.rpartition("/evaluations/")
+    if not sep or not re.fullmatch(r"e[0-9]{1,24}", evaluation_id):
+        raise InvalidArgument.for_field(
+            "name",
+            f"{name[:200]!r} is not an evaluation name: models/{{model}}/versions/{{version}}/evaluations/{{id}}",
+        )
+    return names.parse_model_version(version, "name"), evaluation_id
+
+
 class TrainerCore:
     def __init__(
         self, settings: Settings, store: ObjectStore, launcher: Launcher, datasets: Client | None = None
@@ -130,6 +172,7 @@ class TrainerCore:
         self.launcher = launcher
         self.datasets = datasets or Client(dataset_target=settings.dataset_addr, api_key=settings.api_key)
         self.runs: dict[str, Run] = {}
+        self.evaluation_runs: dict[str, EvaluationRun] = {}
         self.lock = threading.Lock()
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.threads = [
@@ -155,6 +198,10 @@ class TrainerCore:
         for run in list(self.runs.values()):
             if run.handle is not None and not run.final:
                 run.handle.terminate()
+        for evaluation in list(self.evaluation_runs.values()):
+            with evaluation.cond:
+                if evaluation.handle is not None:
+                    evaluation.handle.terminate()
         for _ in self.threads:
             self.queue.put(None)
         deadline = time.monotonic() + timeout
@@ -434,12 +481,10 @@ class TrainerCore:
         return self.get_version(name)
 
     # ---- evaluation ----
-    def evaluate(
-        self, name: str, dataset_version: str, on_rpc_done: Callable[[Callable[[], None]], Any] | None = None
-    ) -> trainer_pb2.Evaluation:
-        """Runs the worker's --evaluate mode in a child process and waits for it.
-        on_rpc_done registers a callback run when the RPC ends (a client that
-        leaves or a deadline that passes stops the child)."""
+    def evaluate(self, name: str, dataset_version: str) -> trainer_pb2.ModelEvaluation:
+        """Starts the evaluation job of a READY version on a dataset version
+        and returns the evaluation, RUNNING; a thread follows the job (see
+        _run_evaluation)."""
         version = self.get_version(name)
         if version.state != MV.STATE_READY:
             raise FailedPrecondition(
@@ -451,8 +496,7 @@ class TrainerCore:
         dataset, _ = self._resolve_dataset(dataset_version, version.task)
         parsed = names.parse_model_version(version.name)
         prefix = _version_prefix(parsed)
-        evaluation_id = f"eval-{time.time_ns()}"
-        workdir = self.settings.trainer_workdir / parsed.model / parsed.version / evaluation_id
+        evaluation_id = f"e{time.time_ns()}"
         spec = json_format.ParseDict(
             self.store.get_json(f"{prefix}/job.json"), job_pb2.TrainingJobSpec(), ignore_unknown_fields=True
         )
@@ -461,29 +505,112 @@ class TrainerCore:
                 dataset_version=dataset.name or dataset_version, rows_manifest_object=dataset.rows_manifest_object
             )
         )
-        spec_key = f"{prefix}/evaluation-jobs/{evaluation_id}.json"
-        self.store.put_json(spec_key, to_dict(spec))
+        evaluation = trainer_pb2.ModelEvaluation(
+            name=f"{version.name}/evaluations/{evaluation_id}",
+            dataset_version=dataset.name or dataset_version,
+            state=ME.STATE_RUNNING,
+            create_time=now(),
+            update_time=now(),
+        )
+        run = EvaluationRun(evaluation, f"{prefix}/evaluations/{evaluation_id}")
+        self.store.put_json(f"{run.prefix}/job.json", to_dict(spec))
+        self.store.put_json(f"{run.prefix}/evaluation.json", to_dict(evaluation))
+        with self.lock:
+            self.evaluation_runs[evaluation.name] = run
+        workdir = self.settings.trainer_workdir / parsed.model / parsed.version / evaluation_id
+        thread = threading.Thread(
+            target=self._run_evaluation, args=(run, version.name, prefix, workdir), name="evaluation", daemon=True
+        )
+        thread.start()
+        return run.snapshot()
+
+    def _run_evaluation(self, run: EvaluationRun, version_name: str, prefix: str, workdir: Any) -> None:
+        """Runs the evaluation job to its end and records how it ended."""
+        evaluation: trainer_pb2.Evaluation | None = None
+        failure = common_pb2.Failure()
+        code: int | None = None
         try:
-            handle: JobHandle = self.launcher.start(spec_key, workdir, dict(os.environ), distributed=False)
-            if on_rpc_done is not None:
-                on_rpc_done(handle.terminate)
-            evaluation: trainer_pb2.Evaluation | None = None
-            failure = common_pb2.Failure()
-            for event in parse_events(handle.lines()):
-                if event.HasField("evaluation"):
+            with run.cond:
+                if self._stopping:
+                    raise RuntimeError("the trainer is shutting down")
+                run.handle = self.launcher.start(f"{run.prefix}/job.json", workdir, dict(os.environ), distributed=False)
+            for event in parse_events(run.handle.lines()):
+                if event.HasField("progress"):
+                    run.update(progress=event.progress.progress)
+                elif event.HasField("evaluation"):
                     evaluation = event.evaluation
                 elif event.HasField("failure"):
                     failure = event.failure
-            code = handle.wait()
-        finally:
-            self.store.delete(spec_key)
-        if evaluation is None or code != 0:
-            if failure.reason == "EVALUATION_NO_USABLE_ROWS":
-                raise FailedPrecondition(failure.message, reason=failure.reason)
-            log.error("evaluation of %s on %s failed (exit %s): %s", version.name, dataset_version, code, failure)
-            raise Internal("the evaluation process failed; see the trainer's log", reason="EVALUATION_FAILED")
-        self._store_evaluation(version.name, prefix, evaluation)
+            code = run.handle.wait()
+            if evaluation is not None and code == 0:
+                self._store_evaluation(version_name, prefix, evaluation)
+        except Exception:
+            log.exception("evaluation %s failed in the trainer service", run.evaluation.name)
+            code = None
+        if evaluation is not None and code == 0:
+            run.update(state=ME.STATE_SUCCEEDED, result=evaluation)
+        elif failure.reason == "EVALUATION_NO_USABLE_ROWS":
+            run.update(state=ME.STATE_FAILED, failure=failure, error_code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
+        elif self._stopping:
+            interrupted = common_pb2.Failure(
+                reason="EVALUATION_INTERRUPTED", message="the trainer shut down during the evaluation; start it again"
+            )
+            run.update(state=ME.STATE_FAILED, failure=interrupted, error_code=grpc.StatusCode.ABORTED.value[0])
+        else:
+            log.error("evaluation %s ended with exit code %s: %s", run.evaluation.name, code, failure.message)
+            broken = common_pb2.Failure(
+                reason="EVALUATION_FAILED", message="the evaluation process failed; see the trainer's log"
+            )
+            run.update(state=ME.STATE_FAILED, failure=broken, error_code=grpc.StatusCode.INTERNAL.value[0])
+        try:
+            self.store.put_json(f"{run.prefix}/evaluation.json", to_dict(run.snapshot()))
+            self.store.delete(f"{run.prefix}/job.json")
+        except Exception:
+            log.exception("could not store evaluation %s; it is kept in memory", run.evaluation.name)
+
+    def get_evaluation(self, name: str) -> trainer_pb2.ModelEvaluation:
+        parsed = _parse_evaluation(name)
+        with self.lock:
+            run = self.evaluation_runs.get(name)
+        if run is not None:
+            return run.snapshot()
+        version_prefix = _version_prefix(parsed[0])
+        try:
+            data = self.store.get_json(f"{version_prefix}/evaluations/{parsed[1]}/evaluation.json")
+        except NotFound:
+            raise NotFound(f"evaluation {name} not found", reason="EVALUATION_NOT_FOUND") from None
+        evaluation = json_format.ParseDict(data, trainer_pb2.ModelEvaluation(), ignore_unknown_fields=True)
+        if evaluation.state == ME.STATE_RUNNING:  # its trainer stopped before it ended
+            evaluation.state = ME.STATE_FAILED
+            evaluation.failure.CopyFrom(
+                common_pb2.Failure(
+                    reason="EVALUATION_INTERRUPTED",
+                    message="the trainer restarted during the evaluation; start it again",
+                )
+            )
+            evaluation.error_code = grpc.StatusCode.ABORTED.value[0]
         return evaluation
+
+    def watch_evaluation(self, name: str, is_active: Callable[[], bool]) -> Iterator[trainer_pb2.ModelEvaluation]:
+        """The evaluation now, then after each change, until it is done or the client leaves."""
+        _parse_evaluation(name)
+        with self.lock:
+            run = self.evaluation_runs.get(name)
+        if run is None:  # not of this process: as stored, already final
+            yield self.get_evaluation(name)
+            return
+        with run.cond:
+            seen = run.changes
+            snapshot = trainer_pb2.ModelEvaluation().FromString(run.evaluation.SerializeToString())
+        yield snapshot
+        while snapshot.state == ME.STATE_RUNNING and is_active():
+            with run.cond:
+                if run.changes == seen:
+                    run.cond.wait(timeout=1.0)  # wakes to notice a departed client
+                    continue
+                seen = run.changes
+                snapshot = trainer_pb2.ModelEvaluation().FromString(run.evaluation.SerializeToString())
+            yield snapshot
 
     def _store_evaluation(self, name: str, prefix: str, evaluation: trainer_pb2.Evaluation) -> None:
         """Latest evaluation per dataset version, on the version and in metrics.json."""

@@ -424,6 +424,7 @@ def evaluate_version(
     store: ObjectStore,
     settings: Settings,
     workdir: Path,
+    emitter: Emitter,
     max_generations: int = 200,
 ) -> trainer_pb2.Evaluation:
     """Evaluates the version's stored adapter on every usable row of another
@@ -477,10 +478,29 @@ def evaluate_version(
         batch,
         max_generations,
         prompt_template,
+        _evaluation_progress(emitter),
     )
     evaluation["dataset_version"] = dataset_version
     evaluation["skipped_row_count"] = skipped
     return to_evaluation(evaluation)
+
+
+def _evaluation_progress(emitter: Emitter, every: float = 1.0) -> Callable[[int, int], None]:
+    """on_rows for an evaluation: a progress event at most every `every` seconds, and at the end."""
+    started, last = time.monotonic(), 0.0
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < every and done < total:
+            return
+        last = now
+        progress = common_pb2.Progress(step=done, total_steps=total, percent_completed=100.0 * done / max(total, 1))
+        if done:
+            progress.time_remaining.FromMilliseconds(int((now - started) / done * (total - done) * 1000))
+        emitter.emit(job_pb2.JobEvent(progress=job_pb2.JobProgress(progress=progress)))
+
+    return report
 
 
 def _lifeline() -> None:
@@ -545,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         store = retry("connecting to the store", lambda: open_store(settings.store))
         spec = retry("reading the job", lambda: read_spec(store, args.job))
         if spec.HasField("evaluation"):
-            emitter.emit(job_pb2.JobEvent(evaluation=evaluate_version(spec, store, settings, workdir)))
+            emitter.emit(job_pb2.JobEvent(evaluation=evaluate_version(spec, store, settings, workdir, emitter)))
             return 0
         result = run_job(spec, store, settings, workdir, emitter)
         if result is not None:
