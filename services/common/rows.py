@@ -38,7 +38,7 @@ from .store import ObjectStore
 
 ROWS_SCHEMA_VERSION = 1
 PART_ROWS = 65536
-PART_CHARS = 32 << 20
+PART_CHARS = 8 << 20  # bounds an upload's memory: about three parts are held at once
 ROW_GROUP_ROWS = 8192  # the unit a page read decodes
 HASH_BUFFER = 1 << 20
 COLUMNS = ("row", "text", "labels", "target", "id", "metadata", "split")

@@ -73,15 +73,6 @@ log = logging.getLogger("textft.worker")
 T = TypeVar("T")
 
 
-def rank() -> int:
-    """This process's global rank under torchrun; 0 when run alone."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _transient_errors() -> tuple[type[BaseException], ...]:
     """What a store that went away raises: Unavailable from the store's own
     calls, and urllib3's errors from a response cut while it is being read."""
@@ -248,14 +239,14 @@ def _checkpoint_callback(store: ObjectStore, prefix: str, emitter: Emitter, keep
     return CheckpointUploader()
 
 
-def build_training_args(trainer_kwargs: dict[str, Any], out_dir: Path) -> Any:
+def build_training_args(trainer_kwargs: dict[str, Any], out_dir: Path, world_size: int = 1) -> Any:
     """TrainingArguments as the job uses them: the job's directory, no tqdm,
     our collators see the stored columns (they tokenise), gloo for DDP on CPU."""
     import torch
     from transformers import TrainingArguments
 
     kwargs = dict(trainer_kwargs)
-    if world_size() > 1 and not torch.cuda.is_available():
+    if world_size > 1 and not torch.cuda.is_available():
         kwargs.setdefault("ddp_backend", "gloo")
     return TrainingArguments(output_dir=str(out_dir), disable_tqdm=True, remove_unused_columns=False, **kwargs)
 
@@ -329,11 +320,11 @@ def run_job(
     emitter.log(f"base {base_name}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%)")
 
     out_dir = workdir / "out"
-    if rank() == 0 and out_dir.exists():  # checkpoints of an earlier attempt: the store's are the truth
+    if settings.rank == 0 and out_dir.exists():  # checkpoints of an earlier attempt: the store's are the truth
         import shutil
 
         shutil.rmtree(out_dir, ignore_errors=True)
-    args = build_training_args(trainer_kwargs, out_dir)
+    args = build_training_args(trainer_kwargs, out_dir, settings.world_size)
     if args.world_size > 1:
         emitter.log(f"distributed: {args.world_size} processes, backend {args.ddp_backend or 'default'}")
     callbacks = [_progress_callback(emitter, len(train_set))]
@@ -350,7 +341,7 @@ def run_job(
     resume_from = None
     step = retry("listing checkpoints", lambda: checkpoints.latest_step(store, ckpt_prefix))
     if step is not None:
-        resume_dir = workdir / f"resume-rank{rank()}"
+        resume_dir = workdir / f"resume-rank{settings.rank}"
         resume_from = retry(
             f"downloading checkpoint step {step}", lambda: checkpoints.download(store, ckpt_prefix, step, resume_dir)
         )
@@ -364,7 +355,7 @@ def run_job(
         f"training done: {result.global_step} steps in {runtime:.2f}s ({speed:.1f} samples/s), "
         f"train loss {result.training_loss:.4f}"
     )
-    if rank() != 0:
+    if settings.rank != 0:
         return None
 
     emitter.state(MV.STATE_EVALUATING)
@@ -556,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("train-job", settings.log_level, settings.log_format, settings.secrets())
     if args.exit_on_stdin_eof:
         _lifeline()
-    emitter = Emitter(enabled=rank() == 0)
+    emitter = Emitter(enabled=settings.rank == 0)
     workdir = Path(args.workdir)  # shared by the ranks of one node: only rank 0 writes outside out/
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)  # relative paths a library might write land in the job's directory
