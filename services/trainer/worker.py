@@ -403,7 +403,7 @@ def run_job(
 
     retry("uploading the adapter", upload_adapter)
     retry("uploading metrics", lambda: store.put_json(f"{spec.output_prefix}/metrics.json", evaluation))
-    return job_pb2.JobResult(adapter_uri=prefix, lineage=lineage, world_size=world_size())
+    return job_pb2.JobResult(adapter_uri=prefix, lineage=lineage, world_size=settings.world_size)
 
 
 def to_evaluation(evaluation: dict[str, Any]) -> trainer_pb2.Evaluation:
