@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from google.protobuf import json_format, struct_pb2
 
 from textft.internal.v1 import job_pb2, rows_pb2
@@ -18,6 +19,8 @@ from textft.v1 import common_pb2, trainer_pb2
 from textft_services.common.protojson import to_dict
 from textft_services.modeling.loading import read_adapter_manifest, write_adapter_manifest
 from textft_services.trainer import events
+
+pytestmark = pytest.mark.unit
 
 GOLDEN = Path(__file__).parent / "golden"
 MV = trainer_pb2.ModelVersion

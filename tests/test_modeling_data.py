@@ -15,6 +15,8 @@ from textft_services.common.store import LocalStore
 from textft_services.modeling import data
 from textft_services.modeling.data import JobFailure
 
+pytestmark = pytest.mark.unit
+
 
 def make_rows(n: int, labels: list[str] | None = None, split: str = "", target: str = "") -> list[dict]:
     names = labels or ["a", "b"]

@@ -13,6 +13,8 @@ from textft.v1 import common_pb2
 from textft_services.common import rows as stored_rows
 from textft_services.common.store import ObjectStore
 
+pytestmark = pytest.mark.integration
+
 PREFIX = "datasets/d/versions/v1/"
 
 
