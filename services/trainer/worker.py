@@ -191,6 +191,8 @@ def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
             return progress
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if control.should_log:  # on_log reports this step, with its loss: no step twice
+                return
             now = time.monotonic()
             if now - self.last_emit >= 1.0:
                 self.last_emit = now
