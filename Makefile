@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU wheel pinned for CI and this machine; GPU users: make install TORCH_SPEC="torch"
 TORCH_SPEC ?= torch==2.13.0
-PROTOS := $(wildcard protos/textft/v1/*.proto)
+PROTOS := $(wildcard protos/textft/v1/*.proto) $(wildcard protos/textft/internal/v1/*.proto)
 # The Open Inference Protocol (KServe v2), vendored unchanged (protos/textft/oip/v2/README.md).
 OIP_PROTOS := $(wildcard protos/textft/oip/v2/*.proto)
 STUBS_DIR := clients/python
@@ -78,4 +78,5 @@ bench-gpu: install
 
 clean:
 	rm -rf $(VENV) .venv-deploy clients/python/textft/v1/*_pb2*.py* clients/python/textft/oip/v2/*_pb2*.py* \
+	  clients/python/textft/internal/v1/*_pb2*.py* \
 	  clients/python/textft/v1/.stamp .textft

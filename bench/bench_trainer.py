@@ -132,11 +132,15 @@ def child_plain(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_padding(spec: dict[str, Any]) -> dict[str, Any]:
-    """The job's own encoding and collator (variant "defaults") vs padding to
-    max_length with random batches (variant "max_length")."""
+    """The job's own collator (tokenising per batch) and length-grouped sampler
+    (variant "defaults") vs padding to max_length with random batches
+    (variant "max_length")."""
+    from datasets import Dataset
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import Trainer, default_data_collator
 
+    from textft_services.modeling import data
+    from textft_services.modeling.collate import make_collator
     from textft_services.trainer import worker
 
     labels = ["neg", "pos"]
@@ -150,28 +154,30 @@ def child_padding(spec: dict[str, Any]) -> dict[str, Any]:
     )
     rows = [{"text": r["text"], "labels": [r["label"]]} for r in spec["rows"]]
     config = dict(spec["trainer_config"])
-    if spec["variant"] == "defaults":
-        encoded = worker.encode(True, rows, tokenizer, max_length, labels, False)
-        collator = worker.make_collator(True, tokenizer)
-    else:
-        enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length, padding="max_length")
-        encoded = [
-            {"input_ids": ids, "attention_mask": mask, "labels": labels.index(r["labels"][0])}
-            for ids, mask, r in zip(enc["input_ids"], enc["attention_mask"], rows, strict=True)
-        ]
-        collator = default_data_collator
-        config["train_sampling_strategy"] = "random"
     args = worker.build_training_args(config, Path(spec["out_dir"]))
-    dataset = worker.to_dataset(encoded, args.length_column_name)
-    if spec["variant"] != "defaults":
-        dataset = dataset.remove_columns([args.length_column_name])
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    tokens = sum(len(ids) for ids in tokenizer([r["text"] for r in rows], truncation=True)["input_ids"])
+    if spec["variant"] == "defaults":  # the job's own path: rows as stored, tokenised per batch
+        dataset = Dataset.from_dict({"text": [r["text"] for r in rows], "labels": [r["labels"] for r in rows]})
+        collator = make_collator(True, tokenizer, max_length, labels, False)
+        trainer = worker.job_trainer(data.text_lengths(dataset, with_target=False))(
+            model=model, args=args, train_dataset=dataset, data_collator=collator
+        )
+    else:
+        config["train_sampling_strategy"] = "random"
+        args = worker.build_training_args(config, Path(spec["out_dir"]))
+        enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length, padding="max_length")
+        dataset = Dataset.from_list(
+            [
+                {"input_ids": ids, "attention_mask": mask, "labels": labels.index(r["labels"][0])}
+                for ids, mask, r in zip(enc["input_ids"], enc["attention_mask"], rows, strict=True)
+            ]
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
     result = trainer.train()
-    tokens = sum(len(e["input_ids"]) for e in encoded)
     return {
         "train_samples_per_second": result.metrics["train_samples_per_second"],
         "steps": result.global_step,
-        "mean_tokens_per_row": tokens / len(encoded),
+        "mean_tokens_per_row": tokens / len(rows),
         "max_length": max_length,
     }
 

@@ -16,7 +16,8 @@ from support import error_of
 from textft import Client
 from textft.errors import FailedPrecondition, InvalidArgument, NotFound
 from textft.v1 import common_pb2, dataset_pb2
-from textft_services.dataset.repository import parse_key, read_valid_rows, version_prefix
+from textft_services.common import rows as stored_rows
+from textft_services.dataset.repository import manifest_key
 from textft_services.stack import start_service
 
 pytestmark = pytest.mark.integration
@@ -75,8 +76,14 @@ def test_upload_csv_then_jsonl(client: Client, stack) -> None:  # type: ignore[n
     assert v1.source_size_bytes == len(CSV)
     assert v1.source_object == f"datasets/{ds}/versions/v1/source.csv"
     assert dict(v1.column_mapping) == {"text": "text", "labels": "label", "id": "id"}
-    # The trainer reads the rows with read_valid_rows (the source validated again): exactly these keys.
-    rows = list(read_valid_rows(stack.store, ds, "v1"))
+    # The trainer reads the rows through the rows manifest (Parquet parts written at upload): exactly these keys.
+    assert v1.rows_manifest_object == f"datasets/{ds}/versions/v1/rows/manifest.json"
+    manifest = stored_rows.load_manifest(stack.store, v1.rows_manifest_object)
+    assert (manifest.row_count, list(manifest.label_names)) == (4, ["neg", "pos"])
+    assert manifest.dataset_version == v1.name and manifest.task == common_pb2.TASK_TEXT_CLASSIFICATION
+    [part] = manifest.parts
+    assert part.sha256 == hashlib.sha256(stack.store.get_bytes(part.object)).hexdigest()
+    rows = stored_rows.read_page(stack.store, manifest, 0, 100)
     assert [r["row"] for r in rows] == [1, 3, 5, 7]
     assert set(rows[0]) == {"row", "text", "labels", "target", "id", "metadata", "split"}
     assert rows[1]["text"] == "two\nlines" and rows[3]["labels"] == ["neg", "pos"]
@@ -160,12 +167,9 @@ def test_read_rows_pages(client: Client) -> None:
     assert isinstance(bad, InvalidArgument) and bad.violations[0].field == "page_token"
 
 
-def test_a_version_reads_as_it_was_validated_or_not_at_all(client: Client, stack) -> None:  # type: ignore[no-untyped-def]
-    """Rows are read by validating the source again with the options recorded
-    at upload (parse.json): a server whose settings changed since reads the same
-    rows, a source that would read differently is refused, and a version written
-    with a normalised copy of its rows (rows.jsonl, earlier releases) is read
-    from that copy."""
+def test_a_version_without_a_rows_manifest_asks_for_a_re_upload(client: Client, stack) -> None:  # type: ignore[no-untyped-def]
+    """Versions stored by releases before rows were materialised (no
+    rows_manifest_object) are not parsed again: ReadRows says to upload again."""
     ds = new_id()
     client.create_dataset(ds)
     version = client.upload_dataset(ds, CSV, format="csv")
@@ -176,19 +180,11 @@ def test_a_version_reads_as_it_was_validated_or_not_at_all(client: Client, stack
         (5, "great film", ["pos"]),
         (7, "fine", ["neg", "pos"]),
     ]
-    recorded = stack.store.get_json(parse_key(ds, "v1"))
-    assert recorded["max_text_chars"] == 100_000 and recorded["valid_row_count"] == 4
-
-    # Options that would drop a row (a lower text limit): the count no longer matches.
-    stack.store.put_json(parse_key(ds, "v1"), {**recorded, "max_text_chars": 5})
+    stored = stack.store.get_json(manifest_key(ds, "v1"))
+    del stored["rows_manifest_object"]
+    stack.store.put_json(manifest_key(ds, "v1"), stored)
     err = error_of(lambda: client.read_rows(version.name, page_size=10))
-    assert isinstance(err, FailedPrecondition) and err.reason == "DATASET_VERSION_UNREADABLE"
-
-    # An earlier release's layout: no parse.json, the rows stored normalised.
-    stack.store.delete(parse_key(ds, "v1"))
-    legacy = [{"row": 9, "text": "kept", "labels": ["pos"], "target": "", "id": "", "metadata": {}, "split": ""}]
-    stack.store.put_bytes(version_prefix(ds, "v1") + "rows.jsonl", json.dumps(legacy[0]).encode() + b"\n")
-    assert list(read_valid_rows(stack.store, ds, "v1")) == legacy
+    assert isinstance(err, FailedPrecondition) and err.reason == "DATASET_VERSION_NOT_MATERIALIZED"
 
 
 def test_list_datasets_pages(client: Client) -> None:

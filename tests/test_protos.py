@@ -1,5 +1,5 @@
-"""The generated stubs in clients/python/textft/v1 are what protos/ generates
-now (run by `make check-protos`)."""
+"""The generated stubs in clients/python/textft/v1 and textft/internal/v1 are
+what protos/ generates now (run by `make check-protos`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROTOS = ROOT / "protos"
 STUBS_ROOT = ROOT / "clients" / "python"
 # textft's API, and the vendored Open Inference Protocol (package `inference`).
-PACKAGES = ("textft/v1", "textft/oip/v2")
+PACKAGES = ("textft/v1", "textft/internal/v1", "textft/oip/v2")  # the Makefile's PROTOS and OIP_PROTOS
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 HINT = "the generated stubs are stale: run `make protos`"
 

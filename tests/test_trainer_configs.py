@@ -43,14 +43,11 @@ def test_nproc_setting_and_torchrun_command(tmp_path: Path) -> None:
     ddp = LocalProcessLauncher(2).command("models/m/versions/v1/job.json", tmp_path)
     assert ddp[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert ddp[5:7] == ["-m", "textft_services.trainer.worker"]
-    # Evaluation always runs as one process, with the worker's own --evaluate flag.
-    evaluate = LocalProcessLauncher(2).command(
-        "k", tmp_path, ["--evaluate", "datasets/d/versions/v1"], distributed=False
-    )
+    # Evaluation always runs as one process (the spec says it is one).
+    evaluate = LocalProcessLauncher(2).command("k", tmp_path, distributed=False)
     assert evaluate[1:3] == ["-m", "textft_services.trainer.worker"]
-    assert evaluate[-2:] == ["--evaluate", "datasets/d/versions/v1"]
     parsed = worker.parser().parse_args(evaluate[3:])  # the worker accepts exactly what the launcher passes
-    assert parsed.evaluate == "datasets/d/versions/v1" and parsed.job == "k"
+    assert parsed.job == "k"
 
 
 def test_keys_the_trainer_sets_itself_are_refused_up_front() -> None:

@@ -1,6 +1,7 @@
-"""EvaluateModelVersion through the real RPCs: a READY version evaluated on
-another dataset version in a child process, for both tasks; the result is on
-the version and in metrics.json; refusals carry the right codes."""
+"""EvaluateModelVersion through the real RPCs: a long-running evaluation of a
+READY version on another dataset version in a child process, for both tasks,
+polled and watched; the result is on the evaluation, the version and in
+metrics.json; refusals and failures carry the right codes."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from textft.errors import TextftError
 from textft.v1 import trainer_pb2
 
 pytestmark = pytest.mark.integration
+
+ME = trainer_pb2.ModelEvaluation
 
 WORDS = {"pos": ["great", "superb", "loved"], "neg": ["awful", "dull", "hated"]}
 
@@ -55,6 +58,48 @@ def classifier(stack) -> tuple[str, str]:
         done = client.wait(run.name, timeout=300)
         assert done.state == MV.STATE_READY, done.failure.message
         return done.name, holdout.name
+
+
+def test_evaluation_is_a_resource_that_can_be_polled_and_watched(client: Client, classifier: tuple[str, str]) -> None:
+    name, holdout = classifier
+    started = client.start_evaluation(name, holdout)
+    assert started.state == ME.STATE_RUNNING  # the call returned before the job ended
+    assert started.name.startswith(f"{name}/evaluations/") and started.dataset_version == holdout
+    assert client.get_evaluation(started.name).state in (ME.STATE_RUNNING, ME.STATE_SUCCEEDED)
+    seen = list(client.watch_evaluation(started.name, timeout=300))
+    assert seen[-1].state == ME.STATE_SUCCEEDED and all(e.state == ME.STATE_RUNNING for e in seen[:-1])
+    assert seen[-1].progress.percent_completed == 100.0
+    done = client.get_evaluation(started.name)
+    assert done == seen[-1]
+    assert done.result.dataset_version == holdout and done.result.example_count == 30
+    # A watch that starts after the end gets the final evaluation and ends.
+    assert list(client.watch_evaluation(started.name, timeout=60)) == [done]
+
+    for bad, code in [
+        (f"{name}/evaluations/e404", grpc.StatusCode.NOT_FOUND),
+        (f"{name}/evaluations/../x", grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        with pytest.raises(TextftError) as info:
+            client.get_evaluation(bad)
+        assert info.value.code == code
+
+
+def test_an_evaluation_that_cannot_score_any_row_fails_with_its_reason(
+    client: Client, classifier: tuple[str, str]
+) -> None:
+    name, _ = classifier
+    client.create_dataset("eval-unknown")
+    unknown = client.upload_dataset(
+        "eval-unknown", b"text,label\nthe play was fine,meh\nso so,meh\n", task="classification", format="csv"
+    )
+    with pytest.raises(TextftError) as info:
+        evaluate(client, name, unknown.name)
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.reason == "EVALUATION_NO_USABLE_ROWS"
+    started = client.start_evaluation(name, unknown.name)
+    final = list(client.watch_evaluation(started.name, timeout=300))[-1]
+    assert final.state == ME.STATE_FAILED and final.failure.reason == "EVALUATION_NO_USABLE_ROWS"
+    assert final.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
 
 
 def test_evaluate_classification_on_another_dataset(stack, client: Client, classifier: tuple[str, str]) -> None:

@@ -147,6 +147,15 @@ class Settings:
     # gloo on CPU, NCCL on GPUs), one process per device.
     trainer_nproc: int = 1
     base_model_cache: Path = Path(".textft/base-models")
+    # This process's place in a distributed training job: torchrun's RANK and
+    # WORLD_SIZE (0 and 1 when a job runs alone).
+    rank: int = 0
+    world_size: int = 1
+    # The dataset service's GIL switch interval in seconds (see dataset/server.py).
+    switch_interval: float = 0.0005
+    # Dataset versions' rows as training jobs read them (Parquet parts and their
+    # Arrow conversions, named by sha256; shared by jobs, safe to delete).
+    rows_cache: Path = Path(".textft/rows-cache")
     # How long a training job keeps retrying a store that is unavailable (per
     # operation, capped exponential backoff) before it FAILS with
     # MODEL_TRAINING_STORE_UNAVAILABLE.
@@ -238,6 +247,10 @@ class Settings:
             trainer_concurrency=_int(env, "TEXTFT_TRAINER_CONCURRENCY", 1),
             trainer_nproc=_int(env, "TEXTFT_TRAINER_NPROC", 1),
             base_model_cache=Path(env.get("TEXTFT_BASE_MODEL_CACHE", str(home / "base-models"))).expanduser(),
+            rows_cache=Path(env.get("TEXTFT_ROWS_CACHE", str(home / "rows-cache"))).expanduser(),
+            rank=_int(env, "RANK", 0),
+            world_size=_int(env, "WORLD_SIZE", 1),
+            switch_interval=_float(env, "TEXTFT_SWITCH_INTERVAL", 0.0005),
             store_retry_seconds=_float(env, "TEXTFT_STORE_RETRY_SECONDS", 300.0),
             inference_max_adapters=_int(env, "TEXTFT_INFERENCE_MAX_ADAPTERS", 8),
             inference_max_adapter_bytes=_int(env, "TEXTFT_INFERENCE_MAX_ADAPTER_BYTES", 2 * 1024**3),

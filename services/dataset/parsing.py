@@ -65,7 +65,6 @@ SPLITS.update({"test": "eval", "dev": "eval"})
 JSONL_SAMPLE_LINES = 1000
 DUPLICATE_TRACK_LIMIT = 1_000_000
 # Recorded with each version; bump it when a change makes some file validate differently.
-PARSER_VERSION = 1
 # CSV/TSV rows take _Validator.fast_path first (tests switch it off to compare).
 FAST_PATH = True
 MAX_ISSUES_PER_CODE_IN_MESSAGE = 5
@@ -1076,17 +1075,6 @@ def validate(
     Raises InvalidArgument for file-level problems (empty, no text column,
     task that does not fit the columns, a CSV line over the byte cap)."""
     return prepare(source, options).run(write_row, write_issue)
-
-
-def valid_rows(
-    source: BinaryIO, options: ParseOptions, jsonl_columns: list[str] | None = None
-) -> Iterator[dict[str, Any]]:
-    """The valid rows of a file, normalised, in file order, as validate()
-    writes them; issues are not collected. How a stored version is read
-    (with the options, and for JSONL the columns, it was validated with)."""
-    prepared = prepare(source, options, jsonl_columns)
-    validator = _Validator(prepared.task, prepared.resolved, options)
-    return _rows(prepared, validator, lambda issue: None)
 
 
 def _rows(prepared: Validation, validator: _Validator, emit: Callable[[Issue], None]) -> Iterator[dict[str, Any]]:

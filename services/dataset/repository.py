@@ -3,7 +3,8 @@
 Layout (bucket root):
     datasets/{dataset}/dataset.json                     the Dataset
     datasets/{dataset}/versions/{version}/source.{ext}  the uploaded bytes as they came
-    datasets/{dataset}/versions/{version}/parse.json    how the source was validated (read_valid_rows)
+    datasets/{dataset}/versions/{version}/rows/         the valid rows, normalised: Parquet parts and
+                                                        their manifest.json (services/common/rows.py)
     datasets/{dataset}/versions/{version}/report.json   stats and every issue (see write_report)
     datasets/{dataset}/versions/{version}/manifest.json the DatasetVersion, written LAST
     datasets/{dataset}/by-sha256/{sha256}.json          first finished version with those source bytes
@@ -20,19 +21,19 @@ An upload is received, validated and stored at the same time: the receiving
 thread appends the chunks to a local spool file (sha256 computed and size cap
 applied on the way in), while a second thread reads the spool as it grows,
 checks the header, reserves the version id, copies the source to the store
-(multipart, from a third reader of the spool) and validates the rows; the
-report and parse.json follow, the manifest last. A header problem ends the
+(multipart, from a third reader of the spool) and validates the rows, whose
+valid ones a RowsWriter stores as Parquet parts as they come; the rows
+manifest and the report follow, the version's manifest last. A header problem ends the
 upload before the rest is received. Memory stays bounded whatever the file
 size (a few store parts in flight), a cut-off stream publishes nothing, and
 any failure removes everything under the version's prefix.
 
-The source is the version's only copy of its rows: readers (ReadRows, the
-trainer) get the valid rows, normalised, by validating it again with the
-options recorded in parse.json (read_valid_rows), and a count that differs from
-the manifest's stops them, so a version reads the same or not at all. Storing
-a normalised copy too would write every byte twice and cost as much CPU as the
-validation itself (bench/bench_upload.py); versions written before parse.json
-existed still have that copy, rows.jsonl, and are read from it.
+Rows are materialised once, here: ReadRows and the trainer read the Parquet
+parts through the rows manifest (DatasetVersion.rows_manifest_object) and never
+parse the source again. Versions stored by earlier releases (parse.json or
+rows.jsonl, no rows manifest) are not read: ReadRows and training answer
+FAILED_PRECONDITION DATASET_VERSION_NOT_MATERIALIZED, and the file must be
+uploaded again.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -55,6 +56,7 @@ from google.protobuf import json_format, struct_pb2
 from textft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from textft.v1 import common_pb2, dataset_pb2
 
+from ..common import rows as stored_rows
 from ..common.config import Settings
 from ..common.names import check_id, paginate, version_sort_key
 from ..common.protojson import now, to_dict
@@ -93,10 +95,6 @@ def version_prefix(dataset: str, version: str) -> str:
 
 def manifest_key(dataset: str, version: str) -> str:
     return version_prefix(dataset, version) + "manifest.json"
-
-
-def parse_key(dataset: str, version: str) -> str:
-    return version_prefix(dataset, version) + "parse.json"
 
 
 def sha256_key(dataset: str, sha256: str) -> str:
@@ -417,19 +415,13 @@ class DatasetRepository:
         self, dataset_id: str, version_id: str, page_size: int, page_token: str
     ) -> tuple[list[dataset_pb2.Row], str]:
         version = self.get_version(dataset_id, version_id)
-        # Offset paging over a stream: a page costs O(offset) reading, never O(file) memory.
-        window, token = paginate(range(version.stats.valid_row_count), page_size, page_token)
-        rows = []
-        reader = read_valid_rows(self.store, dataset_id, version_id, version.stats.valid_row_count)
-        try:
-            for index, row in enumerate(reader):
-                if index >= window.stop:
-                    break
-                if index >= window.start:
-                    rows.append(row_to_proto(row))
-        finally:
-            reader.close()
-        return rows, token
+        manifest = stored_rows.load_manifest(
+            self.store, stored_rows.require_rows(version.rows_manifest_object, version.name)
+        )
+        # A page reads the row groups that hold it, found by the manifest's offsets.
+        window, token = paginate(range(manifest.row_count), page_size, page_token)
+        page = stored_rows.read_page(self.store, manifest, window.start, window.stop)
+        return [row_to_proto(row) for row in page], token
 
     def validation_report(
         self, dataset_id: str, version_id: str, page_size: int, page_token: str
@@ -514,9 +506,10 @@ class DatasetRepository:
     ) -> dataset_pb2.DatasetVersion:
         """Validates the spool as it fills and publishes the version. The header
         is checked first; then the version id is reserved, the source is copied
-        to the store in the background while the rows are validated; the report
-        and parse.json follow, the manifest last. Any failure removes
-        everything under the version's prefix."""
+        to the store in the background while the rows are validated and the
+        valid ones stored as Parquet parts; the rows manifest and the report
+        follow, the version's manifest last. Any failure removes everything
+        under the version's prefix."""
         dataset = spec.dataset
         work = spool.path.parent
         issues_path, report_path = work / "issues.jsonl", work / "report.json"
@@ -527,15 +520,21 @@ class DatasetRepository:
             prefix = version_prefix(dataset, version_id)
             source_key = prefix + f"source.{parsing.SOURCE_SUFFIX[options.format]}"
             copy = _Background(lambda: self._copy_source(source_key, spool), "dataset-store-source")
+            (work / "rows").mkdir()
+            rows = stored_rows.RowsWriter(
+                self.store, prefix, work / "rows", f"datasets/{dataset}/versions/{version_id}"
+            )
             try:
                 try:
                     with open(issues_path, "w", encoding="utf-8") as issues_out:
                         result = validation.run(
-                            _discard_row, lambda issue: issues_out.write(_encode(issue.to_dict()) + "\n")
+                            rows.write, lambda issue: issues_out.write(_encode(issue.to_dict()) + "\n")
                         )
+                    rows_key = rows.finish(result.task, result.label_names)
                 finally:
+                    rows.close()  # no write may land after a clean-up
                     validated = time.monotonic()
-                    copy.wait()  # no write may land after a clean-up
+                    copy.wait()
                 stored = time.monotonic()
                 copy.result()
                 spool.wait_done()  # validation read to the end: sha256 and size are final
@@ -544,19 +543,6 @@ class DatasetRepository:
                 with open(report_path, "w", encoding="utf-8") as out, open(issues_path, encoding="utf-8") as issues:
                     write_report(out, stats, result.issue_count, issues)
                 self.store.put_file(prefix + "report.json", report_path)
-                self.store.put_json(
-                    parse_key(dataset, version_id),
-                    {
-                        "parser": parsing.PARSER_VERSION,
-                        "source_object": source_key,
-                        "format": options.format,
-                        "task": result.task,
-                        "column_mapping": options.column_mapping,  # as asked: JSONL resolves aliases per row
-                        "max_text_chars": options.max_text_chars,
-                        "columns": result.columns,
-                        "valid_row_count": result.stats.valid_row_count,
-                    },
-                )
                 with self._lock(dataset):
                     self.require_dataset(dataset)  # deleted while we parsed?
                     earlier = self._same_source(dataset, sha256)
@@ -578,6 +564,7 @@ class DatasetRepository:
                             if result.stats.split_eval_row_count
                             else dataset_pb2.SPLIT_SOURCE_SEEDED
                         ),
+                        rows_manifest_object=rows_key,
                     )
                     self.store.put_json(prefix + "manifest.json", to_dict(version))
             except BaseException:
@@ -642,50 +629,6 @@ class DatasetRepository:
             self.store.delete_prefix(prefix)
         except Exception:
             log.exception("could not clean up %s; it has no manifest, so it stays invisible", prefix)
-
-
-def _discard_row(row: dict[str, Any]) -> None:
-    """Uploads keep no copy of the rows: readers validate the source again."""
-
-
-def read_valid_rows(
-    store: ObjectStore, dataset_id: str, version_id: str, expected: int | None = None
-) -> Generator[dict[str, Any], None, None]:
-    """A finished version's valid rows, normalised, in file order (what the
-    trainer trains on and ReadRows pages through): the source validated again
-    with the options recorded at upload. `expected` is the manifest's
-    valid_row_count (read from parse.json when None); a full read that finds
-    another count raises FailedPrecondition instead of handing out rows the
-    version was not validated with."""
-    prefix = version_prefix(dataset_id, version_id)
-    try:
-        recorded = store.get_json(parse_key(dataset_id, version_id))
-    except NotFound:  # written before parse.json existed: its rows were stored normalised
-        with store.open(prefix + "rows.jsonl") as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-        return
-    options = parsing.ParseOptions(
-        int(recorded["format"]),
-        int(recorded["task"]),
-        dict(recorded["column_mapping"]),
-        int(recorded["max_text_chars"]),
-    )
-    expected = int(recorded["valid_row_count"]) if expected is None else expected
-    count = 0
-    with store.open(recorded["source_object"]) as raw:
-        source = raw if isinstance(raw, io.BufferedIOBase) else io.BufferedReader(raw, COPY_BUFFER)  # type: ignore[arg-type]
-        for row in parsing.valid_rows(source, options, list(recorded["columns"])):
-            count += 1
-            yield row
-    if count != expected:
-        raise FailedPrecondition(
-            f"datasets/{dataset_id}/versions/{version_id} now reads as {count} valid rows, not the {expected} it was "
-            f"validated with (parser version {recorded.get('parser')} then, {parsing.PARSER_VERSION} now); "
-            "upload the file again as a new version",
-            reason="DATASET_VERSION_UNREADABLE",
-        )
 
 
 class _Background:

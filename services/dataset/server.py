@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -139,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # its chunks and sending them to the store need the GIL only briefly but
     # often. At the default 5 ms switch interval they wait behind it and the
     # store copy falls seconds behind (bench/bench_upload.py); 0.5 ms lets them in.
-    sys.setswitchinterval(float(os.environ.get("TEXTFT_SWITCH_INTERVAL", "0.0005")))
+    sys.setswitchinterval(Settings.from_env().switch_interval)
     run_service("dataset", 50051, build, argv)
 
 

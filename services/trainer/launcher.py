@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 WORKER_MODULE = "textft_services.trainer.worker"
@@ -40,11 +40,9 @@ class JobHandle(ABC):
 
 class Launcher(ABC):
     @abstractmethod
-    def start(
-        self, job_key: str, workdir: Path, env: dict[str, str], extra_args: Sequence[str] = (), distributed: bool = True
-    ) -> JobHandle:
-        """Starts the worker entry point for job_key. extra_args are passed to
-        it (e.g. --evaluate); distributed=False runs it as one process."""
+    def start(self, job_key: str, workdir: Path, env: dict[str, str], distributed: bool = True) -> JobHandle:
+        """Starts the worker entry point for the TrainingJobSpec at job_key;
+        distributed=False runs it as one process (evaluations)."""
 
 
 class LocalProcessHandle(JobHandle):
@@ -101,10 +99,8 @@ class LocalProcessLauncher(Launcher):
     def __init__(self, nproc: int = 1) -> None:
         self.nproc = max(1, nproc)
 
-    def command(
-        self, job_key: str, workdir: Path, extra_args: Sequence[str] = (), distributed: bool = True
-    ) -> list[str]:
-        worker = ["-m", WORKER_MODULE, "--job", job_key, "--workdir", str(workdir), "--exit-on-stdin-eof", *extra_args]
+    def command(self, job_key: str, workdir: Path, distributed: bool = True) -> list[str]:
+        worker = ["-m", WORKER_MODULE, "--job", job_key, "--workdir", str(workdir), "--exit-on-stdin-eof"]
         if distributed and self.nproc > 1:
             # --standalone: a local rendezvous on a free port, so jobs never collide.
             return [
@@ -117,11 +113,9 @@ class LocalProcessLauncher(Launcher):
             ]
         return [sys.executable, *worker]
 
-    def start(
-        self, job_key: str, workdir: Path, env: dict[str, str], extra_args: Sequence[str] = (), distributed: bool = True
-    ) -> JobHandle:
+    def start(self, job_key: str, workdir: Path, env: dict[str, str], distributed: bool = True) -> JobHandle:
         workdir.mkdir(parents=True, exist_ok=True)
-        cmd = self.command(job_key, workdir, extra_args, distributed)
+        cmd = self.command(job_key, workdir, distributed)
         stderr = open(workdir / "job.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             proc = subprocess.Popen(

@@ -87,8 +87,19 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def EvaluateModelVersion(
         self, request: trainer_pb2.EvaluateModelVersionRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.EvaluateModelVersionResponse:
-        evaluation = self.core.evaluate(request.name, request.dataset_version, context.add_callback)
-        return trainer_pb2.EvaluateModelVersionResponse(evaluation=evaluation)
+        evaluation = self.core.evaluate(request.name, request.dataset_version)
+        return trainer_pb2.EvaluateModelVersionResponse(model_evaluation=evaluation)
+
+    def GetModelEvaluation(
+        self, request: trainer_pb2.GetModelEvaluationRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.GetModelEvaluationResponse:
+        return trainer_pb2.GetModelEvaluationResponse(model_evaluation=self.core.get_evaluation(request.name))
+
+    def WatchModelEvaluation(
+        self, request: trainer_pb2.WatchModelEvaluationRequest, context: grpc.ServicerContext
+    ) -> Iterator[trainer_pb2.WatchModelEvaluationResponse]:
+        for evaluation in self.core.watch_evaluation(request.name, context.is_active):
+            yield trainer_pb2.WatchModelEvaluationResponse(model_evaluation=evaluation)
 
 
 def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:

@@ -34,38 +34,42 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 
 from textft import Client
 from textft.errors import (
     AlreadyExists,
     FailedPrecondition,
-    Internal,
     InvalidArgument,
     NotFound,
     TextftError,
     Unauthenticated,
     Unavailable,
 )
+from textft.internal.v1 import job_pb2
 from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
 
 from ..common import names
 from ..common.config import Settings
 from ..common.protojson import now, to_dict
+from ..common.rows import require_rows
 from ..common.store import ObjectStore
 from . import checkpoints, configs
-from .launcher import JobHandle, Launcher
+from .events import parse_events
+from .launcher import Launcher
 from .templates import TEMPLATES, get_template
-from .worker import parse_events
 
 log = logging.getLogger("textft.trainer")
 MV = trainer_pb2.ModelVersion
+ME = trainer_pb2.ModelEvaluation
 FINAL = {MV.STATE_READY, MV.STATE_FAILED, MV.STATE_CANCELLED}
 FLUSH_FIRST_DELAY = 0.5  # seconds before the flusher retries a failed write; doubles up to FLUSH_MAX_DELAY
 FLUSH_MAX_DELAY = 10.0
@@ -119,6 +123,46 @@ class Run:
         return self.version.state in FINAL
 
 
+@dataclass
+class EvaluationRun:
+    """A live evaluation: its record, the job's handle, and watchers' condition."""
+
+    evaluation: trainer_pb2.ModelEvaluation
+    prefix: str  # models/{model}/versions/{version}/evaluations/{evaluation}
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    handle: Any = None
+    changes: int = 0  # bumped on every update, so watchers notice each one
+
+    def update(self, **fields: Any) -> None:
+        with self.cond:
+            for key, value in fields.items():
+                if isinstance(value, (common_pb2.Progress, common_pb2.Failure, trainer_pb2.Evaluation)):
+                    getattr(self.evaluation, key).CopyFrom(value)
+                else:
+                    setattr(self.evaluation, key, value)
+            if fields.get("state") == ME.STATE_SUCCEEDED:
+                self.evaluation.progress.percent_completed = 100.0
+                self.evaluation.progress.ClearField("time_remaining")
+            self.evaluation.update_time.CopyFrom(now())
+            self.changes += 1
+            self.cond.notify_all()
+
+    def snapshot(self) -> trainer_pb2.ModelEvaluation:
+        with self.cond:
+            return trainer_pb2.ModelEvaluation().FromString(self.evaluation.SerializeToString())
+
+
+def _parse_evaluation(name: str) -> tuple[names.ModelVersionName, str]:
+    """models/{model}/versions/{version}/evaluations/{evaluation}, checked."""
+    version, sep, evaluation_id = name.rpartition("/evaluations/")
+    if not sep or not re.fullmatch(r"e[0-9]{1,24}", evaluation_id):
+        raise InvalidArgument.for_field(
+            "name",
+            f"{name[:200]!r} is not an evaluation name: models/{{model}}/versions/{{version}}/evaluations/{{id}}",
+        )
+    return names.parse_model_version(version, "name"), evaluation_id
+
+
 class TrainerCore:
     def __init__(
         self, settings: Settings, store: ObjectStore, launcher: Launcher, datasets: Client | None = None
@@ -128,6 +172,7 @@ class TrainerCore:
         self.launcher = launcher
         self.datasets = datasets or Client(dataset_target=settings.dataset_addr, api_key=settings.api_key)
         self.runs: dict[str, Run] = {}
+        self.evaluation_runs: dict[str, EvaluationRun] = {}
         self.lock = threading.Lock()
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.threads = [
@@ -153,6 +198,10 @@ class TrainerCore:
         for run in list(self.runs.values()):
             if run.handle is not None and not run.final:
                 run.handle.terminate()
+        for evaluation in list(self.evaluation_runs.values()):
+            with evaluation.cond:
+                if evaluation.handle is not None:
+                    evaluation.handle.terminate()
         for _ in self.threads:
             self.queue.put(None)
         deadline = time.monotonic() + timeout
@@ -316,7 +365,7 @@ class TrainerCore:
         versions = [self.get_version(k[: -len("/version.json")]) for k in keys]
         return sorted(versions, key=lambda v: names.version_sort_key(v.name.rsplit("/", 1)[1]), reverse=True)
 
-    def _resolve_dataset(self, name: str, task: int) -> tuple[dataset_pb2.DatasetVersion, list[dict[str, Any]]]:
+    def _resolve_dataset(self, name: str, task: int) -> tuple[dataset_pb2.DatasetVersion, list[common_pb2.RowIssue]]:
         """Through DatasetService's public RPCs, like any client."""
         names.parse_dataset_version(name, "dataset_version")
         try:
@@ -331,17 +380,14 @@ class TrainerCore:
             raise Unavailable(
                 "the trainer could not authenticate to the dataset service (check TEXTFT_API_KEY)"
             ) from None
-        issues = [
-            {"row": i.row, "code": i.code, "message": i.message}
-            for i in report.issues
-            if i.severity == common_pb2.RowIssue.SEVERITY_ERROR
-        ][:20]
+        issues = [i for i in report.issues if i.severity == common_pb2.RowIssue.SEVERITY_ERROR][:20]
         if version.task != task:
             raise FailedPrecondition(
                 f"dataset version {name} was validated for {common_pb2.Task.Name(version.task)}, "
                 f"the model is {common_pb2.Task.Name(task)}",
                 reason="TASK_MISMATCH",
             )
+        require_rows(version.rows_manifest_object, version.name)
         return version, issues
 
     def create_version(self, request: trainer_pb2.CreateModelVersionRequest) -> trainer_pb2.ModelVersion:
@@ -389,24 +435,25 @@ class TrainerCore:
                 description=request.description,
                 lineage=trainer_pb2.Lineage(base_model=resolved["model_config"]["pretrained_model_name_or_path"]),
             )
-            job = {
-                "name": str(name),
-                "task": TASK_NAMES[model.task],
-                "dataset_version": request.dataset_version,
-                "template": template.name,
-                "label_names": list(dataset.label_names),
-                "configs": resolved,
-                "invalid_data_tolerance_percent": tolerance,
-                "dataset_stats": {
-                    "row_count": dataset.stats.row_count,
-                    "invalid_row_count": dataset.stats.invalid_row_count,
-                },
-                "dataset_issues": issues,
-                "adapter_prefix": f"{prefix}/adapter",
-                "metrics_object": f"{prefix}/metrics.json",
-                "checkpoints_prefix": checkpoints.checkpoints_prefix(prefix),
-            }
-            self.store.put_json(f"{prefix}/job.json", job)
+            spec = job_pb2.TrainingJobSpec(
+                model_version=str(name),
+                task=model.task,  # type: ignore[arg-type]
+                dataset_version=request.dataset_version,
+                template=template.name,
+                rows_manifest_object=dataset.rows_manifest_object,
+                label_names=list(dataset.label_names),
+                model_config=version.model_config,
+                peft_config=version.peft_config,
+                tokenizer_config=version.tokenizer_config,
+                trainer_config=version.trainer_config,
+                invalid_data_tolerance_percent=tolerance,
+                dataset_row_count=dataset.stats.row_count,
+                dataset_invalid_row_count=dataset.stats.invalid_row_count,
+                dataset_issues=issues,
+                store=self.store.describe(),
+                output_prefix=prefix,
+            )
+            self.store.put_json(f"{prefix}/job.json", to_dict(spec))
             self._save_version(version)
             run = Run(version)
             self.runs[str(name)] = run
@@ -434,12 +481,10 @@ class TrainerCore:
         return self.get_version(name)
 
     # ---- evaluation ----
-    def evaluate(
-        self, name: str, dataset_version: str, on_rpc_done: Callable[[Callable[[], None]], Any] | None = None
-    ) -> trainer_pb2.Evaluation:
-        """Runs the worker's --evaluate mode in a child process and waits for it.
-        on_rpc_done registers a callback run when the RPC ends (a client that
-        leaves or a deadline that passes stops the child)."""
+    def evaluate(self, name: str, dataset_version: str) -> trainer_pb2.ModelEvaluation:
+        """Starts the evaluation job of a READY version on a dataset version
+        and returns the evaluation, RUNNING; a thread follows the job (see
+        _run_evaluation)."""
         version = self.get_version(name)
         if version.state != MV.STATE_READY:
             raise FailedPrecondition(
@@ -451,32 +496,121 @@ class TrainerCore:
         dataset, _ = self._resolve_dataset(dataset_version, version.task)
         parsed = names.parse_model_version(version.name)
         prefix = _version_prefix(parsed)
-        workdir = self.settings.trainer_workdir / parsed.model / parsed.version / f"eval-{time.time_ns()}"
-        handle: JobHandle = self.launcher.start(
-            f"{prefix}/job.json",
-            workdir,
-            dict(os.environ),
-            extra_args=["--evaluate", dataset.name or dataset_version],
-            distributed=False,
+        evaluation_id = f"e{time.time_ns()}"
+        spec = json_format.ParseDict(
+            self.store.get_json(f"{prefix}/job.json"), job_pb2.TrainingJobSpec(), ignore_unknown_fields=True
         )
-        if on_rpc_done is not None:
-            on_rpc_done(handle.terminate)
+        spec.evaluation.CopyFrom(
+            job_pb2.EvaluationTarget(
+                dataset_version=dataset.name or dataset_version, rows_manifest_object=dataset.rows_manifest_object
+            )
+        )
+        evaluation = trainer_pb2.ModelEvaluation(
+            name=f"{version.name}/evaluations/{evaluation_id}",
+            dataset_version=dataset.name or dataset_version,
+            state=ME.STATE_RUNNING,
+            create_time=now(),
+            update_time=now(),
+        )
+        run = EvaluationRun(evaluation, f"{prefix}/evaluations/{evaluation_id}")
+        self.store.put_json(f"{run.prefix}/job.json", to_dict(spec))
+        self.store.put_json(f"{run.prefix}/evaluation.json", to_dict(evaluation))
+        with self.lock:
+            self.evaluation_runs[evaluation.name] = run
+        workdir = self.settings.trainer_workdir / parsed.model / parsed.version / evaluation_id
+        thread = threading.Thread(
+            target=self._run_evaluation, args=(run, version.name, prefix, workdir), name="evaluation", daemon=True
+        )
+        thread.start()
+        return run.snapshot()
+
+    def _run_evaluation(self, run: EvaluationRun, version_name: str, prefix: str, workdir: Any) -> None:
+        """Runs the evaluation job to its end and records how it ended."""
         evaluation: trainer_pb2.Evaluation | None = None
-        failure: dict[str, Any] = {}
-        for event in parse_events(handle.lines()):
-            kind = event.pop("type", "")
-            if kind == "evaluation":
-                evaluation = json_format.ParseDict(event, trainer_pb2.Evaluation(), ignore_unknown_fields=True)
-            elif kind == "failure":
-                failure = event
-        code = handle.wait()
-        if evaluation is None or code != 0:
-            if failure.get("reason") == "EVALUATION_NO_USABLE_ROWS":
-                raise FailedPrecondition(failure.get("message", ""), reason=failure["reason"])
-            log.error("evaluation of %s on %s failed (exit %s): %s", version.name, dataset_version, code, failure)
-            raise Internal("the evaluation process failed; see the trainer's log", reason="EVALUATION_FAILED")
-        self._store_evaluation(version.name, prefix, evaluation)
+        failure = common_pb2.Failure()
+        code: int | None = None
+        try:
+            with run.cond:
+                if self._stopping:
+                    raise RuntimeError("the trainer is shutting down")
+                run.handle = self.launcher.start(f"{run.prefix}/job.json", workdir, dict(os.environ), distributed=False)
+            for event in parse_events(run.handle.lines()):
+                if event.HasField("progress"):
+                    run.update(progress=event.progress.progress)
+                elif event.HasField("evaluation"):
+                    evaluation = event.evaluation
+                elif event.HasField("failure"):
+                    failure = event.failure
+            code = run.handle.wait()
+            if evaluation is not None and code == 0:
+                self._store_evaluation(version_name, prefix, evaluation)
+        except Exception:
+            log.exception("evaluation %s failed in the trainer service", run.evaluation.name)
+            code = None
+        if evaluation is not None and code == 0:
+            run.update(state=ME.STATE_SUCCEEDED, result=evaluation)
+        elif failure.reason == "EVALUATION_NO_USABLE_ROWS":
+            run.update(state=ME.STATE_FAILED, failure=failure, error_code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
+        elif self._stopping:
+            interrupted = common_pb2.Failure(
+                reason="EVALUATION_INTERRUPTED", message="the trainer shut down during the evaluation; start it again"
+            )
+            run.update(state=ME.STATE_FAILED, failure=interrupted, error_code=grpc.StatusCode.ABORTED.value[0])
+        else:
+            log.error("evaluation %s ended with exit code %s: %s", run.evaluation.name, code, failure.message)
+            broken = common_pb2.Failure(
+                reason="EVALUATION_FAILED", message="the evaluation process failed; see the trainer's log"
+            )
+            run.update(state=ME.STATE_FAILED, failure=broken, error_code=grpc.StatusCode.INTERNAL.value[0])
+        try:
+            self.store.put_json(f"{run.prefix}/evaluation.json", to_dict(run.snapshot()))
+            self.store.delete(f"{run.prefix}/job.json")
+        except Exception:
+            log.exception("could not store evaluation %s; it is kept in memory", run.evaluation.name)
+
+    def get_evaluation(self, name: str) -> trainer_pb2.ModelEvaluation:
+        parsed = _parse_evaluation(name)
+        with self.lock:
+            run = self.evaluation_runs.get(name)
+        if run is not None:
+            return run.snapshot()
+        version_prefix = _version_prefix(parsed[0])
+        try:
+            data = self.store.get_json(f"{version_prefix}/evaluations/{parsed[1]}/evaluation.json")
+        except NotFound:
+            raise NotFound(f"evaluation {name} not found", reason="EVALUATION_NOT_FOUND") from None
+        evaluation = json_format.ParseDict(data, trainer_pb2.ModelEvaluation(), ignore_unknown_fields=True)
+        if evaluation.state == ME.STATE_RUNNING:  # its trainer stopped before it ended
+            evaluation.state = ME.STATE_FAILED
+            evaluation.failure.CopyFrom(
+                common_pb2.Failure(
+                    reason="EVALUATION_INTERRUPTED",
+                    message="the trainer restarted during the evaluation; start it again",
+                )
+            )
+            evaluation.error_code = grpc.StatusCode.ABORTED.value[0]
         return evaluation
+
+    def watch_evaluation(self, name: str, is_active: Callable[[], bool]) -> Iterator[trainer_pb2.ModelEvaluation]:
+        """The evaluation now, then after each change, until it is done or the client leaves."""
+        _parse_evaluation(name)
+        with self.lock:
+            run = self.evaluation_runs.get(name)
+        if run is None:  # not of this process: as stored, already final
+            yield self.get_evaluation(name)
+            return
+        with run.cond:
+            seen = run.changes
+            snapshot = trainer_pb2.ModelEvaluation().FromString(run.evaluation.SerializeToString())
+        yield snapshot
+        while snapshot.state == ME.STATE_RUNNING and is_active():
+            with run.cond:
+                if run.changes == seen:
+                    run.cond.wait(timeout=1.0)  # wakes to notice a departed client
+                    continue
+                seen = run.changes
+                snapshot = trainer_pb2.ModelEvaluation().FromString(run.evaluation.SerializeToString())
+            yield snapshot
 
     def _store_evaluation(self, name: str, prefix: str, evaluation: trainer_pb2.Evaluation) -> None:
         """Latest evaluation per dataset version, on the version and in metrics.json."""
@@ -696,21 +830,14 @@ class TrainerCore:
             )
         started = time.monotonic()
         failure: common_pb2.Failure | None = None
-        result: dict[str, Any] | None = None
+        result: job_pb2.JobResult | None = None
         last_persist = 0.0
         for event in parse_events(run.handle.lines()):
-            kind = event.pop("type", "")
+            kind = event.WhichOneof("event")
             if kind == "state":
-                self._set_state(run, MV.State.Value("STATE_" + event["state"]))
+                self._set_state(run, event.state)
             elif kind == "progress":
-                progress = common_pb2.Progress(
-                    percent_completed=event.get("percent", 0.0),
-                    step=event.get("step", 0),
-                    total_steps=event.get("total_steps", 0),
-                    epoch=event.get("epoch", 0.0),
-                )
-                if event.get("eta_seconds") is not None:
-                    progress.time_remaining.FromMilliseconds(int(event["eta_seconds"] * 1000))
+                progress = event.progress.progress
                 with run.cond:
                     run.version.progress.CopyFrom(progress)
                 tick = time.monotonic()
@@ -721,35 +848,28 @@ class TrainerCore:
                     persist=persist,
                     kind=trainer_pb2.ModelVersionEvent.KIND_PROGRESS,
                     progress=progress,
-                    loss=event.get("loss", 0.0),
-                    learning_rate=event.get("learning_rate", 0.0),
-                    samples_per_second=event.get("samples_per_second", 0.0),
+                    loss=event.progress.loss,
+                    learning_rate=event.progress.learning_rate,
+                    samples_per_second=event.progress.samples_per_second,
                 )
             elif kind == "log":
-                self._event(
-                    run, persist=False, kind=trainer_pb2.ModelVersionEvent.KIND_LOG, message=event.get("message", "")
-                )
+                self._event(run, persist=False, kind=trainer_pb2.ModelVersionEvent.KIND_LOG, message=event.log)
             elif kind == "data":
                 with run.cond:
-                    run.version.train_row_count = event["train_rows"]
-                    run.version.eval_row_count = event["eval_rows"]
-                    run.version.skipped_row_count = event["skipped_rows"]
+                    run.version.train_row_count = event.data.train_rows
+                    run.version.eval_row_count = event.data.eval_rows
+                    run.version.skipped_row_count = event.data.skipped_rows
             elif kind == "evaluation":
-                evaluation = json_format.ParseDict(event, trainer_pb2.Evaluation(), ignore_unknown_fields=True)
+                evaluation = event.evaluation
                 with run.cond:
                     run.version.evaluation.CopyFrom(evaluation)
                 self._event(
                     run, kind=trainer_pb2.ModelVersionEvent.KIND_EVALUATION, eval_metrics=dict(evaluation.metrics)
                 )
             elif kind == "result":
-                result = event
+                result = event.result
             elif kind == "failure":
-                failure = common_pb2.Failure(
-                    reason=event.get("reason", ""),
-                    message=event.get("message", ""),
-                    field=event.get("field", ""),
-                    rows=event.get("rows", []),
-                )
+                failure = event.failure
         code = run.handle.wait()
         log.info("run %s: job exited with %s after %.1fs", run.version.name, code, time.monotonic() - started)
         if self._stopping and not run.cancel_requested:
@@ -767,9 +887,9 @@ class TrainerCore:
             )
         elif code == 0 and result is not None:
             with run.cond:
-                run.version.adapter_uri = result["adapter_uri"]
-                run.version.world_size = int(result.get("world_size", 1))
-                run.version.lineage.CopyFrom(json_format.ParseDict(result["lineage"], trainer_pb2.Lineage()))
+                run.version.adapter_uri = result.adapter_uri
+                run.version.lineage.CopyFrom(result.lineage)
+                run.version.world_size = result.world_size or 1
                 run.version.progress.percent_completed = 100.0
                 run.version.progress.ClearField("time_remaining")
             self._finish(run, MV.STATE_READY)

@@ -1,14 +1,14 @@
 """The training job: one process per model version.
 
-Self-contained on purpose: its inputs are the version's name and the store's
-address (environment), so any launcher (a local child process, a Kubernetes
-Job) can run it. It reads `job.json` and the dataset rows from the store,
-trains LoRA with transformers' Trainer and PEFT, evaluates, and writes the
-adapter (exactly as `save_pretrained` writes it) and metrics.json back.
-
-It reports to its launcher as JSON lines on stdout prefixed with
-EVENT_PREFIX; anything else a library prints there is treated as a log line.
-Exit code 0 means READY; a failure is reported as an event before exiting 3.
+Self-contained on purpose: a typed spec in (textft.internal.v1.TrainingJobSpec,
+read from the store key it is given; credentials from the environment), typed
+events out (JobEvent lines on stdout, events.py), so any launcher (a local
+child process today, a cluster later) runs the same job. It reads the rows
+through the dataset version's rows manifest, trains LoRA with transformers'
+Trainer and PEFT, evaluates, and writes the adapter (exactly as
+`save_pretrained` writes it, plus textft.json, an AdapterManifest) and
+metrics.json back. Exit code 0 means READY; a failure is reported as an event
+before exiting 3.
 
 Checkpoints: whenever the Trainer saves (trainer_config.save_strategy), the
 checkpoint is uploaded to the store (checkpoints.py); a job that finds complete
@@ -29,84 +29,48 @@ version against another dataset version, with the same code.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
-import random
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from textft.errors import Unavailable
+from google.protobuf import json_format
+
+from textft.errors import FailedPrecondition, Unavailable
+from textft.internal.v1 import job_pb2
+from textft.v1 import common_pb2, trainer_pb2
 
 from ..common import basemodels
+from ..common import rows as stored_rows
 from ..common.config import Settings
 from ..common.logs import setup_logging
 from ..common.store import ObjectStore, open_store
-from . import checkpoints, modelcard
+from ..modeling import data
+from ..modeling.collate import PROMPT_TEMPLATE, make_collator
+from ..modeling.data import JobFailure
+from ..modeling.loading import (
+    adapter_manifest_dict,
+    load_base_model,
+    load_tokenizer,
+    read_adapter_manifest,
+    struct_dict,
+    write_adapter_manifest,
+)
+from ..modeling.metrics import evaluate
+from . import checkpoints, configs, modelcard
+from .events import Emitter
 
-EVENT_PREFIX = "TEXTFT_EVENT "
+MV = trainer_pb2.ModelVersion
+
 EXIT_FAILED = 3
 EXIT_ORPHANED = 4  # the launcher went away (its lifeline pipe closed)
-PROMPT_TEMPLATE = "{text}\n"  # generation: the model sees the text, then learns to continue with the target
 STORE_UNAVAILABLE = "MODEL_TRAINING_STORE_UNAVAILABLE"
 log = logging.getLogger("textft.worker")
 T = TypeVar("T")
-
-
-def parse_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The launcher's side of Emitter: the events among a job's stdout lines
-    (each a dict with its "type"); other lines and broken JSON are skipped."""
-    for line in lines:
-        if line.startswith(EVENT_PREFIX):
-            try:
-                yield json.loads(line[len(EVENT_PREFIX) :])
-            except json.JSONDecodeError:
-                continue
-
-
-class JobFailure(Exception):
-    def __init__(self, reason: str, message: str, field: str = "", rows: list[int] | None = None) -> None:
-        super().__init__(message)
-        self.reason, self.message, self.field, self.rows = reason, message, field, rows or []
-
-
-def rank() -> int:
-    """This process's global rank under torchrun; 0 when run alone."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-class Emitter:
-    """Writes events for the launcher; never raises (a closed pipe must not kill
-    training). Silent on ranks other than 0, so a DDP job reports once."""
-
-    def __init__(self, stream: Any = None, enabled: bool = True) -> None:
-        self.stream = stream or sys.stdout
-        self.enabled = enabled
-
-    def emit(self, kind: str, **fields: Any) -> None:
-        if not self.enabled:
-            return
-        try:
-            self.stream.write(EVENT_PREFIX + json.dumps({"type": kind, **fields}) + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-
-    def state(self, state: str) -> None:
-        self.emit("state", state=state)
-
-    def log(self, message: str) -> None:
-        self.emit("log", message=message)
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -175,166 +139,29 @@ class StoreRetry:
             return result
 
 
-@dataclass
-class Prepared:
-    train: list[dict[str, Any]]
-    eval: list[dict[str, Any]]
-    skipped: int
-    split_source: str
-    label_names: list[str] = field(default_factory=list)
-    multi_label: bool = False
-
-
-def _read_rows(store: ObjectStore, dataset_version: str, legacy_rows_object: str = "") -> list[dict[str, Any]]:
-    """The valid rows of a dataset version, normalised (the dataset service's
-    reader: its source validated again with the options it was uploaded with)."""
-    from textft.errors import FailedPrecondition
-
-    from ..common import names
-    from ..dataset.repository import read_valid_rows
-
-    if legacy_rows_object:  # a job queued by an earlier release: its rows were stored normalised
-        with store.open(legacy_rows_object) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    parsed = names.parse_dataset_version(dataset_version, "dataset_version")
+def read_rows(store: ObjectStore, rows_manifest_object: str, settings: Settings) -> Any:
+    """A dataset version's rows (memory-mapped, through its rows manifest)."""
     try:
-        return list(read_valid_rows(store, parsed.dataset, parsed.version))
+        manifest = stored_rows.load_manifest(store, rows_manifest_object)
+        return data.open_rows(store, manifest, settings.rows_cache)
     except FailedPrecondition as e:
         raise JobFailure("DATASET_VERSION_UNREADABLE", e.message, field="dataset_version") from None
 
 
-def _format_issues(issues: list[dict[str, Any]], limit: int = 5) -> str:
-    parts = [f"row {i['row']}: {i.get('code', '')} {i.get('message', '')}".strip() for i in issues[:limit]]
-    return "; ".join(parts)
+def job_trainer(lengths: Any) -> Any:
+    """transformers' Trainer whose length-grouped sampler orders by the lengths
+    computed from Arrow (its own would read a column of the dataset per index)."""
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    class JobTrainer(Trainer):  # type: ignore[misc]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if self.args.train_sampling_strategy == "group_by_length":
+                size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+                return LengthGroupedSampler(size, lengths=lengths)
+            return super()._get_train_sampler(train_dataset)
 
-def prepare_rows(job: dict[str, Any], rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> Prepared:
-    """Task checks, the invalid-data tolerance, and the train/eval split."""
-    task = job["task"]
-    label_names: list[str] = list(job.get("label_names") or [])
-    task_issues: list[dict[str, Any]] = []
-    valid: list[dict[str, Any]] = []
-    for row in rows:
-        text = row.get("text") or ""
-        if task == "TEXT_CLASSIFICATION":
-            labels = row.get("labels") or []
-            unknown = [lab for lab in labels if lab not in label_names]
-            if not labels or unknown:
-                task_issues.append(
-                    {
-                        "row": row["row"],
-                        "code": "MISSING_LABEL" if not labels else "UNKNOWN_LABEL",
-                        "message": f"labels {labels}",
-                    }
-                )
-                continue
-        else:
-            target = row.get("target") or ""
-            if not target:
-                task_issues.append({"row": row["row"], "code": "MISSING_TARGET", "message": "no target text"})
-                continue
-            prompt_len = len(tokenizer(PROMPT_TEMPLATE.format(text=text))["input_ids"])
-            if prompt_len >= max_length - 1:
-                task_issues.append(
-                    {
-                        "row": row["row"],
-                        "code": "TOO_LONG_AFTER_TOKENIZATION",
-                        "message": f"prompt is {prompt_len} tokens, max_length {max_length} leaves no room for the target",
-                    }
-                )
-                continue
-        valid.append(row)
-
-    stats = job.get("dataset_stats", {})
-    total = int(stats.get("row_count", len(rows)))
-    invalid = int(stats.get("invalid_row_count", 0)) + len(task_issues)
-    tolerance = float(job.get("invalid_data_tolerance_percent", 0.0))
-    share = 100.0 * invalid / total if total else 0.0
-    issues = sorted([*job.get("dataset_issues", []), *task_issues], key=lambda i: i["row"])
-    if invalid and share > tolerance:
-        raise JobFailure(
-            "MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED",
-            f"{invalid} of {total} rows ({share:.1f}%) are invalid, above invalid_data_tolerance_percent={tolerance:g}. "
-            f"First: {_format_issues(issues)}. Fix the rows or raise the tolerance to skip them.",
-            field="invalid_data_tolerance_percent",
-            rows=[int(i["row"]) for i in issues[:20]],
-        )
-    if not valid:
-        raise JobFailure("MODEL_TRAINING_INSUFFICIENT_DATA", "no valid rows to train on", field="dataset_version")
-    multi_label = any(len(r.get("labels") or []) > 1 for r in valid)
-    if task == "TEXT_CLASSIFICATION" and len({lab for r in valid for lab in r["labels"]}) < 2 and not multi_label:
-        raise JobFailure(
-            "MODEL_TRAINING_INSUFFICIENT_DATA",
-            f"classification needs at least 2 distinct labels among valid rows, found {sorted({lab for r in valid for lab in r['labels']})}",
-            field="dataset_version",
-        )
-
-    explicit_eval = [r for r in valid if r.get("split") == "eval"]
-    if explicit_eval:
-        train = [r for r in valid if r.get("split") != "eval"]
-        source = "split column"
-        evaluation = explicit_eval
-    else:
-        seed = int(job["configs"]["trainer_config"].get("seed", 42))
-        shuffled = list(valid)
-        random.Random(seed).shuffle(shuffled)
-        n_eval = max(1, len(shuffled) // 10) if len(shuffled) >= 5 else 0
-        evaluation, train = shuffled[:n_eval], shuffled[n_eval:]
-        source = f"random 10% holdout (seed {seed})" if n_eval else "none (fewer than 5 rows): evaluated on train"
-        if not evaluation:
-            evaluation = train
-    return Prepared(train, evaluation, invalid, source, label_names, multi_label)
-
-
-def _encode_classification(
-    rows: list[dict[str, Any]], tokenizer: Any, max_length: int, label_names: list[str], multi_label: bool
-) -> list[dict[str, Any]]:
-    index = {name: i for i, name in enumerate(label_names)}
-    encoded = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
-    out = []
-    for i, row in enumerate(rows):
-        if multi_label:
-            label: Any = [0.0] * len(label_names)
-            for lab in row["labels"]:
-                label[index[lab]] = 1.0
-        else:
-            label = index[row["labels"][0]]
-        out.append(
-            {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": label}
-        )
-    return out
-
-
-def _encode_generation(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
-    """Prompt tokens are masked with -100: the loss is on the target only."""
-    out = []
-    for row in rows:
-        prompt = tokenizer(PROMPT_TEMPLATE.format(text=row["text"]))["input_ids"]
-        target = tokenizer(row["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        target = target[: max_length - len(prompt)]
-        ids = prompt + target
-        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + target})
-    return out
-
-
-class DropLength:
-    """Wraps a collator: the `length` column (precomputed for the length-grouped
-    sampler) is not a model input. A class, so DataLoader workers can pickle it."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __call__(self, features: list[dict[str, Any]]) -> Any:
-        return self.inner([{k: v for k, v in f.items() if k != "length"} for f in features])
-
-
-def to_dataset(encoded: list[dict[str, Any]], length_column: str = "length") -> Any:
-    """A datasets.Dataset with each example's token count in `length_column`:
-    the Trainer's LengthGroupedSampler reads it instead of decoding every row
-    (with remove_unused_columns=False nothing else would drop it)."""
-    from datasets import Dataset
-
-    return Dataset.from_list([{**e, length_column: len(e["input_ids"])} for e in encoded])
+    return JobTrainer
 
 
 def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
@@ -352,24 +179,24 @@ def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
             self.start = time.monotonic()
             self.start_step = state.global_step  # not 0 when resumed from a checkpoint
 
-        def _progress(self, state: Any) -> dict[str, Any]:
+        def _progress(self, state: Any) -> common_pb2.Progress:
             elapsed = time.monotonic() - self.start
             step, total = state.global_step, max(state.max_steps, 1)
             done = step - self.start_step
-            eta = elapsed / done * (total - step) if done > 0 else None
-            return {
-                "step": step,
-                "total_steps": total,
-                "epoch": float(state.epoch or 0.0),
-                "percent": 100.0 * step / total,
-                "eta_seconds": eta,
-            }
+            progress = common_pb2.Progress(
+                step=step, total_steps=total, epoch=float(state.epoch or 0.0), percent_completed=100.0 * step / total
+            )
+            if done > 0:
+                progress.time_remaining.FromMilliseconds(int(elapsed / done * (total - step) * 1000))
+            return progress
 
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if control.should_log:  # on_log reports this step, with its loss: no step twice
+                return
             now = time.monotonic()
             if now - self.last_emit >= 1.0:
                 self.last_emit = now
-                emitter.emit("progress", **self._progress(state))
+                emitter.emit(job_pb2.JobEvent(progress=job_pb2.JobProgress(progress=self._progress(state))))
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any) -> None:
             logs = logs or {}
@@ -382,13 +209,13 @@ def _progress_callback(emitter: Emitter, total_rows: int) -> Any:
                 * args.gradient_accumulation_steps
                 * max(args.world_size, 1)
             )
-            emitter.emit(
-                "progress",
-                **self._progress(state),
+            progress = job_pb2.JobProgress(
+                progress=self._progress(state),
                 loss=float(logs["loss"]),
                 learning_rate=float(logs.get("learning_rate", 0.0)),
                 samples_per_second=samples / elapsed if elapsed > 0 else 0.0,
             )
+            emitter.emit(job_pb2.JobEvent(progress=progress))
 
     return ProgressCallback()
 
@@ -414,252 +241,76 @@ def _checkpoint_callback(store: ObjectStore, prefix: str, emitter: Emitter, keep
     return CheckpointUploader()
 
 
-def evaluate_classification(
-    model: Any, encoded: list[dict[str, Any]], collator: Any, label_names: list[str], multi_label: bool, batch_size: int
-) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-label ROC AUC with curve points, confusion matrix, loss."""
-    import numpy as np
-    import torch
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score, roc_curve
-
-    model.eval()
-    logits_all, labels_all, losses = [], [], []
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            batch = collator(encoded[start : start + batch_size])
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            out = model(**batch)
-            losses.append(float(out.loss) * len(batch["input_ids"]))
-            logits_all.append(out.logits.float().cpu().numpy())
-            labels_all.append(batch["labels"].cpu().numpy())
-    logits, labels = np.concatenate(logits_all), np.concatenate(labels_all)
-    n_labels = len(label_names)
-    if multi_label:
-        scores = 1 / (1 + np.exp(-logits))
-        onehot = labels.astype(int)
-        predicted = (scores >= 0.5).astype(int)
-        accuracy = float((predicted == onehot).all(axis=1).mean())
-        macro_f1 = float(f1_score(onehot, predicted, average="macro", zero_division=0))
-        cm = np.zeros((n_labels, n_labels), dtype=int)
-    else:
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        scores = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        predicted = scores.argmax(axis=1)
-        labels = labels.astype(int)
-        onehot = np.eye(n_labels, dtype=int)[labels]
-        accuracy = float(accuracy_score(labels, predicted))
-        macro_f1 = float(f1_score(labels, predicted, average="macro", labels=list(range(n_labels)), zero_division=0))
-        cm = confusion_matrix(labels, predicted, labels=list(range(n_labels)))
-    per_label, curves = {}, []
-    for i, name in enumerate(label_names):
-        if 0 < onehot[:, i].sum() < len(onehot):  # AUC needs both classes present
-            per_label[name] = float(roc_auc_score(onehot[:, i], scores[:, i]))
-            fpr, tpr, _ = roc_curve(onehot[:, i], scores[:, i])
-            keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 50)).astype(int))
-            curves.append(
-                {"label": name, "false_positive_rate": fpr[keep].tolist(), "true_positive_rate": tpr[keep].tolist()}
-            )
-    metrics = {"accuracy": accuracy, "macro_f1": macro_f1, "loss": sum(losses) / len(encoded)}
-    if per_label:
-        metrics["roc_auc"] = float(np.mean(list(per_label.values())))
-    return {
-        "metrics": metrics,
-        "roc_auc_per_label": per_label,
-        "roc_curves": curves,
-        "label_names": label_names,
-        "confusion_matrix": [int(x) for x in np.asarray(cm).ravel()],
-        "example_count": len(encoded),
-    }
-
-
-def evaluate_generation(
-    model: Any,
-    tokenizer: Any,
-    rows: list[dict[str, Any]],
-    encoded: list[dict[str, Any]],
-    collator: Any,
-    batch_size: int,
-    max_exact: int = 32,
-    prompt_template: str = PROMPT_TEMPLATE,
-) -> dict[str, Any]:
-    """Loss and perplexity on target tokens; exact match and ROUGE-L (F-measure,
-    Google's rouge-score package) of greedy generations on a sample."""
-    import torch
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-
-    model.eval()
-    total_loss, total_tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            batch = collator(encoded[start : start + batch_size])
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            out = model(**batch)
-            tokens = int((batch["labels"][:, 1:] != -100).sum())
-            total_loss += float(out.loss) * tokens
-            total_tokens += tokens
-        loss = total_loss / max(total_tokens, 1)
-        matches, rouge_l = 0, 0.0
-        sample = rows[:max_exact]
-        tokenizer.padding_side = "left"  # batched generation needs left padding
-        for start in range(0, len(sample), batch_size):
-            chunk = sample[start : start + batch_size]
-            prompts = [prompt_template.format(text=r["text"]) for r in chunk]
-            inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-            longest = max(len(tokenizer(r["target"])["input_ids"]) for r in chunk) + 2
-            generated = model.generate(
-                **inputs, max_new_tokens=longest, do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-            for row, ids in zip(chunk, generated[:, inputs["input_ids"].shape[1] :], strict=True):
-                text = tokenizer.decode(ids, skip_special_tokens=True)
-                matches += int(text.strip() == row["target"].strip())
-                rouge_l += scorer.score(row["target"], text)["rougeL"].fmeasure
-        tokenizer.padding_side = "right"
-    return {
-        "metrics": {
-            "loss": loss,
-            "perplexity": math.exp(min(loss, 50.0)),
-            "exact_match": matches / max(len(sample), 1),
-            "rouge_l": rouge_l / max(len(sample), 1),
-        },
-        "example_count": len(encoded),
-    }
-
-
-@dataclass
-class Loaded:
-    """A tokenizer and a base model made ready for the job's task."""
-
-    tokenizer: Any
-    model: Any
-    base_name: str
-    max_length: int
-
-
-def load_tokenizer(tokenizer_kwargs: dict[str, Any], path: str) -> tuple[Any, int]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path, **tokenizer_kwargs)
-    if tokenizer.pad_token is None:  # GPT-Neo has none: reuse EOS
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    return tokenizer, min(int(tokenizer.model_max_length or 512), 4096)
-
-
-def load_base_model(
-    classification: bool, base_path: str, model_kwargs: dict[str, Any], tokenizer: Any, labels: list[str], multi: bool
-) -> Any:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    if classification:
-        kwargs = dict(model_kwargs)
-        kwargs.setdefault("problem_type", "multi_label_classification" if multi else "single_label_classification")
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            pad_token_id=tokenizer.pad_token_id,  # the tokenizer alone is not enough for batches > 1
-            **kwargs,
-        )
-        model.config.pad_token_id = tokenizer.pad_token_id
-        return model
-    model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model
-
-
-def encode(
-    classification: bool, rows: list[dict[str, Any]], tokenizer: Any, max_length: int, labels: list[str], multi: bool
-) -> list[dict[str, Any]]:
-    if classification:
-        return _encode_classification(rows, tokenizer, max_length, labels, multi)
-    return _encode_generation(rows, tokenizer, max_length)
-
-
-def make_collator(classification: bool, tokenizer: Any) -> Any:
-    """Dynamic padding: each batch is padded to its own longest row."""
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
-
-    if classification:
-        return DropLength(DataCollatorWithPadding(tokenizer))
-    return DropLength(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True))
-
-
-def evaluate(
-    classification: bool,
-    model: Any,
-    tokenizer: Any,
-    rows: list[dict[str, Any]],
-    encoded: list[dict[str, Any]],
-    collator: Any,
-    labels: list[str],
-    multi: bool,
-    batch_size: int,
-    max_generations: int = 32,
-    prompt_template: str = PROMPT_TEMPLATE,
-) -> dict[str, Any]:
-    if classification:
-        return evaluate_classification(model, encoded, collator, labels, multi, batch_size)
-    return evaluate_generation(model, tokenizer, rows, encoded, collator, batch_size, max_generations, prompt_template)
-
-
-def build_training_args(trainer_kwargs: dict[str, Any], out_dir: Path) -> Any:
+def build_training_args(trainer_kwargs: dict[str, Any], out_dir: Path, world_size: int = 1) -> Any:
     """TrainingArguments as the job uses them: the job's directory, no tqdm,
-    our collators see every column (they drop `length`), gloo for DDP on CPU."""
+    our collators see the stored columns (they tokenise), gloo for DDP on CPU."""
     import torch
     from transformers import TrainingArguments
 
     kwargs = dict(trainer_kwargs)
-    if world_size() > 1 and not torch.cuda.is_available():
+    if world_size > 1 and not torch.cuda.is_available():
         kwargs.setdefault("ddp_backend", "gloo")
     return TrainingArguments(output_dir=str(out_dir), disable_tqdm=True, remove_unused_columns=False, **kwargs)
 
 
+def spec_configs(spec: job_pb2.TrainingJobSpec) -> dict[str, dict[str, Any]]:
+    """The spec's four configs as typed dicts (Struct numbers are floats until validated)."""
+    sections = ("model_config", "peft_config", "tokenizer_config", "trainer_config")
+    return configs.validate({section: struct_dict(getattr(spec, section)) for section in sections})
+
+
 def run_job(
-    job: dict[str, Any], store: ObjectStore, settings: Settings, workdir: Path, emitter: Emitter
-) -> dict[str, Any] | None:
+    spec: job_pb2.TrainingJobSpec, store: ObjectStore, settings: Settings, workdir: Path, emitter: Emitter
+) -> job_pb2.JobResult | None:
     """Trains, evaluates and uploads; returns the result on rank 0, None on other ranks."""
     import peft
     import torch
     import transformers
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import Trainer
 
-    configs = job["configs"]
-    model_kwargs = dict(configs["model_config"])
-    tokenizer_kwargs = dict(configs["tokenizer_config"])
-    peft_kwargs = {k: v for k, v in configs["peft_config"].items() if k != "peft_type"}
-    trainer_kwargs = dict(configs["trainer_config"])
-    classification = job["task"] == "TEXT_CLASSIFICATION"
-    version_prefix = job["metrics_object"].rsplit("/", 1)[0]
-    ckpt_prefix = job.get("checkpoints_prefix") or checkpoints.checkpoints_prefix(version_prefix)
+    resolved = spec_configs(spec)
+    model_kwargs = dict(resolved["model_config"])
+    tokenizer_kwargs = dict(resolved["tokenizer_config"])
+    peft_kwargs = {k: v for k, v in resolved["peft_config"].items() if k != "peft_type"}
+    trainer_kwargs = dict(resolved["trainer_config"])
+    classification = spec.task == common_pb2.TASK_TEXT_CLASSIFICATION
+    ckpt_prefix = checkpoints.checkpoints_prefix(spec.output_prefix)
     retry = StoreRetry(settings.store_retry_seconds, emitter)
 
-    emitter.state("PREPARING_DATA")
+    emitter.state(MV.STATE_PREPARING_DATA)
     base_name = model_kwargs.pop("pretrained_model_name_or_path")
     base_path = retry("reading the base model", lambda: basemodels.resolve(base_name, store, settings.base_model_cache))
     tok_name = tokenizer_kwargs.pop("pretrained_model_name_or_path", base_name)
     tok_path = retry("reading the tokenizer", lambda: basemodels.resolve(tok_name, store, settings.base_model_cache))
     tokenizer, max_length = load_tokenizer(tokenizer_kwargs, tok_path)
 
-    rows = retry(
-        "reading the dataset rows", lambda: _read_rows(store, job["dataset_version"], job.get("rows_object", ""))
+    rows = retry("reading the dataset rows", lambda: read_rows(store, spec.rows_manifest_object, settings))
+    prepared = data.prepare(
+        rows,
+        classification,
+        list(spec.label_names),
+        lambda text: len(tokenizer(PROMPT_TEMPLATE.format(text=text))["input_ids"]),
+        max_length,
+        spec.dataset_row_count,
+        spec.dataset_invalid_row_count,
+        [{"row": i.row, "code": i.code, "message": i.message} for i in spec.dataset_issues],
+        spec.invalid_data_tolerance_percent,
+        int(trainer_kwargs.get("seed", 42)),
     )
-    prepared = prepare_rows(job, rows, tokenizer, max_length)
     emitter.log(
         f"{len(prepared.train)} train rows, {len(prepared.eval)} eval rows ({prepared.split_source}), {prepared.skipped} invalid rows skipped"
     )
-    emitter.emit("data", train_rows=len(prepared.train), eval_rows=len(prepared.eval), skipped_rows=prepared.skipped)
+    summary = job_pb2.DataSummary(
+        train_rows=len(prepared.train), eval_rows=len(prepared.eval), skipped_rows=prepared.skipped
+    )
+    emitter.emit(job_pb2.JobEvent(data=summary))
 
     labels, multi = prepared.label_names, prepared.multi_label
     model = load_base_model(classification, base_path, model_kwargs, tokenizer, labels, multi)
     task_type = TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM  # SEQ_CLS saves the score head itself
-    train_set = encode(classification, prepared.train, tokenizer, max_length, labels, multi)
-    eval_set = encode(classification, prepared.eval, tokenizer, max_length, labels, multi)
-    collator = make_collator(classification, tokenizer)
+    train_set, eval_set = rows.select(prepared.train), rows.select(prepared.eval)
+    lengths = data.text_lengths(rows, with_target=not classification)[prepared.train]
+    collator = make_collator(classification, tokenizer, max_length, labels, multi)
 
     try:
         model = get_peft_model(model, LoraConfig(task_type=task_type, **peft_kwargs))
@@ -671,32 +322,32 @@ def run_job(
     emitter.log(f"base {base_name}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%)")
 
     out_dir = workdir / "out"
-    if rank() == 0 and out_dir.exists():  # checkpoints of an earlier attempt: the store's are the truth
+    if settings.rank == 0 and out_dir.exists():  # checkpoints of an earlier attempt: the store's are the truth
         import shutil
 
         shutil.rmtree(out_dir, ignore_errors=True)
-    args = build_training_args(trainer_kwargs, out_dir)
+    args = build_training_args(trainer_kwargs, out_dir, settings.world_size)
     if args.world_size > 1:
         emitter.log(f"distributed: {args.world_size} processes, backend {args.ddp_backend or 'default'}")
     callbacks = [_progress_callback(emitter, len(train_set))]
     if args.save_strategy != "no":
         callbacks.append(_checkpoint_callback(store, ckpt_prefix, emitter, args.save_total_limit, retry))
-    trainer = Trainer(
+    trainer = job_trainer(lengths)(
         model=model,
         args=args,
-        train_dataset=to_dataset(train_set, args.length_column_name),
-        eval_dataset=to_dataset(eval_set, args.length_column_name) if args.eval_strategy != "no" else None,
+        train_dataset=train_set,
+        eval_dataset=eval_set if args.eval_strategy != "no" else None,
         data_collator=collator,
         callbacks=callbacks,
     )
     resume_from = None
     step = retry("listing checkpoints", lambda: checkpoints.latest_step(store, ckpt_prefix))
     if step is not None:
-        resume_dir = workdir / f"resume-rank{rank()}"
+        resume_dir = workdir / f"resume-rank{settings.rank}"
         resume_from = retry(
             f"downloading checkpoint step {step}", lambda: checkpoints.download(store, ckpt_prefix, step, resume_dir)
         )
-    emitter.state("TRAINING")
+    emitter.state(MV.STATE_TRAINING)
     if resume_from is not None:
         emitter.log(f"resumed from step {step} (checkpoint {ckpt_prefix}/step-{step})")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -706,46 +357,46 @@ def run_job(
         f"training done: {result.global_step} steps in {runtime:.2f}s ({speed:.1f} samples/s), "
         f"train loss {result.training_loss:.4f}"
     )
-    if rank() != 0:
+    if settings.rank != 0:
         return None
 
-    emitter.state("EVALUATING")
+    emitter.state(MV.STATE_EVALUATING)
     batch = args.per_device_eval_batch_size
-    evaluation = evaluate(classification, model, tokenizer, prepared.eval, eval_set, collator, labels, multi, batch)
+    evaluation = evaluate(classification, model, tokenizer, eval_set, collator, labels, multi, batch)
     evaluation["metrics"]["train_loss"] = float(result.training_loss)
     evaluation["metrics"]["train_samples_per_second"] = speed
     evaluation["metrics"]["train_runtime_seconds"] = runtime
-    emitter.emit("evaluation", **evaluation)
+    emitter.emit(job_pb2.JobEvent(evaluation=to_evaluation(evaluation)))
 
-    emitter.state("UPLOADING")
+    emitter.state(MV.STATE_UPLOADING)
     adapter_dir = workdir / "adapter"
     model.save_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
-    lineage = {
-        "base_model": base_name,
-        "base_model_revision": basemodels.revision_of(model.get_base_model().config, base_name),
-        "library_versions": {
+    lineage = trainer_pb2.Lineage(
+        base_model=base_name,
+        base_model_revision=basemodels.revision_of(model.get_base_model().config, base_name),
+        library_versions={
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "peft": peft.__version__,
         },
-    }
-    meta = {
-        "model_version": job["name"],
-        "task": job["task"],
-        "label_names": prepared.label_names,
-        "multi_label": prepared.multi_label,
-        "prompt_template": PROMPT_TEMPLATE,
-        "max_length": max_length,
-        "model_config": configs["model_config"],
-        "tokenizer_config": configs["tokenizer_config"],
-        "lineage": lineage,
-    }
-    (adapter_dir / "textft.json").write_text(json.dumps(meta, indent=1))
+    )
+    manifest = job_pb2.AdapterManifest(
+        model_version=spec.model_version,
+        task=common_pb2.Task.Name(spec.task).removeprefix("TASK_"),
+        label_names=prepared.label_names,
+        multi_label=prepared.multi_label,
+        prompt_template=PROMPT_TEMPLATE,
+        max_length=max_length,
+        model_config=spec.model_config,
+        tokenizer_config=spec.tokenizer_config,
+        lineage=lineage,
+    )
+    write_adapter_manifest(adapter_dir, manifest)
     # Over PEFT's own placeholder card: how to load this adapter without textft.
-    card = modelcard.render(meta, job["dataset_version"], job.get("template", ""))
+    card = modelcard.render(adapter_manifest_dict(manifest), spec.dataset_version, spec.template)
     (adapter_dir / "README.md").write_text(card)
-    prefix = job["adapter_prefix"]
+    prefix = f"{spec.output_prefix}/adapter"
 
     def upload_adapter() -> None:
         # From scratch each time: a retried upload (or job) never leaves files of an earlier attempt.
@@ -753,79 +404,96 @@ def run_job(
         store.upload_dir(adapter_dir, prefix)
 
     retry("uploading the adapter", upload_adapter)
-    retry("uploading metrics", lambda: store.put_json(job["metrics_object"], evaluation))
-    return {"adapter_uri": prefix, "lineage": lineage, "evaluation": evaluation, "world_size": world_size()}
+    retry("uploading metrics", lambda: store.put_json(f"{spec.output_prefix}/metrics.json", evaluation))
+    return job_pb2.JobResult(adapter_uri=prefix, lineage=lineage, world_size=settings.world_size)
+
+
+def to_evaluation(evaluation: dict[str, Any]) -> trainer_pb2.Evaluation:
+    return json_format.ParseDict(evaluation, trainer_pb2.Evaluation(), ignore_unknown_fields=True)
 
 
 def evaluate_version(
-    job: dict[str, Any],
+    spec: job_pb2.TrainingJobSpec,
     store: ObjectStore,
     settings: Settings,
     workdir: Path,
-    dataset_version: str,
+    emitter: Emitter,
     max_generations: int = 200,
-) -> dict[str, Any]:
+) -> trainer_pb2.Evaluation:
     """Evaluates the version's stored adapter on every usable row of another
     dataset version (EvaluateModelVersion), with the training job's metrics."""
     from peft import PeftModel
 
-    classification = job["task"] == "TEXT_CLASSIFICATION"
+    classification = spec.task == common_pb2.TASK_TEXT_CLASSIFICATION
     retry = StoreRetry(settings.store_retry_seconds, Emitter(enabled=False))
     adapter_dir = workdir / "adapter"
     if adapter_dir.exists():
         import shutil
 
         shutil.rmtree(adapter_dir)
-    retry("downloading the adapter", lambda: store.download_dir(job["adapter_prefix"], adapter_dir))
-    meta = json.loads((adapter_dir / "textft.json").read_text())
-    labels, multi = list(meta.get("label_names") or []), bool(meta.get("multi_label"))
-    model_kwargs = {k: v for k, v in meta["model_config"].items() if k != "pretrained_model_name_or_path"}
-    base_name = meta["model_config"]["pretrained_model_name_or_path"]
+    retry("downloading the adapter", lambda: store.download_dir(f"{spec.output_prefix}/adapter", adapter_dir))
+    meta = read_adapter_manifest(adapter_dir)
+    labels, multi = list(meta.label_names), meta.multi_label
+    model_config = configs.validate({"model_config": struct_dict(meta.model_config)})["model_config"]
+    model_kwargs = {k: v for k, v in model_config.items() if k != "pretrained_model_name_or_path"}
+    base_name = model_config["pretrained_model_name_or_path"]
     base_path = retry("reading the base model", lambda: basemodels.resolve(base_name, store, settings.base_model_cache))
     tokenizer, max_length = load_tokenizer({}, str(adapter_dir))
-    max_length = min(max_length, int(meta.get("max_length", max_length)))
-    prompt_template = meta.get("prompt_template", PROMPT_TEMPLATE)
-
-    usable, skipped = [], []
-    for row in retry("reading the dataset rows", lambda: _read_rows(store, dataset_version)):
-        if not row.get("text"):
-            skipped.append(row)
-        elif classification and (not row.get("labels") or any(lab not in labels for lab in row["labels"])):
-            skipped.append(row)  # a label the model was not trained on cannot be scored
-        elif not classification and not row.get("target"):
-            skipped.append(row)
-        else:
-            usable.append(row)
-    if not usable:
+    max_length = min(max_length, meta.max_length or max_length)
+    prompt_template = meta.prompt_template or PROMPT_TEMPLATE
+    dataset_version = spec.evaluation.dataset_version
+    manifest_key = spec.evaluation.rows_manifest_object
+    rows = retry("reading the dataset rows", lambda: read_rows(store, manifest_key, settings))
+    # A label the model was not trained on cannot be scored.
+    usable_rows, skipped, first_skipped = data.usable_for_evaluation(rows, classification, labels)
+    if not len(usable_rows):
         known = f" (the model knows labels {labels})" if classification else ""
         raise JobFailure(
             "EVALUATION_NO_USABLE_ROWS",
             f"{dataset_version} has no rows this model can be evaluated on{known}",
             field="dataset_version",
-            rows=[int(r.get("row", 0)) for r in skipped[:20]],
+            rows=first_skipped,
         )
+    usable = rows.select(usable_rows)
     model = load_base_model(classification, base_path, model_kwargs, tokenizer, labels, multi)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
-    encoded = encode(classification, usable, tokenizer, max_length, labels, multi)
-    collator = make_collator(classification, tokenizer)
-    batch = int(job["configs"]["trainer_config"].get("per_device_eval_batch_size", 16))
+    collator = make_collator(classification, tokenizer, max_length, labels, multi)
+    batch = int(spec_configs(spec)["trainer_config"].get("per_device_eval_batch_size", 16))
     evaluation = evaluate(
         classification,
         model,
         tokenizer,
         usable,
-        encoded,
         collator,
         labels,
         multi,
         batch,
         max_generations,
         prompt_template,
+        _evaluation_progress(emitter),
     )
     evaluation["dataset_version"] = dataset_version
-    evaluation["skipped_row_count"] = len(skipped)
-    return evaluation
+    evaluation["skipped_row_count"] = skipped
+    return to_evaluation(evaluation)
+
+
+def _evaluation_progress(emitter: Emitter, every: float = 1.0) -> Callable[[int, int], None]:
+    """on_rows for an evaluation: a progress event at most every `every` seconds, and at the end."""
+    started, last = time.monotonic(), 0.0
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < every and done < total:
+            return
+        last = now
+        progress = common_pb2.Progress(step=done, total_steps=total, percent_completed=100.0 * done / max(total, 1))
+        if done:
+            progress.time_remaining.FromMilliseconds(int((now - started) / done * (total - done) * 1000))
+        emitter.emit(job_pb2.JobEvent(progress=job_pb2.JobProgress(progress=progress)))
+
+    return report
 
 
 def _lifeline() -> None:
@@ -849,16 +517,24 @@ def _lifeline() -> None:
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
+def read_spec(store: ObjectStore, key: str) -> job_pb2.TrainingJobSpec:
+    """The spec at key, for this store: a spec written for another store (the
+    job's environment names a different one) is refused."""
+    spec = json_format.ParseDict(store.get_json(key), job_pb2.TrainingJobSpec(), ignore_unknown_fields=True)
+    if spec.store and spec.store != store.describe():
+        raise JobFailure(
+            "MODEL_TRAINING_STORE_MISMATCH",
+            f"the job was written for the store {spec.store}, but its environment opens {store.describe()}; "
+            "start it with the trainer service's store settings",
+        )
+    return spec
+
+
 def parser() -> argparse.ArgumentParser:
     """The job's command line (what every launcher passes)."""
     parser = argparse.ArgumentParser(prog="textft-train-job", description="Run one textft training job.")
-    parser.add_argument("--job", required=True, help="store key of the job.json to run")
+    parser.add_argument("--job", required=True, help="store key of the job's TrainingJobSpec (job.json)")
     parser.add_argument("--workdir", required=True, help="scratch directory of this job")
-    parser.add_argument(
-        "--evaluate",
-        metavar="DATASET_VERSION",
-        help="instead of training, evaluate the version's adapter on this dataset version",
-    )
     parser.add_argument(
         "--exit-on-stdin-eof",
         action="store_true",
@@ -873,24 +549,23 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("train-job", settings.log_level, settings.log_format, settings.secrets())
     if args.exit_on_stdin_eof:
         _lifeline()
-    emitter = Emitter(enabled=rank() == 0)
+    emitter = Emitter(enabled=settings.rank == 0)
     workdir = Path(args.workdir)  # shared by the ranks of one node: only rank 0 writes outside out/
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)  # relative paths a library might write land in the job's directory
     try:
-        retry = StoreRetry(settings.store_retry_seconds, emitter if not args.evaluate else Emitter(enabled=False))
+        retry = StoreRetry(settings.store_retry_seconds, emitter)
         store = retry("connecting to the store", lambda: open_store(settings.store))
-        job = retry("reading the job", lambda: store.get_json(args.job))
-        if args.evaluate:
-            evaluation = evaluate_version(job, store, settings, workdir, args.evaluate)
-            emitter.emit("evaluation", **evaluation)
+        spec = retry("reading the job", lambda: read_spec(store, args.job))
+        if spec.HasField("evaluation"):
+            emitter.emit(job_pb2.JobEvent(evaluation=evaluate_version(spec, store, settings, workdir, emitter)))
             return 0
-        result = run_job(job, store, settings, workdir, emitter)
+        result = run_job(spec, store, settings, workdir, emitter)
         if result is not None:
-            emitter.emit("result", **result)
+            emitter.emit(job_pb2.JobEvent(result=result))
         return 0
     except JobFailure as failure:
-        emitter.emit("failure", reason=failure.reason, message=failure.message, field=failure.field, rows=failure.rows)
+        emitter.failure(failure.reason, failure.message, failure.field, failure.rows)
         return EXIT_FAILED
     except Exception as exc:
         traceback.print_exc()
@@ -898,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         for secret in settings.secrets():
             message = message.replace(secret, "***")
         reason = "MODEL_TRAINING_OUT_OF_MEMORY" if "out of memory" in message.lower() else "MODEL_TRAINING_CRASHED"
-        emitter.emit("failure", reason=reason, message=message[:1000], field="", rows=[])
+        emitter.failure(reason, message[:1000])
         return EXIT_FAILED
 
 

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, TypeVar
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from .errors import DeadlineExceeded, TextftError, Unavailable, from_rpc_error
+from .errors import DeadlineExceeded, TextftError, Unavailable, from_rpc_error, from_status_code
 from .resources import Datasets, Models, Versions
 from .uploads import RowCounter, UploadProgress
 from .v1 import (
@@ -450,10 +450,50 @@ class Client:
         request = trainer_pb2.CancelModelVersionRequest(name=name)
         return self.call(self.trainer.CancelModelVersion, request).model_version
 
-    def evaluate(self, name: str, dataset_version: str, timeout: float = 3600) -> trainer_pb2.Evaluation:
-        """Evaluates a READY version on any dataset version of its task (runs a job: allow time)."""
+    def start_evaluation(self, name: str, dataset_version: str) -> trainer_pb2.ModelEvaluation:
+        """Starts evaluating a READY version on a dataset version of its task;
+        returns the evaluation RUNNING (follow it with watch_evaluation)."""
         request = trainer_pb2.EvaluateModelVersionRequest(name=name, dataset_version=dataset_version)
-        return self.call(self.trainer.EvaluateModelVersion, request, timeout=timeout).evaluation
+        return self.call(self.trainer.EvaluateModelVersion, request, idempotent=False).model_evaluation
+
+    def get_evaluation(self, name: str) -> trainer_pb2.ModelEvaluation:
+        request = trainer_pb2.GetModelEvaluationRequest(name=name)
+        return self.call(self.trainer.GetModelEvaluation, request).model_evaluation
+
+    def watch_evaluation(self, name: str, timeout: float | None = None) -> Iterator[trainer_pb2.ModelEvaluation]:
+        """The evaluation now, then after each change; ends once it is done."""
+        request = trainer_pb2.WatchModelEvaluationRequest(name=name)
+        for response in self.stream(self.trainer.WatchModelEvaluation, request, timeout=timeout):
+            yield response.model_evaluation
+
+    def evaluate(
+        self,
+        name: str,
+        dataset_version: str,
+        timeout: float = 3600,
+        on_progress: Callable[[trainer_pb2.ModelEvaluation], None] | None = None,
+    ) -> trainer_pb2.Evaluation:
+        """Evaluates a READY version on any dataset version of its task and
+        waits (up to timeout seconds) for the result; raises the TextftError
+        the evaluation failed with."""
+        evaluation = self.start_evaluation(name, dataset_version)
+        deadline = time.monotonic() + timeout
+        while evaluation.state == trainer_pb2.ModelEvaluation.STATE_RUNNING:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise from_status_code(
+                    grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+                    f"{evaluation.name} is still running after {timeout:g}s; follow it with watch_evaluation",
+                )
+            for update in self.watch_evaluation(evaluation.name, timeout=left):
+                evaluation = update
+                if on_progress is not None:
+                    on_progress(update)
+            if evaluation.state == trainer_pb2.ModelEvaluation.STATE_RUNNING:  # the stream ended early
+                evaluation = self.get_evaluation(evaluation.name)
+        if evaluation.state != trainer_pb2.ModelEvaluation.STATE_SUCCEEDED:
+            raise from_status_code(evaluation.error_code, evaluation.failure.message, evaluation.failure.reason)
+        return evaluation.result
 
     # ---- inference ----
     def predict(

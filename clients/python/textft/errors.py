@@ -152,6 +152,15 @@ _BY_CODE: dict[grpc.StatusCode, type[TextftError]] = {
 }
 
 
+def from_status_code(code: int, message: str, reason: str = "") -> TextftError:
+    """The TextftError for a numeric gRPC status code (as a resource records a
+    failure it ended with, e.g. ModelEvaluation.error_code)."""
+    status = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.INTERNAL)
+    error = _BY_CODE.get(status, Internal)(message, reason=reason)
+    error.grpc_code = status  # type: ignore[attr-defined]
+    return error
+
+
 def from_rpc_error(err: grpc.RpcError) -> TextftError:
     """Turns a failed call into the matching TextftError, with its rich details."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN

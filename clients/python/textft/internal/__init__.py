@@ -1,0 +1,1 @@
+"""Contracts between textft's services and its jobs (not the public API)."""

@@ -1,0 +1,1 @@
+"""Generated protobuf stubs of textft.internal.v1 (`make protos`); never edit them by hand."""
