@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -365,6 +366,52 @@ def test_contradicting_version_is_refused(reflected: Reflected, models: Models) 
 
 
 # ---- reflection (what grpcurl needs) ----
+def _grpcurl() -> str:
+    found = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+    if not found:
+        pytest.skip("grpcurl is not installed (services[test] brings it on x86-64 Linux)")
+    return found
+
+
+def test_grpcurl_lists_and_calls_model_infer(address: str, auth: dict, client: Client, models: Models) -> None:
+    """The real grpcurl, through reflection, with the API key as a header."""
+    grpcurl = _grpcurl()
+    header = ["-H", f"authorization: {auth['authorization']}"]
+    listed = subprocess.run(
+        [grpcurl, "-plaintext", *header, address, "list"], capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert SERVICE in listed.stdout.split()
+    body = {
+        "model_name": CLS,
+        "model_version": "1",
+        "inputs": [
+            {
+                "name": "text",
+                "datatype": "BYTES",
+                "shape": [2],
+                "contents": {"bytes_contents": [b64(t) for t in TEXTS[:2]]},
+            }
+        ],
+        "outputs": [{"name": "labels"}],
+    }
+    call = [grpcurl, "-plaintext", *header, "-d", json.dumps(body), address, f"{SERVICE}/ModelInfer"]
+    answered = subprocess.run(call, capture_output=True, text=True, timeout=60)
+    assert answered.returncode == 0, answered.stderr
+    response = json.loads(answered.stdout)
+    contents = response["outputs"][0]["contents"]  # grpcurl prints the proto's own field names
+    labels = [base64.b64decode(x).decode() for x in contents.get("bytes_contents", contents.get("bytesContents"))]
+    assert labels == [p.classification.scores[0].label for p in client.predict(models.cls, TEXTS[:2]).predictions]
+    # No key: refused, and grpcurl says so in its exit status and the gRPC code.
+    refused = subprocess.run(
+        [grpcurl, "-plaintext", "-d", json.dumps(body), address, f"{SERVICE}/ModelInfer"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
+
+
 def test_reflection_lists_and_describes_the_service(reflected: Reflected) -> None:
     assert SERVICE in set(reflected.db.get_services())
     assert {"ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelInfer"} <= {
