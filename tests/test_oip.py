@@ -239,20 +239,19 @@ def test_classification_equals_predict(
     assert [lab.decode() for lab in labels] == [p.classification.scores[0].label for p in want]
 
 
-def test_typed_contents_as_grpcurl_sends_them(reflected: Reflected, client: Client, models: Models) -> None:
-    body = {
-        "model_name": CLS,
-        "inputs": [
-            {
-                "name": "text",
-                "datatype": "BYTES",
-                "shape": [2],
-                "contents": {"bytes_contents": [b64(t) for t in TEXTS[:2]]},
-            }
-        ],
-        "outputs": [{"name": "labels"}],
+def labels_request(texts: list[str], **fields: str) -> dict:
+    """A ModelInfer request as JSON with typed contents (what `grpcurl -d` sends), asking for labels only."""
+    text = {
+        "name": "text",
+        "datatype": "BYTES",
+        "shape": [len(texts)],
+        "contents": {"bytes_contents": [b64(t) for t in texts]},
     }
-    response = reflected.call("ModelInfer", body)
+    return {"model_name": CLS, **fields, "inputs": [text], "outputs": [{"name": "labels"}]}
+
+
+def test_typed_contents_as_grpcurl_sends_them(reflected: Reflected, client: Client, models: Models) -> None:
+    response = reflected.call("ModelInfer", labels_request(TEXTS[:2]))
     assert [o["name"] for o in response["outputs"]] == ["labels"]  # only what was asked for
     assert "rawOutputContents" not in response  # typed in, typed out
     labels = [base64.b64decode(x).decode() for x in response["outputs"][0]["contents"]["bytesContents"]]
@@ -382,19 +381,7 @@ def test_grpcurl_lists_and_calls_model_infer(address: str, auth: dict, client: C
     )
     assert listed.returncode == 0, listed.stderr
     assert SERVICE in listed.stdout.split()
-    body = {
-        "model_name": CLS,
-        "model_version": "1",
-        "inputs": [
-            {
-                "name": "text",
-                "datatype": "BYTES",
-                "shape": [2],
-                "contents": {"bytes_contents": [b64(t) for t in TEXTS[:2]]},
-            }
-        ],
-        "outputs": [{"name": "labels"}],
-    }
+    body = labels_request(TEXTS[:2], model_version="1")
     call = [grpcurl, "-plaintext", *header, "-d", json.dumps(body), address, f"{SERVICE}/ModelInfer"]
     answered = subprocess.run(call, capture_output=True, text=True, timeout=60)
     assert answered.returncode == 0, answered.stderr
