@@ -190,7 +190,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Every test is in exactly one tier (a module-level pytestmark), and the unit
     tier really is server-free; gpu tests skip cleanly without CUDA."""
     problems = []
-    gpu_skip = None
+    gpu_skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False here")
+    has_cuda: bool | None = None  # asked once, and only when a gpu test is collected
     for item in items:
         tiers = {m.name for m in item.iter_markers() if m.name in TIERS}
         if len(tiers) != 1:
@@ -200,12 +201,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif "unit" in tiers and SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             problems.append(f"{item.nodeid}: a unit test uses {sorted(SERVER_FIXTURES & set(item.fixturenames))}")
         if item.get_closest_marker("gpu"):
-            if gpu_skip is None:
+            if has_cuda is None:
                 import torch
 
-                gpu_skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False here")
-                gpu_skip = None if torch.cuda.is_available() else gpu_skip
-            if gpu_skip is not None:
+                has_cuda = torch.cuda.is_available()
+            if not has_cuda:
                 item.add_marker(gpu_skip)
     if problems:
         raise pytest.UsageError("test tiers:\n  " + "\n  ".join(problems))
