@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import offline
+
 GOAL_SPEEDUP = 3.0
 GOAL_CLS_VS_PIPELINE = 1.5  # against pipeline(texts, batch_size=16) per adapter
 GOAL_MIXED = 0.8
@@ -236,13 +238,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     args.adapter_counts = [int(n) for n in str(args.adapter_counts).split(",") if n]
     args.rates = [float(r) for r in str(args.rates).split(",") if r]
 
-    for key, value in {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(key, value)
+    offline()
     import torch
     from transformers.utils import logging as hf_logging
 

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench import offline
 from bench.bench_inference import TEXTS, WORDS, _cpu_s
 
 GOAL_RATIO = 0.9
@@ -129,13 +130,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads of the server")
     args = parser.parse_args(argv)
 
-    for key, value in {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        os.environ.setdefault(key, value)
+    offline()
     import grpc
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
