@@ -148,6 +148,11 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(struct)
 
 
+def _backoff(attempt: int) -> None:
+    """Sleeps before retry number `attempt`: exponential from 0.1 s, capped at 2 s, jittered."""
+    time.sleep(min(2.0, 0.1 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
+
+
 class Client:
     """Typed access to the dataset, trainer and inference services.
 
@@ -240,7 +245,7 @@ class Client:
                 if not retry:
                     raise error from None
                 attempt += 1
-                time.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+                _backoff(attempt)
 
     def stream(self, method: Callable[..., Iterable[T]], request: Any, timeout: float | None = None) -> Iterator[T]:
         try:
@@ -444,7 +449,7 @@ class Client:
             if version.state in _FINAL_STATES:
                 return version
             attempt += 1
-            time.sleep(min(2.0, 0.1 * 2 ** min(attempt, 5)) * (0.5 + random.random()))  # jittered backoff
+            _backoff(attempt)
 
     def cancel(self, name: str) -> trainer_pb2.ModelVersion:
         request = trainer_pb2.CancelModelVersionRequest(name=name)
