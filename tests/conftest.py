@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from support import TINY_BASE_KEY
+from support.databases import fresh_postgres_database, sqlite_url, start_postgres
 
 from textft import Client
 from textft_services.common.config import Settings, StoreSettings
@@ -126,6 +127,25 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 
 
 @pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL 16 server for the session (pgserver), stopped at the end."""
+    server, url = start_postgres(tmp_path_factory.mktemp("pg"))
+    try:
+        yield url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The metadata database, once per backend: a SQLite file, and a fresh
+    database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    return fresh_postgres_database(request.getfixturevalue("postgres_admin_url"))
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_gpt_neo(tmp_path_factory.mktemp("tiny-gpt-neo"))
 
@@ -177,7 +197,7 @@ TIERS = {
     "reliability": "faults, fuzzing, load and security, with figures (make check-reliability)",
 }
 # Fixtures that start a server or a process: a unit test never uses them.
-SERVER_FIXTURES = {"s3_endpoint", "stack", "client", "store"}
+SERVER_FIXTURES = {"s3_endpoint", "stack", "client", "store", "postgres_admin_url", "database_url"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -111,6 +111,11 @@ class TlsSettings:
 class Settings:
     home: Path = Path(".textft")
     store: StoreSettings = field(default_factory=StoreSettings)
+    # The metadata database (services/common/db.py): "" is the embedded default,
+    # a SQLite file under home; deployments use postgresql+psycopg://...
+    database_url: str = field(default="", repr=False)
+    # Services upgrade the schema when they start; off leaves it to `textft-db upgrade`.
+    database_migrate: bool = True
     # Keys servers accept (authorization: Bearer <key>); auth is on unless
     # auth_enabled is explicitly turned off.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -228,6 +233,8 @@ class Settings:
             tls=_tls(env),
             home=home,
             store=store,
+            database_url=env.get("TEXTFT_DATABASE_URL", "").strip(),
+            database_migrate=_bool(env, "TEXTFT_DATABASE_MIGRATE", True),
             api_keys=keys,
             auth_enabled=_bool(env, "TEXTFT_AUTH", True),
             api_key=api_key,
@@ -279,10 +286,21 @@ class Settings:
         workers = max(1, self.grpc_workers)
         return self.max_concurrent_rpcs if self.max_concurrent_rpcs > 0 else 2 * workers
 
+    @property
+    def database(self) -> str:
+        """The metadata database's URL (the embedded SQLite file unless configured)."""
+        from .db import default_url
+
+        return self.database_url or default_url(self.home)
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def secrets(self) -> list[str]:
         """Values that must never reach a log line or a client."""
         values = [*self.api_keys, self.api_key, self.store.secret_key, self.store.access_key]
+        if self.database_url:
+            from sqlalchemy.engine import make_url
+
+            values.append(make_url(self.database_url).password or "")
         return [v for v in values if v and len(v) >= 4]
