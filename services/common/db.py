@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,7 @@ class Database:
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                _sqlite_wal(Path(parsed.database))
             self.engine: Engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
             _sqlite_setup(self.engine)
         elif self.dialect == "postgresql":
@@ -136,6 +138,25 @@ class Database:
             return MigrationContext.configure(conn).get_current_revision() or ""
 
 
+_OPEN: dict[str, Database] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_database(settings: Any) -> Database:
+    """The process's database for these Settings: one engine (one pool) per URL,
+    shared by everything in the process that asks (servicers, auth), migrated
+    once when TEXTFT_DATABASE_MIGRATE is on."""
+    url = settings.database
+    with _OPEN_LOCK:
+        database = _OPEN.get(url)
+        if database is None:
+            database = Database(url)
+            if settings.database_migrate:
+                database.migrate()
+            _OPEN[url] = database
+    return database
+
+
 def _insert(dialect: str) -> Any:
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -144,13 +165,36 @@ def _insert(dialect: str) -> Any:
     return insert
 
 
+def _sqlite_wal(path: Path) -> None:
+    """Puts the file in WAL mode (readers don't block the writer, nor it them).
+
+    The mode is stored in the file, so this runs once per process, not per
+    connection: switching modes needs the database to itself, and SQLite answers
+    "database is locked" at once, without waiting, when another process is
+    inside a transaction then. A file lock makes processes opening a new
+    database take turns; once one has switched, the others' switch is a no-op.
+    """
+    import fcntl
+    import sqlite3
+
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+            finally:
+                connection.close()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # SQLAlchemy emits BEGIN itself (below); pysqlite's own transaction handling is off.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers don't block the writer, nor it them
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; safe with WAL
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
