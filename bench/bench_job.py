@@ -101,7 +101,7 @@ class JobMemory:
 def _side_env(home: Path, checkout: Path | None, work: Path) -> dict[str, str]:
     from textft_services.stack import local_env
 
-    env = local_env(home, {**os.environ, "TEXTFT_API_KEY": "tft_bench_" + secrets.token_hex(8)})
+    env = local_env(home, {**os.environ, "TEXTFT_API_KEY": "tft_bench_" + secrets.token_hex(16)})
     env.update(TEXTFT_AUTH="on", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     if checkout is not None:  # that checkout's services, importable as textft_services
         shim = work / f"shim-{secrets.token_hex(4)}"

@@ -25,7 +25,7 @@ from textft_services.common.store import LocalStore, ObjectStore, S3Store
 from textft_services.common.tinymodels import build_tiny_gpt_neo
 from textft_services.stack import Stack, _free_port, start_stack
 
-API_KEY = "tft_test_" + secrets.token_hex(8)
+API_KEY = "tft_test_" + secrets.token_hex(16)
 
 # No hub in tests: anything that would download fails fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -5,6 +5,7 @@ output, errors without tracebacks, and `textft up` starting and stopping."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -182,6 +183,29 @@ def test_errors_have_no_traceback(stack: RunningStack, dataset_version: str) -> 
     # Bad arguments are usage errors (exit 2), not crashes.
     result = cli(stack, "train", "m", "d", "--template", "t", "--set", "nodot=1")
     assert result.returncode == 2 and "--set" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_keys_create_use_revoke(stack: RunningStack) -> None:
+    """An admin creates a predictor's key, the predictor's key reads but may not
+    create, the admin revokes it, and the audit log shows what happened."""
+    ok(cli(stack, "whoami"))
+    created = json.loads(ok(cli(stack, "--json", "keys", "create", "ci-bot", "--role", "predictor")).stdout)
+    key_id, secret = created["api_key"]["key_id"], created["secret"]
+    assert secret.startswith(f"tft_{key_id}_") and created["api_key"]["role"] == "ROLE_PREDICTOR"
+    listed = ok(cli(stack, "keys", "list")).stdout
+    assert key_id in listed and "predictor" in listed and secret not in listed
+
+    as_predictor = dataclasses.replace(stack, api_key=secret)
+    assert "predictor in app default" in ok(cli(as_predictor, "whoami")).stdout
+    ok(cli(as_predictor, "templates"))
+    denied = cli(as_predictor, "models", "create", "not-allowed", "--task", "classification")
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr and "Traceback" not in denied.stderr
+
+    ok(cli(stack, "keys", "revoke", key_id))
+    assert key_id not in ok(cli(stack, "keys", "list")).stdout
+    assert key_id in ok(cli(stack, "keys", "list", "--all")).stdout
+    audit = ok(cli(stack, "audit")).stdout
+    assert "RevokeApiKey" in audit and "CreateApiKey" in audit and "PERMISSION_DENIED" in audit
 
 
 def test_apply_set_parses_json_values() -> None:

@@ -30,7 +30,7 @@ from textft_services.common.logs import JsonFormatter, SecretFilter
 
 pytestmark = pytest.mark.integration
 
-API_KEY = "tft_infra_key_3f9a1c7e"
+API_KEY = "tft_infra_key_3f9a1c7e_5b2d8e0a4c6f1b3d"
 STORE_SECRET = "store-secret-b81d5e0a"
 MAX_MESSAGE = 64 * 1024
 DATASET_SERVICE = "textft.v1.DatasetService"
@@ -120,7 +120,7 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
 def make_settings(**changes) -> Settings:
     base = Settings(
         store=StoreSettings(kind="s3", endpoint="h:1", access_key="access-9c2e", secret_key=STORE_SECRET),
-        api_keys=(API_KEY, "tft_second_key_77"),
+        api_keys=(API_KEY, "tft_second_key_77_0c1d2e3f4a5b6c7d8e9f"),
         api_key=API_KEY,
         auth_enabled=True,
         max_message_bytes=MAX_MESSAGE,
@@ -174,7 +174,7 @@ def test_valid_key_is_accepted(datasets) -> None:
     response = datasets.GetDataset(dataset_pb2.GetDatasetRequest(name="datasets/ok"), metadata=AUTH, timeout=10)
     assert response.dataset.name == "datasets/ok"
     # Any configured key; the scheme is case-insensitive.
-    other = [("authorization", "bearer tft_second_key_77")]
+    other = [("authorization", "bearer tft_second_key_77_0c1d2e3f4a5b6c7d8e9f")]
     assert datasets.GetDataset(dataset_pb2.GetDatasetRequest(name="x"), metadata=other, timeout=10).dataset.name == "x"
 
 

@@ -20,7 +20,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .access import AuditLog, KeyRing
 from .config import Settings, TlsSettings
+from .db import Database, open_database
 from .interceptors import AuthInterceptor, ErrorInterceptor
 from .logs import setup_logging
 
@@ -76,15 +78,20 @@ def start_server(
     host: str | None = None,
     health_servicer: health.HealthServicer | None = None,
     extra_ports: Sequence[int] = (),
+    database: Database | None = None,
 ) -> Running:
     """Starts a server with the shared interceptors; `register` adds servicers
     and returns their full service names (for health and reflection). A
     servicer that reports readiness itself (the inference service's Open
     Inference Protocol ServerReady) passes the health servicer it reads.
-    `extra_ports` are more ports of the same server (same host, TLS, auth)."""
+    `extra_ports` are more ports of the same server (same host, TLS, auth).
+    With `database` (the metadata database), keys created through
+    AccessService are accepted too and mutating calls are audited; without it
+    only the configured keys are (in-process test servers)."""
     interceptors: list[grpc.ServerInterceptor] = []
     if settings.auth_enabled:
-        interceptors.append(AuthInterceptor(settings.api_keys))
+        audit = AuditLog(database) if database is not None else None
+        interceptors.append(AuthInterceptor(KeyRing(settings.api_keys, database), audit))
     interceptors.append(ErrorInterceptor(settings.secrets()))
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -147,9 +154,10 @@ def run_service(
     setup_logging(service, settings.log_level, settings.log_format, settings.secrets())
     if not settings.auth_enabled:
         log.warning("auth is OFF (TEXTFT_AUTH=off): any caller can use this service")
+    database = open_database(settings)  # the same instance build() gets from open_database
     register, on_shutdown = build(settings)
     more = list(extra_ports(settings)) if extra_ports else []
-    running = start_server(settings, args.port, register, args.host, health_servicer, more)
+    running = start_server(settings, args.port, register, args.host, health_servicer, more, database)
     host = args.host or settings.host
     tls = "mutual TLS" if settings.tls.client_ca else "TLS" if settings.tls.enabled else "plaintext"
     log.info("%s service listening on %s:%d (%s)", service, host, running.port, tls)

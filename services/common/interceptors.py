@@ -1,10 +1,9 @@
-"""Server interceptors shared by every service: API-key auth, and the one place
+"""Server interceptors shared by every service: API keys and roles (access.py), and the one place
 where domain errors become gRPC statuses (KServe's habit). Unexpected errors
 become INTERNAL with a reference id; the traceback goes to the log only."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -13,6 +12,8 @@ from typing import Any
 import grpc
 
 from textft.errors import FieldViolation, TextftError
+
+from .access import METHOD_PERMISSIONS, MUTATING, AuditLog, KeyRing, reset_caller, set_caller
 
 log = logging.getLogger("textft.rpc")
 
@@ -112,24 +113,24 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         return _wrap_handler(handler, wrap)
 
 
+def _resource(request: Any) -> str:
+    """The resource a request names, for the audit log."""
+    for field in ("name", "parent", "model_version"):
+        value = getattr(request, field, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Checks `authorization: Bearer <key>` against the configured keys.
+    """Checks `authorization: Bearer <key>`, then the key's role against the
+    permission the method needs (access.METHOD_PERMISSIONS), and records
+    mutating calls in the audit log. A method missing from the table is
+    refused: a new RPC is served only once it is classified."""
 
-    Keys are compared with hmac.compare_digest against every configured key
-    (no early exit), so timing does not tell how much of a key matched.
-    """
-
-    def __init__(self, api_keys: Iterable[str]) -> None:
-        self._keys = [k.encode() for k in api_keys]
-        if not self._keys:
-            raise ValueError("auth is enabled but no API key is configured (TEXTFT_API_KEYS)")
-
-    def _valid(self, presented: str) -> bool:
-        candidate = presented.encode()
-        ok = False
-        for key in self._keys:
-            ok |= hmac.compare_digest(candidate, key)
-        return ok
+    def __init__(self, keys: KeyRing, audit: AuditLog | None = None) -> None:
+        self._keys = keys
+        self._audit = audit
 
     def intercept_service(self, continuation: Any, handler_call_details: grpc.HandlerCallDetails) -> Any:
         method = handler_call_details.method
@@ -138,17 +139,63 @@ class AuthInterceptor(grpc.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         header = metadata.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token and self._valid(token.strip()):
-            return continuation(handler_call_details)
-        message = "missing API key: send 'authorization: Bearer <key>'" if not header else "invalid API key"
+        principal = self._keys.resolve(token.strip()) if scheme.lower() == "bearer" and token else None
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        if principal is None:
+            message = "missing API key: send 'authorization: Bearer <key>'" if not header else "invalid API key"
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, message)
+        permission = METHOD_PERMISSIONS.get(method)
+        mutating = permission is None or permission in MUTATING
+        if permission is None or not principal.may(permission):
+            needed = permission.value if permission else "a permission this release does not define"
+            message = (
+                f"the key of {principal.name} has role {principal.role_name} in app {principal.app}; "
+                f"{method} needs {needed} (roles: admin > editor (write) > predictor (read, predict))"
+            )
+            if self._audit is not None and mutating:
+                self._audit.record(principal, method, "", grpc.StatusCode.PERMISSION_DENIED.name)
+            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, message)
+        audit = self._audit if mutating else None
 
-        def wrap(_behaviour: Any, streaming: bool) -> Any:
-            def deny(_request: Any, context: grpc.ServicerContext) -> Any:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        def wrap(behaviour: Any, streaming: bool) -> Any:
+            if streaming:
 
-            return deny
+                def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                    token = set_caller(principal)
+                    try:
+                        yield from behaviour(request, context)
+                    finally:
+                        reset_caller(token)
+
+                return stream
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                token = set_caller(principal)
+                outcome = "OK"
+                try:
+                    return behaviour(request, context)
+                except BaseException:
+                    code = context.code() if hasattr(context, "code") else None
+                    outcome = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+                    raise
+                finally:
+                    reset_caller(token)
+                    if audit is not None:
+                        resource = "" if isinstance(request, Iterator) else _resource(request)
+                        audit.record(principal, method, resource, outcome)
+
+            return unary
 
         return _wrap_handler(handler, wrap)
+
+
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def wrap(_behaviour: Any, _streaming: bool) -> Any:
+        def deny(_request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(code, message)
+
+        return deny
+
+    return _wrap_handler(handler, wrap)

@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from textft.errors import Cancelled, InvalidArgument
-from textft.v1 import dataset_pb2, dataset_pb2_grpc
+from textft.v1 import access_pb2, access_pb2_grpc, dataset_pb2, dataset_pb2_grpc
 
 from ..common.bootstrap import run_service
 from ..common.config import Settings
+from ..common.db import open_database
 from ..common.names import parse_dataset, parse_dataset_version
 from ..common.store import ObjectStore, open_store
+from .access import AccessServicer
 from .inuse import TrainerUsage, UsageCheck
 from .repository import DatasetRepository, UploadSpec
 
@@ -125,10 +127,15 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
 
 def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
     servicer = DatasetServicer(settings)
+    access = AccessServicer(open_database(settings))
 
     def register(server: grpc.Server) -> list[str]:
         dataset_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)
-        return [dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name]
+        access_pb2_grpc.add_AccessServiceServicer_to_server(access, server)
+        return [
+            dataset_pb2.DESCRIPTOR.services_by_name["DatasetService"].full_name,
+            access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
+        ]
 
     return register, servicer.usage.close
 

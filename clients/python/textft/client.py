@@ -32,6 +32,8 @@ from .errors import DeadlineExceeded, TextftError, Unavailable, from_rpc_error, 
 from .resources import Datasets, Models, Versions
 from .uploads import RowCounter, UploadProgress
 from .v1 import (
+    access_pb2,
+    access_pb2_grpc,
     common_pb2,
     dataset_pb2,
     dataset_pb2_grpc,
@@ -208,6 +210,7 @@ class Client:
         self.versions = Versions(self, trainer_stub)
         self.trainer = trainer_stub
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels[2])
+        self.access = access_pb2_grpc.AccessServiceStub(self._channels[0])  # served by the dataset service
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Client:
@@ -556,6 +559,45 @@ class Client:
     def list_loaded_model_versions(self) -> list[inference_pb2.LoadedModelVersion]:
         request = inference_pb2.ListLoadedModelVersionsRequest()
         return list(self.call(self.inference.ListLoadedModelVersions, request).model_versions)
+
+    # ---- access: keys, roles, audit ----
+    def whoami(self) -> access_pb2.GetCallerResponse:
+        """The principal, app and role of this client's key."""
+        return self.call(self.access.GetCaller, access_pb2.GetCallerRequest())
+
+    def create_api_key(self, principal: str, role: str | int, description: str = "") -> tuple[access_pb2.ApiKey, str]:
+        """A new key (role admin, editor or predictor) in the caller's app; the
+        secret is returned this once."""
+        request = access_pb2.CreateApiKeyRequest(principal=principal, role=_role(role), description=description)
+        response = self.call(self.access.CreateApiKey, request, idempotent=False)
+        return response.api_key, response.secret
+
+    def list_api_keys(self, include_revoked: bool = False) -> list[access_pb2.ApiKey]:
+        request = access_pb2.ListApiKeysRequest(include_revoked=include_revoked)
+        return list(self.call(self.access.ListApiKeys, request).api_keys)
+
+    def revoke_api_key(self, key_id: str) -> access_pb2.ApiKey:
+        return self.call(self.access.RevokeApiKey, access_pb2.RevokeApiKeyRequest(key_id=key_id)).api_key
+
+    def audit_events(self, page_size: int = 0, page_token: str = "") -> access_pb2.ListAuditEventsResponse:
+        request = access_pb2.ListAuditEventsRequest(page_size=page_size, page_token=page_token)
+        return self.call(self.access.ListAuditEvents, request)
+
+
+ROLES = {
+    "admin": access_pb2.ROLE_ADMIN,
+    "editor": access_pb2.ROLE_EDITOR,
+    "predictor": access_pb2.ROLE_PREDICTOR,
+}
+
+
+def _role(role: str | int) -> int:
+    if isinstance(role, int):
+        return role
+    try:
+        return ROLES[role.lower()]
+    except KeyError:
+        raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}") from None
 
 
 def _generation(
