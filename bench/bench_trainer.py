@@ -211,7 +211,7 @@ class ServiceSide:
         from textft_services.stack import local_env, start_service
 
         home = work / "home"
-        env = local_env(home, {**os.environ, "TEXTFT_API_KEY": "tft_bench_" + secrets.token_hex(8)})
+        env = local_env(home, {**os.environ, "TEXTFT_API_KEY": "tft_bench_" + secrets.token_hex(16)})
         env.update(TEXTFT_AUTH="on", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
         open_store(Settings.from_env(env).store).upload_dir(model_dir, "base-models/bench-gpt-neo")
         self.log = open(work / "services.log", "w")  # noqa: SIM115 - closed in close()
