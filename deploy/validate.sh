@@ -42,9 +42,12 @@ echo "== kubernetes-validate (Kubernetes $K8S_VERSION, strict)"
 echo "== docker-compose config"
 # Placeholder secrets: `config` resolves env_file entries, which must exist.
 env_file=$(mktemp)
-trap 'rm -f "$env_file"' EXIT
+minio_env_file=$(mktemp)
+trap 'rm -f "$env_file" "$minio_env_file"' EXIT
 cp deploy/textft.env.example "$env_file"
-TEXTFT_ENV_FILE=$env_file "$ROOT/compose/bin/docker-compose" -f deploy/docker-compose.yml config -q
+cp deploy/minio-root.env.example "$minio_env_file"
+TEXTFT_ENV_FILE=$env_file TEXTFT_MINIO_ENV_FILE=$minio_env_file \
+  "$ROOT/compose/bin/docker-compose" -f deploy/docker-compose.yml config -q
 echo "deploy/docker-compose.yml: OK"
 
 echo "== hadolint"

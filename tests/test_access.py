@@ -14,6 +14,7 @@ from textft.errors import InvalidArgument, NotFound
 from textft.v1 import access_pb2, dataset_pb2, inference_pb2, trainer_pb2
 from textft_services.common import access, schema
 from textft_services.common.access import ROLE, ApiKeys, AuditLog, KeyRing, Permission, Principal
+from textft_services.common.config import derive_service_key
 from textft_services.common.db import Database
 from textft_services.common.interceptors import AUTH_EXEMPT_METHODS
 
@@ -73,6 +74,17 @@ def test_configured_keys_must_be_long_and_are_admins() -> None:
     principal = ring.resolve(BOOT)
     assert principal is not None and principal.role == ROLE.ROLE_ADMIN and principal.app == schema.DEFAULT_APP
     assert ring.resolve(BOOT + "x") is None and ring.resolve(BOOT[:-1]) is None and ring.resolve("") is None
+
+
+def test_the_service_key_reads_and_does_nothing_else() -> None:
+    service_key = derive_service_key(BOOT)
+    ring = KeyRing((BOOT,), service_key=service_key)
+    service = ring.resolve(service_key)
+    assert service is not None and service.name == "service" and service.role == ROLE.ROLE_PREDICTOR
+    assert service.may(Permission.READ) and not service.may(Permission.WRITE) and not service.may(Permission.ADMIN)
+    assert ring.resolve(BOOT).role == ROLE.ROLE_ADMIN  # the key it comes from is still the admin's
+    with pytest.raises(ValueError, match="TEXTFT_SERVICE_KEY"):
+        KeyRing((BOOT,), service_key="short")
 
 
 @pytest.fixture()

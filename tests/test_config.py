@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from textft_services.common.config import Settings, StoreSettings
+from textft_services.common.config import Settings, StoreSettings, derive_service_key
 
 pytestmark = pytest.mark.unit
 
@@ -127,9 +127,51 @@ def test_secrets_lists_every_credential() -> None:
         "tft_key_one_7c3f",
         "tft_key_two_91ab",
         "tft_client_key_44e0",
+        derive_service_key("tft_key_one_7c3f"),
         "s3cr3t-key-8d1b7a4e",
         "AKIA-ACCESS-5f2c9e",
     }
+
+
+def test_service_key_is_the_services_own_identity() -> None:
+    a = Settings.from_env({"TEXTFT_API_KEYS": "k" * 40})
+    b = Settings.from_env({"TEXTFT_API_KEYS": "k" * 40, "TEXTFT_API_KEY": "u" * 40})
+    assert a.service_key == b.service_key  # every service of a deployment agrees
+    assert a.service_key.startswith("tft_svc_") and a.service_key not in ("k" * 40, "u" * 40)
+    assert Settings.from_env({"TEXTFT_API_KEYS": "j" * 40}).service_key != a.service_key
+    explicit = Settings.from_env({"TEXTFT_API_KEYS": "k" * 40, "TEXTFT_SERVICE_KEY": "s" * 40})
+    assert explicit.service_key == "s" * 40
+    assert Settings.from_env({}).service_key == ""
+
+
+def test_job_environment_is_an_allow_list() -> None:
+    trainer = {
+        **SECRET_ENV,
+        "PATH": "/usr/bin",
+        "CUDA_VISIBLE_DEVICES": "1",
+        "NCCL_DEBUG": "INFO",
+        "HF_HOME": "/hf",
+        "TEXTFT_HOME": "/state",
+        "MINIO_ROOT_USER": "root-user-1b2c",
+        "MINIO_ROOT_PASSWORD": "root-password-3d4e",
+        "TEXTFT_DATABASE_URL": "postgresql+psycopg://textft:db-pass-5f6a@db/textft",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-7b8c",
+        "SOMETHING_NEW_TOKEN": "new-token-9d0e",
+        "TEXTFT_JOB_STORE_ACCESS_KEY": "job-access-1a2b",
+        "TEXTFT_JOB_STORE_SECRET_KEY": "job-secret-3c4d",
+    }
+    settings = Settings.from_env(trainer)
+    env = settings.job_environment(trainer)
+    assert env["PATH"] == "/usr/bin" and env["CUDA_VISIBLE_DEVICES"] == "1" and env["NCCL_DEBUG"] == "INFO"
+    assert env["HF_HOME"] == "/hf" and env["TEXTFT_HOME"] == "/state"
+    assert env["MINIO_ENDPOINT"] == "minio.internal:9000" and env["TEXTFT_STORE"] == "s3"
+    assert (env["MINIO_ACCESS_KEY"], env["MINIO_SECRET_KEY"]) == ("job-access-1a2b", "job-secret-3c4d")
+    assert not {k for k in env if "ROOT" in k or "API_KEY" in k or "DATABASE" in k or k.startswith("AWS_")}
+    assert "new-token-9d0e" not in env.values() and "db-pass-5f6a" not in " ".join(env.values())
+    assert not any(s in " ".join(env.values()) for s in settings.secrets() if not s.startswith("job-"))
+    # Without job credentials, the job gets the service's (deploy/ makes a scoped user for jobs).
+    plain = Settings.from_env(SECRET_ENV)
+    assert plain.job_environment(SECRET_ENV)["MINIO_ACCESS_KEY"] == "AKIA-ACCESS-5f2c9e"
 
 
 def test_repr_hides_secrets_including_nested_store_settings() -> None:

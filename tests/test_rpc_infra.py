@@ -213,6 +213,22 @@ def test_auth_needs_a_key_configured() -> None:
         start_server(make_settings(api_keys=()), 0, register, host="127.0.0.1")
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "10.1.2.3", "dataset.internal"])
+def test_plaintext_off_loopback_is_refused_unless_allowed(host: str) -> None:
+    with pytest.raises(ValueError, match="TEXTFT_ALLOW_PLAINTEXT"):
+        start_server(make_settings(), 0, register, host=host)
+
+
+def test_plaintext_on_any_address_when_allowed_explicitly() -> None:
+    running = start_server(make_settings(allow_plaintext=True), 0, register, host="0.0.0.0")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            err = get(dataset_pb2_grpc.DatasetServiceStub(ch), "datasets/ok", [])
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED  # served, and keys still needed
+    finally:
+        running.stop(0)
+
+
 def test_auth_off_only_when_configured() -> None:
     running = start_server(make_settings(auth_enabled=False, api_keys=()), 0, register, host="127.0.0.1")
     try:

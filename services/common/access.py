@@ -11,7 +11,8 @@ unclassified), and a key's role grants a set of them:
 
 Keys: the ones configured in TEXTFT_API_KEYS (the local stack's, and a
 deployment's bootstrap key) are admins of the default app and live only in
-the environment. Keys created through AccessService look like
+the environment. The services call each other as the read-only principal
+`service` (Settings.service_key). Keys created through AccessService look like
 `tft_{key_id}_{secret}`; the database keeps the key id and a SHA-256 of the
 whole key, never the key. A fast hash is enough here (GitHub and Stripe do the
 same): the secret is 32 random bytes, nothing a dictionary could guess. A
@@ -46,6 +47,7 @@ from .db import Database
 
 log = logging.getLogger("textft.access")
 MIN_KEY_LENGTH = 32
+SERVICE_PRINCIPAL = "service"
 AUTH_CACHE_SECONDS = 5.0
 KEY_PREFIX = "tft_"
 _KEY_RE = re.compile(r"tft_([a-z0-9]{12})_[A-Za-z0-9_-]{32,}")
@@ -185,12 +187,19 @@ class KeyRing:
     """Resolves a presented key to its principal: the configured keys first
     (compared in constant time, every one of them), then the database's."""
 
-    def __init__(self, static_keys: tuple[str, ...], db: Database | None = None) -> None:
+    def __init__(self, static_keys: tuple[str, ...], db: Database | None = None, service_key: str = "") -> None:
         check_static_keys(static_keys)
         self._static = [
             (k.encode(), Principal(f"configured-key-{i}", schema.DEFAULT_APP, ROLE.ROLE_ADMIN))
             for i, k in enumerate(static_keys, 1)
         ]
+        if service_key:
+            if len(service_key) < MIN_KEY_LENGTH:
+                raise ValueError(f"TEXTFT_SERVICE_KEY must be at least {MIN_KEY_LENGTH} characters")
+            # The services calling each other: reads only, whatever a user's key may do.
+            self._static.append(
+                (service_key.encode(), Principal(SERVICE_PRINCIPAL, schema.DEFAULT_APP, ROLE.ROLE_PREDICTOR))
+            )
         self._db = db
         self._cache: dict[str, tuple[float, str, Principal | None]] = {}
         self._lock = threading.Lock()

@@ -6,6 +6,7 @@ when it is 0)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import signal
@@ -91,7 +92,7 @@ def start_server(
     interceptors: list[grpc.ServerInterceptor] = []
     if settings.auth_enabled:
         audit = AuditLog(database) if database is not None else None
-        interceptors.append(AuthInterceptor(KeyRing(settings.api_keys, database), audit))
+        interceptors.append(AuthInterceptor(KeyRing(settings.api_keys, database, settings.service_key), audit))
     interceptors.append(ErrorInterceptor(settings.secrets()))
     options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -127,8 +128,24 @@ def start_server(
     return Running(server, bound[0], health_servicer, names, bound[1:])
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost: it may resolve anywhere
+
+
 def _bind(server: grpc.Server, settings: Settings, host: str, port: int) -> int:
     address = f"{host}:{port}"
+    if not settings.tls.enabled and not settings.allow_plaintext and not is_loopback(host):
+        # Keys travel in every call's metadata: plaintext off the machine gives them away.
+        raise ValueError(
+            f"refusing to serve plaintext gRPC on {address}, which is not a loopback address: set "
+            "TEXTFT_TLS_CERT and TEXTFT_TLS_KEY, or TEXTFT_ALLOW_PLAINTEXT=true where TLS is terminated "
+            "in front of the service (a service mesh)"
+        )
     if settings.tls.enabled:
         bound = server.add_secure_port(address, server_credentials(settings.tls))
     else:
@@ -150,14 +167,22 @@ def run_service(
     a shutdown hook (stop queues, flush state) run before the server stops;
     `extra_ports` picks more ports of the same server from the settings."""
     args = parse_args(service, default_port, argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a configuration mistake: say which, without a traceback
+        sys.stderr.write(f"textft-{service}: configuration error: {exc}\n")
+        raise SystemExit(2) from None
     setup_logging(service, settings.log_level, settings.log_format, settings.secrets())
     if not settings.auth_enabled:
         log.warning("auth is OFF (TEXTFT_AUTH=off): any caller can use this service")
     database = open_database(settings)  # the same instance build() gets from open_database
     register, on_shutdown = build(settings)
     more = list(extra_ports(settings)) if extra_ports else []
-    running = start_server(settings, args.port, register, args.host, health_servicer, more, database)
+    try:
+        running = start_server(settings, args.port, register, args.host, health_servicer, more, database)
+    except ValueError as exc:
+        log.error("textft-%s: configuration error: %s", service, exc)
+        raise SystemExit(2) from None
     host = args.host or settings.host
     tls = "mutual TLS" if settings.tls.client_ca else "TLS" if settings.tls.enabled else "plaintext"
     log.info("%s service listening on %s:%d (%s)", service, host, running.port, tls)

@@ -76,6 +76,38 @@ def _tls(env: dict[str, str]) -> TlsSettings:
     return TlsSettings(cert=cert, key=key, client_ca=client_ca)
 
 
+def derive_service_key(key: str) -> str:
+    """The services' identity key, derived from the first configured key: every
+    service of one deployment computes the same one, and it differs from every
+    user's key (HMAC: it reveals nothing about the key it comes from)."""
+    import hashlib
+    import hmac
+
+    return "tft_svc_" + hmac.new(key.encode(), b"textft service identity v1", hashlib.sha256).hexdigest()
+
+
+# What a training or evaluation job may see of the trainer's environment: an
+# allow-list, so a new secret in the trainer's environment stays out of jobs
+# by default. Jobs run code paths of third-party libraries on user-chosen
+# models; they get the store credentials meant for jobs and nothing else
+# secret (no API keys, no database URL, no MinIO root user).
+JOB_ENV_NAMES = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+        "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV",
+        "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+        "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+        "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_TOKEN",
+        "MINIO_ENDPOINT", "MINIO_SECURE", "MINIO_REGION",
+        "TEXTFT_HOME", "TEXTFT_STORE", "TEXTFT_STORE_DIR", "TEXTFT_BUCKET", "TEXTFT_STORE_RETRY_SECONDS",
+        "TEXTFT_LOG_FORMAT", "TEXTFT_LOG_LEVEL", "TEXTFT_BASE_MODEL_CACHE", "TEXTFT_ROWS_CACHE",
+        "TEXTFT_SWITCH_INTERVAL", "TEXTFT_TRAINER_WORKDIR",
+    }
+)  # fmt: skip
+JOB_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_", "TORCH_", "PYTORCH_", "MKL_", "KMP_", "GLOO_", "CUBLAS_")
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Where datasets, adapters and run records live."""
@@ -120,8 +152,19 @@ class Settings:
     # auth_enabled is explicitly turned off.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     auth_enabled: bool = True
-    # The key this process presents when it calls another service.
+    # TEXTFT_API_KEY, a client's key: accepted when TEXTFT_API_KEYS is unset, and scrubbed from logs.
     api_key: str = field(default="", repr=False)
+    # The services' own identity when they call each other (a read-only
+    # principal, "service"): TEXTFT_SERVICE_KEY, else derived from the first
+    # configured key, so every service of one deployment agrees without config.
+    service_key: str = field(default="", repr=False)
+    # Plaintext gRPC on an address other than loopback only when set: a
+    # deployment behind a TLS-terminating mesh says so explicitly.
+    allow_plaintext: bool = False
+    # Store credentials a training or evaluation job gets, instead of the
+    # service's own (a user scoped to the bucket; see deploy/). Unset: the service's.
+    job_store_access_key: str = field(default="", repr=False)
+    job_store_secret_key: str = field(default="", repr=False)
     host: str = "127.0.0.1"
     dataset_addr: str = "127.0.0.1:50051"
     trainer_addr: str = "127.0.0.1:50052"
@@ -238,6 +281,10 @@ class Settings:
             api_keys=keys,
             auth_enabled=_bool(env, "TEXTFT_AUTH", True),
             api_key=api_key,
+            service_key=env.get("TEXTFT_SERVICE_KEY", "").strip() or (derive_service_key(keys[0]) if keys else ""),
+            allow_plaintext=_bool(env, "TEXTFT_ALLOW_PLAINTEXT", False),
+            job_store_access_key=env.get("TEXTFT_JOB_STORE_ACCESS_KEY", ""),
+            job_store_secret_key=env.get("TEXTFT_JOB_STORE_SECRET_KEY", ""),
             host=env.get("TEXTFT_HOST", "127.0.0.1"),
             dataset_addr=env.get("TEXTFT_DATASET_ADDR", "127.0.0.1:50051"),
             trainer_addr=env.get("TEXTFT_TRAINER_ADDR", "127.0.0.1:50052"),
@@ -293,12 +340,39 @@ class Settings:
 
         return self.database_url or default_url(self.home)
 
+    def job_environment(self, environ: dict[str, str]) -> dict[str, str]:
+        """The environment a training or evaluation job starts with: the allowed
+        part of `environ` (JOB_ENV_NAMES, JOB_ENV_PREFIXES) and the job's store
+        credentials."""
+        env = {k: v for k, v in environ.items() if k in JOB_ENV_NAMES or k.startswith(JOB_ENV_PREFIXES)}
+        store = self.store
+        env.update(TEXTFT_STORE=store.kind, TEXTFT_BUCKET=store.bucket)
+        if store.kind == "s3":
+            env.update(
+                MINIO_ENDPOINT=store.endpoint,
+                MINIO_SECURE="true" if store.secure else "false",
+                MINIO_REGION=store.region,
+                MINIO_ACCESS_KEY=self.job_store_access_key or store.access_key,
+                MINIO_SECRET_KEY=self.job_store_secret_key or store.secret_key,
+            )
+        else:
+            env["TEXTFT_STORE_DIR"] = str(store.local_dir)
+        return env
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def secrets(self) -> list[str]:
         """Values that must never reach a log line or a client."""
-        values = [*self.api_keys, self.api_key, self.store.secret_key, self.store.access_key]
+        values = [
+            *self.api_keys,
+            self.api_key,
+            self.service_key,
+            self.store.secret_key,
+            self.store.access_key,
+            self.job_store_secret_key,
+            self.job_store_access_key,
+        ]
         if self.database_url:
             from sqlalchemy.engine import make_url
 

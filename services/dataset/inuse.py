@@ -53,7 +53,7 @@ class TrainerUsage:
             if self._client is None:
                 # No retries: an absent trainer must not slow every delete down.
                 self._client = Client(
-                    trainer_target=self.settings.trainer_addr, api_key=self.settings.api_key, retries=0
+                    trainer_target=self.settings.trainer_addr, api_key=self.settings.service_key, retries=0
                 )
             return self._client
 

@@ -101,7 +101,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.trainer = trainer or Client(trainer_target=settings.trainer_addr, api_key=settings.api_key)
+        self.trainer = trainer or Client(trainer_target=settings.trainer_addr, api_key=settings.service_key)
         self.metrics = metrics or InferenceMetrics()
         self.cache_dir = settings.home / "inference" / "adapters"
         self.bases: dict[tuple[str, str, int], Base] = {}
@@ -146,7 +146,7 @@ class Engine:
             version = self.trainer.get_model_version(name)
         except Unauthenticated:
             raise Unavailable(
-                "the inference service could not authenticate to the trainer (check TEXTFT_API_KEY)"
+                "the inference service could not authenticate to the trainer (check TEXTFT_SERVICE_KEY, or TEXTFT_API_KEYS: the first key must be the same on every service)"
             ) from None
         if version.state != MV.STATE_READY:
             raise FailedPrecondition(

@@ -165,12 +165,16 @@ def _parse_evaluation(name: str) -> tuple[names.ModelVersionName, str]:
 
 class TrainerCore:
     def __init__(
-        self, settings: Settings, store: ObjectStore, launcher: Launcher, datasets: Client | None = None
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        launcher: Launcher,
+        datasets: Client | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.launcher = launcher
-        self.datasets = datasets or Client(dataset_target=settings.dataset_addr, api_key=settings.api_key)
+        self.datasets = datasets or Client(dataset_target=settings.dataset_addr, api_key=settings.service_key)
         self.runs: dict[str, Run] = {}
         self.evaluation_runs: dict[str, EvaluationRun] = {}
         self.lock = threading.Lock()
@@ -378,7 +382,7 @@ class TrainerCore:
             raise NotFound(f"dataset version {name} not found", reason="DATASET_NOT_FOUND", violations=[]) from None
         except Unauthenticated:
             raise Unavailable(
-                "the trainer could not authenticate to the dataset service (check TEXTFT_API_KEY)"
+                "the trainer could not authenticate to the dataset service (check TEXTFT_SERVICE_KEY, or TEXTFT_API_KEYS: the first key must be the same on every service)"
             ) from None
         issues = [i for i in report.issues if i.severity == common_pb2.RowIssue.SEVERITY_ERROR][:20]
         if version.task != task:
@@ -533,7 +537,8 @@ class TrainerCore:
             with run.cond:
                 if self._stopping:
                     raise RuntimeError("the trainer is shutting down")
-                run.handle = self.launcher.start(f"{run.prefix}/job.json", workdir, dict(os.environ), distributed=False)
+                env = self.settings.job_environment(dict(os.environ))
+                run.handle = self.launcher.start(f"{run.prefix}/job.json", workdir, env, distributed=False)
             for event in parse_events(run.handle.lines()):
                 if event.HasField("progress"):
                     run.update(progress=event.progress.progress)
@@ -819,7 +824,7 @@ class TrainerCore:
         name = names.parse_model_version(run.version.name)
         prefix = _version_prefix(name)
         workdir = self.settings.trainer_workdir / name.model / name.version
-        env = dict(os.environ)
+        env = self.settings.job_environment(dict(os.environ))
         with run.cond:
             if run.cancel_requested or run.final or self._stopping:
                 return
