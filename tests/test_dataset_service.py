@@ -349,9 +349,10 @@ def test_delete_dataset_removes_everything(client: Client, stack) -> None:  # ty
     assert isinstance(error_of(lambda: client.get_dataset(ds)), NotFound)
     again = dataset_pb2.DeleteDatasetRequest(name=f"datasets/{ds}")
     assert isinstance(error_of(lambda: client.call(client.datasets.DeleteDataset, again)), NotFound)
-    # The id can be reused, and starts from v1 again.
+    # The id can be reused; its versions go on from the old numbers, so nothing
+    # keyed by a version name (caches, lineage) mistakes a new v1 for the old one.
     client.create_dataset(ds)
-    assert client.upload_dataset(ds, CSV, format="csv").name == f"datasets/{ds}/versions/v1"
+    assert client.upload_dataset(ds, CSV, format="csv").name == f"datasets/{ds}/versions/v2"
 
 
 def test_repository_on_both_backends_cleans_up_a_failed_write(store, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -83,6 +83,14 @@ def test_allocation_is_per_parent_and_survives_rollback_only_when_committed(db: 
         assert db.allocate(conn, "dataset_version", "a") == 3
 
 
+def test_allocation_starts_past_what_the_store_held_before(db: Database) -> None:
+    with db.write() as conn:
+        assert db.allocate(conn, "dataset_version", "old", floor=5) == 6  # v1..v5 predate the database
+        assert db.allocate(conn, "dataset_version", "old", floor=5) == 7
+        assert db.allocate(conn, "dataset_version", "old", floor=9) == 10  # a floor above the count wins
+        assert db.allocate(conn, "dataset_version", "old") == 11
+
+
 def test_database_clock_is_epoch_seconds(db: Database) -> None:
     with db.read() as conn:
         now = db.now(conn)

@@ -95,16 +95,18 @@ class Database:
                 yield conn
 
     # ---- primitives ----
-    def allocate(self, conn: Connection, kind: str, parent: str, app: str = schema.DEFAULT_APP) -> int:
+    def allocate(self, conn: Connection, kind: str, parent: str, app: str = schema.DEFAULT_APP, floor: int = 0) -> int:
         """The next number for (app, kind, parent): 1, 2, ...; never repeats, even
         across deletes, and one atomic statement, so concurrent callers on any
-        replica each get their own."""
+        replica each get their own. `floor`: numbers up to it are taken already
+        (versions a store held before the database kept count)."""
         t = schema.id_counters
         insert = _insert(self.dialect)
+        bumped = sa.case((t.c.last + 1 > floor, t.c.last + 1), else_=floor + 1)
         stmt = (
             insert(t)
-            .values(app=app, kind=kind, parent=parent, last=1)
-            .on_conflict_do_update(index_elements=[t.c.app, t.c.kind, t.c.parent], set_={"last": t.c.last + 1})
+            .values(app=app, kind=kind, parent=parent, last=floor + 1)
+            .on_conflict_do_update(index_elements=[t.c.app, t.c.kind, t.c.parent], set_={"last": bumped})
             .returning(t.c.last)
         )
         return int(conn.execute(stmt).scalar_one())

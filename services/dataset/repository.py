@@ -58,6 +58,7 @@ from textft.v1 import common_pb2, dataset_pb2
 
 from ..common import rows as stored_rows
 from ..common.config import Settings
+from ..common.db import Database, open_database
 from ..common.names import check_id, paginate, version_sort_key
 from ..common.protojson import now, to_dict
 from ..common.store import ObjectStore, check_key
@@ -277,14 +278,17 @@ class _SpoolReader(io.RawIOBase):
 class DatasetRepository:
     """The dataset service's domain: datasets, versions, rows and reports."""
 
-    def __init__(self, store: ObjectStore, settings: Settings, usage: UsageCheck | None = None) -> None:
+    def __init__(
+        self, store: ObjectStore, settings: Settings, usage: UsageCheck | None = None, database: Database | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        # Version numbers come from the metadata database, shared by every replica.
+        self.database = database or open_database(settings)
         self.usage = usage  # who uses a dataset (the trainer); None: nobody is asked
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._tmp_root = Path(settings.home) / "tmp" / "dataset"
-        self._reserved: dict[str, set[str]] = {}  # version ids being written, per dataset
 
     def _lock(self, dataset: str) -> threading.Lock:
         with self._locks_guard:
@@ -568,10 +572,8 @@ class DatasetRepository:
                     )
                     self.store.put_json(prefix + "manifest.json", to_dict(version))
             except BaseException:
-                self._discard(prefix)
+                self._discard(prefix)  # only this upload's objects: no other upload has its id
                 raise
-            finally:
-                self._release(dataset, version_id)
         if not earlier:
             try:  # after the manifest: an index entry always names a finished version
                 self.store.put_json(sha256_key(dataset, sha256), {"version": version_id})
@@ -597,20 +599,19 @@ class DatasetRepository:
             self.store.put_stream(key, source, -1)
 
     def _reserve(self, dataset: str) -> str:
-        """The next version id: past every id in the store or being written by
-        this process. Released (and reusable) if the version is never published."""
+        """The next version id, allocated in the metadata database: unique across
+        every replica on that database, and never handed out again, even after
+        the version fails or the dataset is deleted and created anew (caches and
+        lineage keyed by a version name never see two versions under one name).
+        The store's ids are the floor, for versions written before the database
+        kept count."""
         with self._lock(dataset):
             self.require_dataset(dataset)
             existing = {key.split("/")[3] for key in self.store.list(f"datasets/{dataset}/versions/")}
-            existing |= self._reserved.get(dataset, set())
             numbers = [version_sort_key(v)[0] for v in existing if version_sort_key(v)[1] == ""]
-            version_id = f"v{max(numbers, default=0) + 1}"
-            self._reserved.setdefault(dataset, set()).add(version_id)
-            return version_id
-
-    def _release(self, dataset: str, version_id: str) -> None:
-        with self._lock(dataset):
-            self._reserved.get(dataset, set()).discard(version_id)
+            with self.database.write() as conn:
+                number = self.database.allocate(conn, "dataset_version", dataset, floor=max(numbers, default=0))
+            return f"v{number}"
 
     def _same_source(self, dataset: str, sha256: str) -> str:
         """The finished version of this dataset with these source bytes, or ""."""

@@ -59,6 +59,7 @@ from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
 
 from ..common import names
 from ..common.config import Settings
+from ..common.db import Database, open_database
 from ..common.protojson import now, to_dict
 from ..common.rows import require_rows
 from ..common.store import ObjectStore
@@ -170,9 +171,12 @@ class TrainerCore:
         store: ObjectStore,
         launcher: Launcher,
         datasets: Client | None = None,
+        database: Database | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        # Version numbers come from the metadata database (never reused: see _allocate_version).
+        self.database = database or open_database(settings)
         self.launcher = launcher
         self.datasets = datasets or Client(dataset_target=settings.dataset_addr, api_key=settings.service_key)
         self.runs: dict[str, Run] = {}
@@ -315,6 +319,18 @@ class TrainerCore:
             self.store.put_json(key, to_dict(model))
         return model
 
+    def _allocate_version(self, model_id: str) -> str:
+        """The next version id, from the metadata database: never handed out
+        twice, even after the model is deleted and created anew, so the
+        inference cache and lineage, keyed by version name, never mistake a new
+        v1 for an old one. The store's ids are the floor, for versions written
+        before the database kept count."""
+        existing = [k for k in self.store.list(f"models/{model_id}/versions/") if k.endswith("/version.json")]
+        numbers = [names.version_sort_key(k.split("/")[3])[0] for k in existing]
+        floor = max([n for n in numbers if n < 1 << 62] or [0])
+        with self.database.write() as conn:
+            return f"v{self.database.allocate(conn, 'model_version', model_id, floor=floor)}"
+
     def get_model(self, name: str, field_name: str = "name") -> trainer_pb2.Model:
         model_id = names.parse_model(name, field_name)
         try:
@@ -417,10 +433,7 @@ class TrainerCore:
 
         model_id = model.name.split("/")[1]
         with self.lock:
-            existing = [k for k in self.store.list(f"models/{model_id}/versions/") if k.endswith("/version.json")]
-            numbers = [names.version_sort_key(k.split("/")[3])[0] for k in existing]
-            version_id = f"v{max([n for n in numbers if n < 1 << 62] or [0]) + 1}"
-            name = names.ModelVersionName(model_id, version_id)
+            name = names.ModelVersionName(model_id, self._allocate_version(model_id))
             prefix = _version_prefix(name)
             version = trainer_pb2.ModelVersion(
                 name=str(name),
