@@ -324,7 +324,7 @@ def test_upload_over_the_size_limit_is_refused_early(stack) -> None:  # type: ig
 def test_import_from_store_object(client: Client, stack) -> None:  # type: ignore[no-untyped-def]
     ds = new_id()
     client.create_dataset(ds)
-    key = f"incoming/{ds}/data.tsv"
+    key = f"imports/{ds}/data.tsv"
     data = b"text\ttarget\nhello\tbonjour\nthanks\tmerci\n"
     stack.store.put_bytes(key, data)
     header = dataset_pb2.UploadHeader(parent=f"datasets/{ds}", filename="data.tsv")
@@ -336,7 +336,7 @@ def test_import_from_store_object(client: Client, stack) -> None:  # type: ignor
     assert (version.stats.valid_row_count, version.stats.target_count) == (2, 2)
     assert version.source_sha256 == hashlib.sha256(data).hexdigest()
     assert stack.store.get_bytes(version.source_object) == data
-    request = dataset_pb2.ImportDatasetVersionRequest(header=header, source_object=f"incoming/{ds}/absent.tsv")
+    request = dataset_pb2.ImportDatasetVersionRequest(header=header, source_object=f"imports/{ds}/absent.tsv")
     assert isinstance(error_of(lambda: client.call(client.datasets.ImportDatasetVersion, request)), NotFound)
 
 

@@ -45,11 +45,11 @@ def test_reupload_of_identical_bytes_is_flagged(client: Client, stack) -> None: 
     assert again.duplicate_of == v1.name and again.source_sha256 == v1.source_sha256
     assert client.get_dataset_version(again.name).duplicate_of == v1.name  # recorded in the manifest
     # An import of the same bytes from the store is a re-upload too.
-    stack.store.put_bytes(f"incoming/{ds}/same.csv", CSV)
+    stack.store.put_bytes(f"imports/{ds}/same.csv", CSV)
     header = dataset_pb2.UploadHeader(parent=f"datasets/{ds}", filename="same.csv")
     imported = client.call(
         client.datasets.ImportDatasetVersion,
-        dataset_pb2.ImportDatasetVersionRequest(header=header, source_object=f"incoming/{ds}/same.csv"),
+        dataset_pb2.ImportDatasetVersionRequest(header=header, source_object=f"imports/{ds}/same.csv"),
     ).dataset_version
     assert imported.duplicate_of == v1.name
     # Another dataset with the same bytes is not a duplicate of this one.
@@ -154,7 +154,14 @@ def test_ids_and_keys_with_path_characters_are_refused(client: Client, stack) ->
         err = error_of(lambda request=request: client.call(client.datasets.ImportDatasetVersion, request))
         assert isinstance(err, InvalidArgument) and err.reason == "INVALID_OBJECT_KEY", key
         assert err.violations[0].field == "source_object"
-    assert keys(stack, f"datasets/{ds}/versions/") == []
+    # A valid key outside imports/ (another dataset's source, a model's files) is not read.
+    other = client.upload_dataset(ds, CSV, format="csv")
+    for key in (other.source_object, "models/m/versions/v1/job.json", "importsx/a.csv", "base-models/b/config.json"):
+        request = dataset_pb2.ImportDatasetVersionRequest(header=header, source_object=key)
+        err = error_of(lambda request=request: client.call(client.datasets.ImportDatasetVersion, request))
+        assert isinstance(err, InvalidArgument) and err.reason == "IMPORT_OUTSIDE_PREFIX", key
+        assert err.violations[0].field == "source_object" and "imports/" in err.violations[0].description
+    assert {k.split("/")[3] for k in keys(stack, f"datasets/{ds}/versions/")} == {"v1"}  # the upload's only
 
 
 def test_failure_after_the_header_leaves_nothing(client: Client, stack) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_GRPC_WORKERS = 128
+# Base models a training request may name: prefixes of hub ids and store URIs
+# ("*" allows any hub id). The default covers the built-in templates' bases,
+# weights kept in the store, and the sentence-transformers encoders.
+# Any hub id or store base by default (the mission: "any Hugging Face model"); a
+# deployment narrows it, e.g. "store://base-models/,EleutherAI/".
+DEFAULT_BASE_MODELS_ALLOWED = ("*",)
+# Where Hugging Face libraries find a hub token: scrubbed from every log line.
+HF_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "HF_API_TOKEN")
 
 
 def _bool(env: dict[str, str], name: str, default: bool) -> bool:
@@ -47,6 +55,13 @@ def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ..
     if raw not in choices:
         raise ValueError(f"environment variable {name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw
+
+
+def _prefixes(env: dict[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return tuple(dict.fromkeys(p.strip() for p in raw.split(",") if p.strip()))
 
 
 def _device(env: dict[str, str]) -> str:
@@ -195,6 +210,10 @@ class Settings:
     # gloo on CPU, NCCL on GPUs), one process per device.
     trainer_nproc: int = 1
     base_model_cache: Path = Path(".textft/base-models")
+    # Prefixes a training request's base model must start with ("*": any hub id).
+    base_models_allowed: tuple[str, ...] = DEFAULT_BASE_MODELS_ALLOWED
+    # Hub tokens of this process's environment (HF_TOKEN, ...): never logged.
+    hub_tokens: tuple[str, ...] = field(default=(), repr=False)
     # This process's place in a distributed training job: torchrun's RANK and
     # WORLD_SIZE (0 and 1 when a job runs alone).
     rank: int = 0
@@ -301,6 +320,8 @@ class Settings:
             trainer_concurrency=_int(env, "TEXTFT_TRAINER_CONCURRENCY", 1),
             trainer_nproc=_int(env, "TEXTFT_TRAINER_NPROC", 1),
             base_model_cache=Path(env.get("TEXTFT_BASE_MODEL_CACHE", str(home / "base-models"))).expanduser(),
+            base_models_allowed=_prefixes(env, "TEXTFT_BASE_MODELS_ALLOWED", DEFAULT_BASE_MODELS_ALLOWED),
+            hub_tokens=tuple(env[v].strip() for v in HF_TOKEN_VARS if env.get(v, "").strip()),
             rows_cache=Path(env.get("TEXTFT_ROWS_CACHE", str(home / "rows-cache"))).expanduser(),
             rank=_int(env, "RANK", 0),
             world_size=_int(env, "WORLD_SIZE", 1),
@@ -372,6 +393,7 @@ class Settings:
             self.store.access_key,
             self.job_store_secret_key,
             self.job_store_access_key,
+            *self.hub_tokens,
         ]
         if self.database_url:
             from sqlalchemy.engine import make_url

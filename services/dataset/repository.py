@@ -67,6 +67,8 @@ from .inuse import UsageCheck
 
 log = logging.getLogger("textft.dataset")
 COPY_BUFFER = 1024 * 1024
+# ImportDatasetVersion reads only objects under this prefix of the bucket.
+IMPORTS_PREFIX = "imports/"
 _SEVERITY = {parsing.ERROR: common_pb2.RowIssue.SEVERITY_ERROR, parsing.WARNING: common_pb2.RowIssue.SEVERITY_WARNING}
 
 
@@ -450,7 +452,7 @@ class DatasetRepository:
         return self._ingest(spec, self._options(spec), chunks)
 
     def import_object(self, spec: UploadSpec, source_object: str) -> dataset_pb2.DatasetVersion:
-        """Creates a version from an object already in the store."""
+        """Creates a version from an object already in the store, under IMPORTS_PREFIX."""
         if not source_object:
             raise InvalidArgument.for_field("source_object", "required: the key of an object in the store")
         try:
@@ -459,6 +461,15 @@ class DatasetRepository:
             raise InvalidArgument.for_field(
                 "source_object", f"{source_object[:200]!r} is not a valid object key", reason="INVALID_OBJECT_KEY"
             ) from None
+        if not source_object.startswith(IMPORTS_PREFIX):
+            # Imports read what was put there to be imported, never another
+            # dataset's source, a model's files or a base model's weights.
+            raise InvalidArgument.for_field(
+                "source_object",
+                f"imports read only objects under {IMPORTS_PREFIX} (put the file at {IMPORTS_PREFIX}<name> first), "
+                f"got {source_object[:200]!r}",
+                reason="IMPORT_OUTSIDE_PREFIX",
+            )
         options = self._options(spec)
         try:
             src = self.store.open(source_object)

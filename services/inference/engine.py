@@ -31,6 +31,7 @@ from textft.v1 import common_pb2, inference_pb2, trainer_pb2
 from ..common import basemodels, devices, names
 from ..common.config import Settings
 from ..common.store import ObjectStore
+from ..modeling.loading import safe_model_kwargs
 from .batcher import CLASSIFY, GENERATE, STREAM, Admission, Lane, Work
 from .continuous import ContinuousBatcher, Row
 from .metrics import InferenceMetrics
@@ -207,7 +208,7 @@ class Engine:
         path = basemodels.resolve(base_name, self.store, self.settings.base_model_cache)
         # The device and dtype are this server's choice (TEXTFT_INFERENCE_DEVICE/DTYPE), not the training run's.
         skip = {"pretrained_model_name_or_path", "dtype", "torch_dtype", "device_map"}
-        kwargs = {k: v for k, v in meta["model_config"].items() if k not in skip}
+        kwargs = safe_model_kwargs(path, {k: v for k, v in meta["model_config"].items() if k not in skip})
         placement = self.placement
         kwargs.update(placement.load_kwargs())
         tokenizer = AutoTokenizer.from_pretrained(str(local))  # saved with the adapter

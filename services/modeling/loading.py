@@ -12,6 +12,8 @@ from google.protobuf import json_format
 
 from textft.internal.v1 import job_pb2
 
+from ..common.basemodels import check_subfolder
+
 ADAPTER_MANIFEST = "textft.json"
 
 
@@ -41,6 +43,7 @@ def struct_dict(struct: Any) -> dict[str, Any]:
 def load_tokenizer(tokenizer_kwargs: dict[str, Any], path: str) -> tuple[Any, int]:
     from transformers import AutoTokenizer
 
+    check_subfolder(path, tokenizer_kwargs.get("subfolder"), "tokenizer_config.subfolder")
     tokenizer = AutoTokenizer.from_pretrained(path, **tokenizer_kwargs)
     if tokenizer.pad_token is None:  # GPT-Neo has none: reuse EOS
         tokenizer.pad_token = tokenizer.eos_token
@@ -48,11 +51,19 @@ def load_tokenizer(tokenizer_kwargs: dict[str, Any], path: str) -> tuple[Any, in
     return tokenizer, min(int(tokenizer.model_max_length or 512), 4096)
 
 
+def safe_model_kwargs(base_path: str, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained kwargs of a base model: safetensors only (a pickled
+    checkpoint can run code as it loads), its subfolder inside the base."""
+    check_subfolder(base_path, model_kwargs.get("subfolder"), "model_config.subfolder")
+    return {**model_kwargs, "use_safetensors": True}
+
+
 def load_base_model(
     classification: bool, base_path: str, model_kwargs: dict[str, Any], tokenizer: Any, labels: list[str], multi: bool
 ) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    model_kwargs = safe_model_kwargs(base_path, model_kwargs)
     if classification:
         kwargs = dict(model_kwargs)
         kwargs.setdefault("problem_type", "multi_label_classification" if multi else "single_label_classification")

@@ -428,7 +428,7 @@ class TrainerCore:
             for section in ("model_config", "peft_config", "tokenizer_config", "trainer_config")
             if request.HasField(section)
         }
-        resolved = configs.validate(configs.merge(template.defaults(), overrides))
+        resolved = configs.validate(configs.merge(template.defaults(), overrides), self.settings.base_models_allowed)
         dataset, issues = self._resolve_dataset(request.dataset_version, model.task)
 
         model_id = model.name.split("/")[1]

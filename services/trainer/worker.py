@@ -33,14 +33,13 @@ import logging
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
 
-from textft.errors import FailedPrecondition, Unavailable
+from textft.errors import FailedPrecondition, InvalidArgument, Unavailable
 from textft.internal.v1 import job_pb2
 from textft.v1 import common_pb2, trainer_pb2
 
@@ -281,7 +280,12 @@ def run_job(
     base_name = model_kwargs.pop("pretrained_model_name_or_path")
     base_path = retry("reading the base model", lambda: basemodels.resolve(base_name, store, settings.base_model_cache))
     tok_name = tokenizer_kwargs.pop("pretrained_model_name_or_path", base_name)
-    tok_path = retry("reading the tokenizer", lambda: basemodels.resolve(tok_name, store, settings.base_model_cache))
+    tok_path = retry(
+        "reading the tokenizer",
+        lambda: basemodels.resolve(
+            tok_name, store, settings.base_model_cache, "tokenizer_config.pretrained_model_name_or_path"
+        ),
+    )
     tokenizer, max_length = load_tokenizer(tokenizer_kwargs, tok_path)
 
     rows = retry("reading the dataset rows", lambda: read_rows(store, spec.rows_manifest_object, settings))
@@ -565,16 +569,28 @@ def main(argv: list[str] | None = None) -> int:
             emitter.emit(job_pb2.JobEvent(result=result))
         return 0
     except JobFailure as failure:
-        emitter.failure(failure.reason, failure.message, failure.field, failure.rows)
+        emitter.failure(failure.reason, scrub(failure.message, settings), failure.field, failure.rows)
+        return EXIT_FAILED
+    except InvalidArgument as exc:  # a check at load time, e.g. a subfolder that leaves the base model
+        field = exc.violations[0].field if exc.violations else ""
+        emitter.failure("MODEL_TRAINING_INVALID_PARAMS", scrub(exc.message, settings)[:1000], field)
         return EXIT_FAILED
     except Exception as exc:
-        traceback.print_exc()
-        message = f"{type(exc).__name__}: {exc}"
-        for secret in settings.secrets():
-            message = message.replace(secret, "***")
+        # Through the logger, not traceback.print_exc(): its SecretFilter
+        # scrubs API keys, store credentials and HF tokens from the traceback
+        # before it reaches job.log.
+        log.exception("the training job crashed")
+        message = scrub(f"{type(exc).__name__}: {exc}", settings)
         reason = "MODEL_TRAINING_OUT_OF_MEMORY" if "out of memory" in message.lower() else "MODEL_TRAINING_CRASHED"
         emitter.failure(reason, message[:1000])
         return EXIT_FAILED
+
+
+def scrub(message: str, settings: Settings) -> str:
+    """message without the secrets of settings (what the log filter does for records)."""
+    for secret in settings.secrets():
+        message = message.replace(secret, "***")
+    return message
 
 
 if __name__ == "__main__":
