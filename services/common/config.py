@@ -206,6 +206,14 @@ class Settings:
     # trainer service
     trainer_workdir: Path = Path(".textft/trainer")
     trainer_concurrency: int = 1
+    # Limits: versions waiting to start (RESOURCE_EXHAUSTED beyond), a job's
+    # wall-clock time (FAILED MODEL_TRAINING_TIME_LIMIT; 0: none), evaluations at once.
+    trainer_max_queued: int = 100
+    trainer_job_max_seconds: float = 72 * 3600.0
+    trainer_max_evaluations: int = 2
+    # Quotas per app (0: none): queued + running training jobs; uploads in progress on one replica.
+    quota_jobs: int = 0
+    quota_uploads: int = 0
     # Processes per training job: above 1 the job runs under torchrun (DDP;
     # gloo on CPU, NCCL on GPUs), one process per device.
     trainer_nproc: int = 1
@@ -318,6 +326,11 @@ class Settings:
             max_text_chars=_int(env, "TEXTFT_MAX_TEXT_CHARS", 100_000),
             trainer_workdir=Path(env.get("TEXTFT_TRAINER_WORKDIR", str(home / "trainer"))).expanduser(),
             trainer_concurrency=_int(env, "TEXTFT_TRAINER_CONCURRENCY", 1),
+            trainer_max_queued=_int(env, "TEXTFT_TRAINER_MAX_QUEUED", 100),
+            trainer_job_max_seconds=_float(env, "TEXTFT_TRAINER_JOB_MAX_SECONDS", 72 * 3600.0),
+            trainer_max_evaluations=_int(env, "TEXTFT_TRAINER_MAX_EVALUATIONS", 2),
+            quota_jobs=_int(env, "TEXTFT_QUOTA_JOBS", 0),
+            quota_uploads=_int(env, "TEXTFT_QUOTA_UPLOADS", 0),
             trainer_nproc=_int(env, "TEXTFT_TRAINER_NPROC", 1),
             base_model_cache=Path(env.get("TEXTFT_BASE_MODEL_CACHE", str(home / "base-models"))).expanduser(),
             base_models_allowed=_prefixes(env, "TEXTFT_BASE_MODELS_ALLOWED", DEFAULT_BASE_MODELS_ALLOWED),

@@ -47,20 +47,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from google.protobuf import json_format, struct_pb2
 
-from textft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from textft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from textft.v1 import common_pb2, dataset_pb2
 
 from ..common import rows as stored_rows
+from ..common.access import current_caller
 from ..common.config import Settings
 from ..common.db import Database, open_database
 from ..common.names import check_id, paginate, version_sort_key
 from ..common.protojson import now, to_dict
+from ..common.schema import DEFAULT_APP
 from ..common.store import ObjectStore, check_key
 from . import parsing
 from .inuse import UsageCheck
@@ -291,6 +294,8 @@ class DatasetRepository:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._tmp_root = Path(settings.home) / "tmp" / "dataset"
+        self._uploads: dict[str, int] = {}  # uploads in progress per app (TEXTFT_QUOTA_UPLOADS)
+        self._uploads_lock = threading.Lock()
 
     def _lock(self, dataset: str) -> threading.Lock:
         with self._locks_guard:
@@ -483,7 +488,7 @@ class DatasetRepository:
     ) -> dataset_pb2.DatasetVersion:
         """Receives the chunks into a spool in this thread while another one
         validates and stores them as they arrive (see _create_version)."""
-        with self._workdir() as work:
+        with self._upload_slot(), self._workdir() as work:
             spool = _Spool(work / "source", self.settings.max_upload_bytes)
             build = _Background(lambda: self._create_version(spec, options, spool), "dataset-validate")
             try:
@@ -511,6 +516,27 @@ class DatasetRepository:
         if spec.task not in (common_pb2.TASK_UNSPECIFIED, parsing.CLASSIFICATION, parsing.GENERATION):
             raise InvalidArgument.for_field("header.task", f"unknown task value {spec.task}")
         return parsing.ParseOptions(fmt, spec.task, mapping, self.settings.max_text_chars)
+
+    @contextmanager
+    def _upload_slot(self) -> Iterator[None]:
+        """The caller's app's quota of uploads in progress (TEXTFT_QUOTA_UPLOADS),
+        counted on this replica."""
+        caller = current_caller()
+        app = caller.app if caller is not None else DEFAULT_APP
+        quota = self.settings.quota_uploads
+        with self._uploads_lock:
+            if quota > 0 and self._uploads.get(app, 0) >= quota:
+                raise ResourceExhausted(
+                    f"app {app} has {self._uploads[app]} uploads in progress; its quota (TEXTFT_QUOTA_UPLOADS) is "
+                    f"{quota}: retry when one ends",
+                    reason="QUOTA_UPLOADS",
+                )
+            self._uploads[app] = self._uploads.get(app, 0) + 1
+        try:
+            yield
+        finally:
+            with self._uploads_lock:
+                self._uploads[app] -= 1
 
     def _workdir(self) -> _TempDir:
         self._tmp_root.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,7 @@ from textft.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     TextftError,
     Unauthenticated,
     Unavailable,
@@ -57,7 +58,8 @@ from textft.errors import (
 from textft.internal.v1 import job_pb2
 from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
 
-from ..common import names
+from ..common import names, schema
+from ..common.access import current_caller
 from ..common.config import Settings
 from ..common.db import Database, open_database
 from ..common.protojson import now, to_dict
@@ -90,6 +92,11 @@ def _model_prefix(model: str) -> str:
     return f"models/{model}"
 
 
+def _caller_app() -> str:
+    caller = current_caller()
+    return caller.app if caller is not None else schema.DEFAULT_APP
+
+
 def _version_prefix(name: names.ModelVersionName) -> str:
     return f"models/{name.model}/versions/{name.version}"
 
@@ -114,6 +121,8 @@ class Run:
     dirty: bool = False  # memory is ahead of the store (a write failed)
     latest_ready_pending: bool = False  # model.json's latest_ready_version still to be written
     failed_writes: int = 0
+    app: str = schema.DEFAULT_APP  # whose quota the run counts against
+    time_limited: bool = False  # stopped for running past TEXTFT_TRAINER_JOB_MAX_SECONDS
 
     def __post_init__(self) -> None:
         if self.published < 0:
@@ -432,7 +441,9 @@ class TrainerCore:
         dataset, issues = self._resolve_dataset(request.dataset_version, model.task)
 
         model_id = model.name.split("/")[1]
+        app = _caller_app()
         with self.lock:
+            self._admit(app)
             name = names.ModelVersionName(model_id, self._allocate_version(model_id))
             prefix = _version_prefix(name)
             version = trainer_pb2.ModelVersion(
@@ -472,11 +483,31 @@ class TrainerCore:
             )
             self.store.put_json(f"{prefix}/job.json", to_dict(spec))
             self._save_version(version)
-            run = Run(version)
+            run = Run(version, app=app)
             self.runs[str(name)] = run
         self._event(run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=MV.STATE_QUEUED, message="queued")
         self.queue.put(str(name))
         return self.get_version(str(name))
+
+    def _admit(self, app: str) -> None:
+        """The queue's bound and the app's quota, checked under self.lock so
+        two requests cannot both take the last place."""
+        live = [r for r in self.runs.values() if not r.final]
+        queued = sum(1 for r in live if r.version.state == MV.STATE_QUEUED)
+        limit = self.settings.trainer_max_queued
+        if limit > 0 and queued >= limit:
+            raise ResourceExhausted(
+                f"the training queue is full: {queued} versions wait to start (TEXTFT_TRAINER_MAX_QUEUED={limit}); "
+                "retry later, or cancel queued versions",
+                reason="TRAINER_QUEUE_FULL",
+            )
+        quota = self.settings.quota_jobs
+        mine = sum(1 for r in live if r.app == app)
+        if quota > 0 and mine >= quota:
+            raise ResourceExhausted(
+                f"app {app} has {mine} queued or running training jobs; its quota (TEXTFT_QUOTA_JOBS) is {quota}",
+                reason="QUOTA_JOBS",
+            )
 
     def cancel(self, name: str) -> trainer_pb2.ModelVersion:
         version = self.get_version(name)
@@ -530,10 +561,23 @@ class TrainerCore:
             update_time=now(),
         )
         run = EvaluationRun(evaluation, f"{prefix}/evaluations/{evaluation_id}")
-        self.store.put_json(f"{run.prefix}/job.json", to_dict(spec))
-        self.store.put_json(f"{run.prefix}/evaluation.json", to_dict(evaluation))
         with self.lock:
+            running = sum(1 for r in self.evaluation_runs.values() if r.evaluation.state == ME.STATE_RUNNING)
+            limit = self.settings.trainer_max_evaluations
+            if limit > 0 and running >= limit:
+                raise ResourceExhausted(
+                    f"{running} evaluations are running, the most at once (TEXTFT_TRAINER_MAX_EVALUATIONS={limit}); "
+                    "retry when one ends",
+                    reason="EVALUATIONS_BUSY",
+                )
             self.evaluation_runs[evaluation.name] = run
+        try:
+            self.store.put_json(f"{run.prefix}/job.json", to_dict(spec))
+            self.store.put_json(f"{run.prefix}/evaluation.json", to_dict(evaluation))
+        except BaseException:
+            with self.lock:
+                self.evaluation_runs.pop(evaluation.name, None)
+            raise
         workdir = self.settings.trainer_workdir / parsed.model / parsed.version / evaluation_id
         thread = threading.Thread(
             target=self._run_evaluation, args=(run, version.name, prefix, workdir), name="evaluation", daemon=True
@@ -833,6 +877,15 @@ class TrainerCore:
                 message = exc.message if isinstance(exc, TextftError) else "internal error in the trainer service"
                 self._finish(run, MV.STATE_FAILED, common_pb2.Failure(reason="MODEL_TRAINING_CRASHED", message=message))
 
+    def _time_limit(self, run: Run) -> None:
+        with run.cond:
+            if run.final or run.handle is None:
+                return
+            run.time_limited = True
+            handle = run.handle
+        log.warning("run %s: past TEXTFT_TRAINER_JOB_MAX_SECONDS, stopping its job", run.version.name)
+        handle.terminate()
+
     def _run_job(self, run: Run) -> None:
         name = names.parse_model_version(run.version.name)
         prefix = _version_prefix(name)
@@ -850,6 +903,11 @@ class TrainerCore:
         failure: common_pb2.Failure | None = None
         result: job_pb2.JobResult | None = None
         last_persist = 0.0
+        limit = self.settings.trainer_job_max_seconds
+        timer = threading.Timer(limit, self._time_limit, args=(run,)) if limit > 0 else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         for event in parse_events(run.handle.lines()):
             kind = event.WhichOneof("event")
             if kind == "state":
@@ -889,6 +947,8 @@ class TrainerCore:
             elif kind == "failure":
                 failure = event.failure
         code = run.handle.wait()
+        if timer is not None:
+            timer.cancel()
         log.info("run %s: job exited with %s after %.1fs", run.version.name, code, time.monotonic() - started)
         if self._stopping and not run.cancel_requested:
             # Not the job's fault: the version stays as it is in the store and
@@ -903,6 +963,13 @@ class TrainerCore:
             self._finish(
                 run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled by request")
             )
+        elif run.time_limited and not (code == 0 and result is not None):
+            message = (
+                f"stopped after {time.monotonic() - started:.0f} s: a job may run "
+                f"{self.settings.trainer_job_max_seconds:g} s (TEXTFT_TRAINER_JOB_MAX_SECONDS); "
+                "lower max_steps or num_train_epochs, or ask for a longer limit"
+            )
+            self._finish(run, MV.STATE_FAILED, common_pb2.Failure(reason="MODEL_TRAINING_TIME_LIMIT", message=message))
         elif code == 0 and result is not None:
             with run.cond:
                 run.version.adapter_uri = result.adapter_uri
