@@ -211,6 +211,9 @@ class Settings:
     trainer_max_queued: int = 100
     trainer_job_max_seconds: float = 72 * 3600.0
     trainer_max_evaluations: int = 2
+    # A trainer replica's hold on a running job, renewed every third of it; a
+    # replica that stops renewing loses its jobs to the others after this long.
+    trainer_lease_seconds: float = 30.0
     # Quotas per app (0: none): queued + running training jobs; uploads in progress on one replica.
     quota_jobs: int = 0
     quota_uploads: int = 0
@@ -329,6 +332,7 @@ class Settings:
             trainer_max_queued=_int(env, "TEXTFT_TRAINER_MAX_QUEUED", 100),
             trainer_job_max_seconds=_float(env, "TEXTFT_TRAINER_JOB_MAX_SECONDS", 72 * 3600.0),
             trainer_max_evaluations=_int(env, "TEXTFT_TRAINER_MAX_EVALUATIONS", 2),
+            trainer_lease_seconds=_float(env, "TEXTFT_TRAINER_LEASE_SECONDS", 30.0),
             quota_jobs=_int(env, "TEXTFT_QUOTA_JOBS", 0),
             quota_uploads=_int(env, "TEXTFT_QUOTA_UPLOADS", 0),
             trainer_nproc=_int(env, "TEXTFT_TRAINER_NPROC", 1),

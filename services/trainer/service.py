@@ -10,11 +10,15 @@ Store layout:
     models/{model}/versions/{version}/adapter/       PEFT save_pretrained layout + tokenizer + textft.json
     models/{model}/versions/{version}/checkpoints/step-{n}/   Trainer checkpoints (see checkpoints.py)
 
-Restarts: the store is the truth. On start, unfinished versions are taken up
-again: QUEUED or PREPARING_DATA ones are queued afresh (nothing was trained),
-later ones resume from their newest checkpoint, or FAIL with
-MODEL_TRAINING_INTERRUPTED when they have none. One trainer per store: two
-trainers on one bucket would both take up the same unfinished runs.
+Replicas and restarts: the queue lives in the metadata database
+(jobqueue.py), shared by every trainer replica on it. A replica claims a job,
+holds a lease it renews while the job runs, and keeps the run in memory only
+while it owns it; the others serve the run from the store (GetModelVersion,
+and WatchModelVersion by polling its events). When a replica dies its leases
+expire and another one takes the runs up: QUEUED or PREPARING_DATA ones start
+afresh (nothing was trained), later ones resume from their newest checkpoint,
+or FAIL with MODEL_TRAINING_INTERRUPTED when they have none. Cancel sets a
+flag on the job that the owner's heartbeat acts on, so any replica takes it.
 
 Store outages: a live run's record (version.json, events.jsonl, the model's
 latest_ready_version) is written through _persist_events, which never raises.
@@ -33,11 +37,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +70,7 @@ from ..common.rows import require_rows
 from ..common.store import ObjectStore
 from . import checkpoints, configs
 from .events import parse_events
+from .jobqueue import Claim, JobQueue, replica_id
 from .launcher import Launcher
 from .templates import TEMPLATES, get_template
 
@@ -76,6 +80,8 @@ ME = trainer_pb2.ModelEvaluation
 FINAL = {MV.STATE_READY, MV.STATE_FAILED, MV.STATE_CANCELLED}
 FLUSH_FIRST_DELAY = 0.5  # seconds before the flusher retries a failed write; doubles up to FLUSH_MAX_DELAY
 FLUSH_MAX_DELAY = 10.0
+CLAIM_POLL_SECONDS = 1.0  # how often an idle worker asks the database for a job (sooner when woken)
+WATCH_POLL_SECONDS = 1.0  # how often a watcher of a run another replica owns reads its events
 TASK_NAMES = {
     common_pb2.TASK_TEXT_CLASSIFICATION: "TEXT_CLASSIFICATION",
     common_pb2.TASK_TEXT_GENERATION: "TEXT_GENERATION",
@@ -123,6 +129,8 @@ class Run:
     failed_writes: int = 0
     app: str = schema.DEFAULT_APP  # whose quota the run counts against
     time_limited: bool = False  # stopped for running past TEXTFT_TRAINER_JOB_MAX_SECONDS
+    lease_lost: bool = False  # another replica took the job over: this one stops, writing nothing
+    claimed: bool = False  # this replica holds its job's lease (else: queued here, not yet claimed)
 
     def __post_init__(self) -> None:
         if self.published < 0:
@@ -191,7 +199,8 @@ class TrainerCore:
         self.runs: dict[str, Run] = {}
         self.evaluation_runs: dict[str, EvaluationRun] = {}
         self.lock = threading.Lock()
-        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.jobs = JobQueue(self.database, replica_id(), settings.trainer_lease_seconds)
+        self._wakeup = threading.Event()  # a job was queued here: idle workers claim now
         self.threads = [
             threading.Thread(target=self._worker_loop, name=f"train-{i}", daemon=True)
             for i in range(max(1, settings.trainer_concurrency))
@@ -200,11 +209,17 @@ class TrainerCore:
         self._stop = threading.Event()
         self._flush_wakeup = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="store-flusher", daemon=True)
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="lease-heartbeat", daemon=True)
 
     # ---- lifecycle ----
     def start(self) -> None:
-        self._recover()
+        self._adopt()
+        released = self.jobs.release_dead_local_owners()
+        if released:
+            log.info("released %d leases of trainer processes on this host that are gone", released)
+        log.info("trainer replica %s: lease %.0fs", self.jobs.owner, self.settings.trainer_lease_seconds)
         self._flusher.start()
+        self._heartbeat.start()
         for t in self.threads:
             t.start()
 
@@ -219,8 +234,7 @@ class TrainerCore:
             with evaluation.cond:
                 if evaluation.handle is not None:
                     evaluation.handle.terminate()
-        for _ in self.threads:
-            self.queue.put(None)
+        self._wakeup.set()
         deadline = time.monotonic() + timeout
         for t in self.threads:
             if t.is_alive():
@@ -238,45 +252,74 @@ class TrainerCore:
                     MV.State.Name(run.version.state),
                 )
 
-    def _recover(self) -> None:
-        """Takes up the versions a previous trainer process left unfinished."""
+    def _adopt(self) -> None:
+        """Job rows for unfinished versions the store holds from before the
+        queue lived in the database (an upgrade); a no-op afterwards."""
         pending = []
         for key in self.store.list("models/"):
             if key.endswith("/version.json") and key.count("/") == 4:
                 version = self._load_version_key(key)
                 if version.state not in FINAL:
                     pending.append(version)
-        for version in sorted(pending, key=lambda v: (v.create_time.seconds, v.create_time.nanos)):
-            prefix = _version_prefix(names.parse_model_version(version.name))
-            step = checkpoints.latest_step(self.store, checkpoints.checkpoints_prefix(prefix))
-            was = MV.State.Name(version.state)
-            run = Run(version, events=self._stored_events(prefix))
+        pending.sort(key=lambda v: (v.create_time.seconds, v.create_time.nanos))
+        added = self.jobs.adopt([(v.name, f"{v.name}/job.json") for v in pending])
+        if added:
+            log.info("queued %d unfinished versions found in the store", added)
+
+    def _take_up(self, claim: Claim) -> Run | None:
+        """The run of a job this replica has just claimed: the one in memory
+        when it was queued here, else its record from the store, resumed from
+        its newest checkpoint when an earlier attempt had started training."""
+        with self.lock:
+            run = self.runs.get(claim.target)
+        if run is not None and not run.final and not run.claimed and claim.previous_owner is None:
+            run.claimed = True
+            return run
+        try:
+            version = self._load_version_key(f"{claim.target}/version.json")
+        except NotFound:
+            log.warning("job %s has no model version in the store (deleted?); dropping it", claim.target)
+            self.jobs.finish(claim.target)
+            return None
+        if version.state in FINAL:
+            self.jobs.finish(claim.target)
+            return None
+        prefix = _version_prefix(names.parse_model_version(version.name))
+        run = Run(version, events=self._stored_events(prefix), app=claim.app, claimed=True)
+        with self.lock:
             self.runs[version.name] = run
-            if step is not None:
-                with run.cond:
-                    run.version.resumed_from_step = step
-                message = f"trainer restarted while the run was {was}: queued to resume from checkpoint step {step}"
-            elif version.state in (MV.STATE_QUEUED, MV.STATE_PREPARING_DATA):
-                message = f"trainer restarted while the run was {was}: queued again (no training had started)"
-            else:
-                self._finish(
-                    run,
-                    MV.STATE_FAILED,
-                    common_pb2.Failure(
-                        reason="MODEL_TRAINING_INTERRUPTED",
-                        message=(
-                            f"the trainer service restarted while this run was {was} and the run has no checkpoint "
-                            "to resume from; create a new version to retry (set trainer_config.save_strategy=steps "
-                            "and save_steps to make long runs resumable)"
-                        ),
-                        field="trainer_config.save_strategy",
+        if claim.previous_owner is None and version.state == MV.STATE_QUEUED:
+            return run  # queued on another replica (or before a restart): a fresh start
+        step = checkpoints.latest_step(self.store, checkpoints.checkpoints_prefix(prefix))
+        was = MV.State.Name(version.state)
+        who = (
+            f"the trainer that ran it ({claim.previous_owner}) stopped" if claim.previous_owner else "a trainer restart"
+        )
+        if step is not None:
+            with run.cond:
+                run.version.resumed_from_step = step
+            message = f"taken up after {who} while the run was {was}: resumes from checkpoint step {step}"
+        elif version.state in (MV.STATE_QUEUED, MV.STATE_PREPARING_DATA):
+            message = f"taken up after {who} while the run was {was}: starts again (no training had started)"
+        else:
+            self._finish(
+                run,
+                MV.STATE_FAILED,
+                common_pb2.Failure(
+                    reason="MODEL_TRAINING_INTERRUPTED",
+                    message=(
+                        f"{who} while this run was {was}, and the run has no checkpoint to resume from; create a "
+                        "new version to retry (set trainer_config.save_strategy=steps and save_steps to make long "
+                        "runs resumable)"
                     ),
-                )
-                log.warning("run %s was %s without a checkpoint: FAILED", version.name, was)
-                continue
-            log.info("run %s: %s", version.name, message)
-            self._set_state(run, MV.STATE_QUEUED, message)
-            self.queue.put(version.name)
+                    field="trainer_config.save_strategy",
+                ),
+            )
+            log.warning("run %s was %s without a checkpoint: FAILED", version.name, was)
+            return None
+        log.info("run %s: %s", version.name, message)
+        self._set_state(run, MV.STATE_QUEUED, message)
+        return run
 
     def _stored_events(self, prefix: str) -> list[trainer_pb2.ModelVersionEvent]:
         try:
@@ -357,9 +400,7 @@ class TrainerCore:
     def delete_model(self, name: str) -> None:
         model = self.get_model(name)
         model_id = model.name.split("/")[1]
-        active = [
-            r.version.name for r in self.runs.values() if r.version.name.startswith(model.name + "/") and not r.final
-        ]
+        active = [v.name for v in self.list_versions(model.name) if v.state not in FINAL]  # on any replica
         if active:
             raise FailedPrecondition(f"model {name} has runs in progress ({', '.join(active)}); cancel them first")
         for run_name, run in list(self.runs.items()):
@@ -486,14 +527,17 @@ class TrainerCore:
             run = Run(version, app=app)
             self.runs[str(name)] = run
         self._event(run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=MV.STATE_QUEUED, message="queued")
-        self.queue.put(str(name))
+        # Kept in memory until a replica claims it: this one runs it from
+        # memory (the store may be away); another one drops it (heartbeat).
+        self.jobs.enqueue(str(name), f"{prefix}/job.json", app)
+        self._wakeup.set()
         return self.get_version(str(name))
 
     def _admit(self, app: str) -> None:
-        """The queue's bound and the app's quota, checked under self.lock so
-        two requests cannot both take the last place."""
-        live = [r for r in self.runs.values() if not r.final]
-        queued = sum(1 for r in live if r.version.state == MV.STATE_QUEUED)
+        """The queue's bound and the app's quota, counted in the database, under
+        self.lock so two requests to this replica cannot both take the last place
+        (two replicas can, by one)."""
+        queued, mine = self.jobs.counts(app)  # every replica's jobs
         limit = self.settings.trainer_max_queued
         if limit > 0 and queued >= limit:
             raise ResourceExhausted(
@@ -502,7 +546,6 @@ class TrainerCore:
                 reason="TRAINER_QUEUE_FULL",
             )
         quota = self.settings.quota_jobs
-        mine = sum(1 for r in live if r.app == app)
         if quota > 0 and mine >= quota:
             raise ResourceExhausted(
                 f"app {app} has {mine} queued or running training jobs; its quota (TEXTFT_QUOTA_JOBS) is {quota}",
@@ -511,12 +554,44 @@ class TrainerCore:
 
     def cancel(self, name: str) -> trainer_pb2.ModelVersion:
         version = self.get_version(name)
-        run = self.runs.get(version.name)
-        if version.state in FINAL or run is None:
-            raise FailedPrecondition(
-                f"model version {name} is {MV.State.Name(version.state)}; only queued or running versions can be cancelled",
-                reason="NOT_CANCELLABLE",
-            )
+        if version.state in FINAL:
+            raise self._not_cancellable(name, version.state)
+        with self.lock:
+            run = self.runs.get(version.name)
+        if run is not None and run.claimed and not run.final:  # this replica runs it
+            self._cancel_local(run)
+            return self.get_version(name)
+        outcome = self.jobs.request_cancel(version.name)
+        if outcome == "queued":  # nobody runs it: record the cancel here
+            if run is not None and not run.final:
+                self._finish(
+                    run,
+                    MV.STATE_CANCELLED,
+                    common_pb2.Failure(reason="CANCELLED", message="cancelled before it started"),
+                )
+            else:
+                self._cancel_stored(version.name)
+        elif outcome == "running":  # another replica runs it: a copy here is stale
+            self._forget(version.name)
+        else:
+            raise self._not_cancellable(name, self.get_version(name).state)
+        # "running": its owner's heartbeat stops the job and records CANCELLED
+        return self.get_version(name)
+
+    def _forget(self, name: str) -> None:
+        with self.lock:
+            run = self.runs.get(name)
+            if run is not None and not run.claimed and not run.final:
+                self.runs.pop(name)
+
+    @staticmethod
+    def _not_cancellable(name: str, state: int) -> FailedPrecondition:
+        return FailedPrecondition(
+            f"model version {name} is {MV.State.Name(state)}; only queued or running versions can be cancelled",
+            reason="NOT_CANCELLABLE",
+        )
+
+    def _cancel_local(self, run: Run) -> None:
         with run.cond:
             run.cancel_requested = True
             handle = run.handle
@@ -526,7 +601,17 @@ class TrainerCore:
             self._finish(
                 run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled before it started")
             )
-        return self.get_version(name)
+
+    def _cancel_stored(self, name: str) -> None:
+        """CANCELLED for a queued version no replica holds: its record and events in the store."""
+        version = self._load_version_key(f"{name}/version.json")
+        prefix = _version_prefix(names.parse_model_version(name))
+        run = Run(version, events=self._stored_events(prefix))
+        with self.lock:
+            self.runs[name] = run
+        self._finish(
+            run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled before it started")
+        )
 
     # ---- evaluation ----
     def evaluate(self, name: str, dataset_version: str) -> trainer_pb2.ModelEvaluation:
@@ -720,6 +805,8 @@ class TrainerCore:
         with run.persist_lock:
             if self.runs.get(run.version.name) is not run:  # deleted meanwhile: nothing to write back
                 return True
+            if run.lease_lost:  # another replica owns the run now: its writes are the truth
+                return True
             with run.cond:
                 lines = [json.dumps(to_dict(e)) for e in run.events]
                 version = trainer_pb2.ModelVersion().FromString(run.version.SerializeToString())
@@ -813,6 +900,10 @@ class TrainerCore:
                 message=failure.message if failure is not None else MV.State.Name(state),
             )
         self._publish(run, event, persist=True)
+        try:
+            self.jobs.finish(run.version.name)
+        except Exception:  # the record says final; a claim of the row finds that and drops it
+            log.exception("run %s: could not mark its job done in the database", run.version.name)
 
     def _flush_latest_ready(self, run: Run) -> None:
         with run.persist_lock:
@@ -838,44 +929,117 @@ class TrainerCore:
     def watch(
         self, name: str, from_sequence: int, is_active: Callable[[], bool]
     ) -> Iterator[trainer_pb2.ModelVersionEvent]:
-        """History first, then live events until the run is final or the client leaves."""
+        """History first, then live events until the run is final or the client
+        leaves: from memory while this replica owns the run, else from the
+        store, where the owner persists them."""
         version = self.get_version(name)
-        run = self.runs.get(version.name)
-        if run is None:  # finished before this process started: replay from the store
-            prefix = _version_prefix(names.parse_model_version(version.name))
-            for event in self._stored_events(prefix):
-                if event.sequence >= from_sequence:
-                    yield event
-            return
         index = max(0, from_sequence)
+        prefix = _version_prefix(names.parse_model_version(version.name))
+        while True:
+            with self.lock:
+                run = self.runs.get(version.name)
+            if run is not None:
+                index = yield from self._watch_run(run, index, is_active)
+                if index < 0:
+                    return
+                continue  # the run left this replica's memory: follow it in the store
+            events = self._stored_events(prefix)
+            yield from events[index:]
+            index = max(index, len(events))
+            if self.get_version(version.name).state in FINAL:
+                final = self._stored_events(prefix)  # the final event is written before the final record
+                yield from final[index:]
+                return
+            if not is_active() or self._stop.wait(WATCH_POLL_SECONDS):
+                return
+
+    def _watch_run(
+        self, run: Run, index: int, is_active: Callable[[], bool]
+    ) -> Generator[trainer_pb2.ModelVersionEvent, None, int]:
+        """Events from memory; returns -1 when done, or the next index when the
+        run has left this replica's memory (another replica took it)."""
         while True:
             with run.cond:
                 # The run is over for watchers once its final event is published.
-                while index >= run.published and not (run.final and run.published >= len(run.events)) and is_active():
-                    run.cond.wait(timeout=1.0)  # wakes to notice a departed client
+                while (
+                    index >= run.published
+                    and not (run.final and run.published >= len(run.events))
+                    and is_active()
+                    and self.runs.get(run.version.name) is run
+                ):
+                    run.cond.wait(timeout=1.0)  # wakes to notice a departed client or a departed run
                 batch = run.events[index : run.published]
                 done = run.final and run.published >= len(run.events)
-            for event in batch:
-                yield event
+            yield from batch
             index += len(batch)
             if (done and index >= len(run.events)) or not is_active():
-                return
+                return -1
+            if self.runs.get(run.version.name) is not run:
+                return index
 
     # ---- the queue ----
     def _worker_loop(self) -> None:
-        while True:
-            name = self.queue.get()
-            if name is None or self._stopping:
-                return
-            run = self.runs.get(name)
-            if run is None or run.final:
-                continue
+        while not self._stopping:
             try:
-                self._run_job(run)
+                claim = self.jobs.claim()
+            except Exception:
+                log.exception("could not claim a job from the database; retrying")
+                claim = None
+                self._stop.wait(5.0)
+            if claim is None:
+                if self._wakeup.wait(CLAIM_POLL_SECONDS):
+                    self._wakeup.clear()
+                continue
+            if self._stopping:
+                self.jobs.release(claim.target)
+                return
+            run = None
+            try:
+                run = self._take_up(claim)
+                if run is not None and not run.final:
+                    self._run_job(run)
             except Exception as exc:
-                log.exception("run %s failed in the trainer service", name)
-                message = exc.message if isinstance(exc, TextftError) else "internal error in the trainer service"
-                self._finish(run, MV.STATE_FAILED, common_pb2.Failure(reason="MODEL_TRAINING_CRASHED", message=message))
+                log.exception("run %s failed in the trainer service", claim.target)
+                if run is not None:
+                    message = exc.message if isinstance(exc, TextftError) else "internal error in the trainer service"
+                    failure = common_pb2.Failure(reason="MODEL_TRAINING_CRASHED", message=message)
+                    self._finish(run, MV.STATE_FAILED, failure)
+
+    def _heartbeat_loop(self) -> None:
+        """Renews the leases of the runs this replica holds; acts on cancels
+        asked for on other replicas, and stops a job whose lease another
+        replica has taken over (it was presumed dead)."""
+        interval = max(0.2, self.settings.trainer_lease_seconds / 3)
+        while not self._stop.wait(interval):
+            with self.lock:
+                live = [r for r in self.runs.values() if not r.final and not r.lease_lost]
+            for run in live:
+                if not run.claimed:  # queued here: once another replica claims it, the copy here is stale
+                    try:
+                        if self.jobs.state(run.version.name) != "QUEUED" and not run.claimed:
+                            self._forget(run.version.name)
+                    except Exception:
+                        log.debug("could not read the job of %s", run.version.name, exc_info=True)
+            for run in [r for r in live if r.claimed]:
+                name = run.version.name
+                try:
+                    lease = self.jobs.renew(name)
+                except Exception:
+                    log.warning("run %s: could not renew its lease (database unavailable?)", name, exc_info=True)
+                    continue
+                if not lease.held:
+                    with self.lock:
+                        if run.final or self.runs.get(name) is not run:
+                            continue
+                    log.warning("run %s: its lease was taken over by another replica; stopping its job here", name)
+                    with run.cond:
+                        run.lease_lost = True
+                        handle = run.handle
+                    if handle is not None:
+                        handle.terminate()
+                elif lease.cancel_requested and not run.cancel_requested:
+                    log.info("run %s: cancel requested on another replica", name)
+                    self._cancel_local(run)
 
     def _time_limit(self, run: Run) -> None:
         with run.cond:
@@ -950,14 +1114,20 @@ class TrainerCore:
         if timer is not None:
             timer.cancel()
         log.info("run %s: job exited with %s after %.1fs", run.version.name, code, time.monotonic() - started)
+        if run.lease_lost:  # another replica runs it now; what it writes is the truth
+            with self.lock:
+                if self.runs.get(run.version.name) is run:
+                    self.runs.pop(run.version.name)
+            return
         if self._stopping and not run.cancel_requested:
             # Not the job's fault: the version stays as it is in the store and
-            # the next trainer start resumes it from its last checkpoint.
+            # the next replica to claim it resumes it from its last checkpoint.
             self._event(
                 run,
                 kind=trainer_pb2.ModelVersionEvent.KIND_LOG,
-                message="interrupted by a trainer shutdown; resumes from its last checkpoint on restart",
+                message="interrupted by a trainer shutdown; resumes from its last checkpoint on another start",
             )
+            self.jobs.release(run.version.name)
             return
         if run.cancel_requested:
             self._finish(
