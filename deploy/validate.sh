@@ -43,10 +43,12 @@ echo "== docker-compose config"
 # Placeholder secrets: `config` resolves env_file entries, which must exist.
 env_file=$(mktemp)
 minio_env_file=$(mktemp)
-trap 'rm -f "$env_file" "$minio_env_file"' EXIT
+postgres_env_file=$(mktemp)
+trap 'rm -f "$env_file" "$minio_env_file" "$postgres_env_file"' EXIT
 cp deploy/textft.env.example "$env_file"
 cp deploy/minio-root.env.example "$minio_env_file"
-TEXTFT_ENV_FILE=$env_file TEXTFT_MINIO_ENV_FILE=$minio_env_file \
+cp deploy/postgres.env.example "$postgres_env_file"
+TEXTFT_ENV_FILE=$env_file TEXTFT_MINIO_ENV_FILE=$minio_env_file TEXTFT_POSTGRES_ENV_FILE=$postgres_env_file \
   "$ROOT/compose/bin/docker-compose" -f deploy/docker-compose.yml config -q
 echo "deploy/docker-compose.yml: OK"
 
