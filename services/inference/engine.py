@@ -12,7 +12,6 @@ when its last request finishes.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import queue
 import re
@@ -31,7 +30,7 @@ from textft.v1 import common_pb2, inference_pb2, trainer_pb2
 from ..common import basemodels, devices, names
 from ..common.config import Settings
 from ..common.store import ObjectStore
-from ..modeling.loading import safe_model_kwargs
+from ..modeling.loading import load_base_model, load_tokenizer, read_adapter_manifest, struct_dict
 from .batcher import CLASSIFY, GENERATE, STREAM, Admission, Lane, Work
 from .continuous import ContinuousBatcher, Row
 from .metrics import InferenceMetrics
@@ -196,9 +195,7 @@ class Engine:
         if drop:
             self._drop(adapter)
 
-    def _base_for(self, key: tuple[str, str, int], local: Any, meta: dict[str, Any]) -> Base:
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
+    def _base_for(self, key: tuple[str, str, int], local: Any, model_config: dict[str, Any]) -> Base:
         with self.lock:
             base = self.bases.get(key)
         if base is not None:
@@ -208,21 +205,14 @@ class Engine:
         path = basemodels.resolve(base_name, self.store, self.settings.base_model_cache)
         # The device and dtype are this server's choice (TEXTFT_INFERENCE_DEVICE/DTYPE), not the training run's.
         skip = {"pretrained_model_name_or_path", "dtype", "torch_dtype", "device_map"}
-        kwargs = safe_model_kwargs(path, {k: v for k, v in meta["model_config"].items() if k not in skip})
+        kwargs = {k: v for k, v in model_config.items() if k not in skip}
         placement = self.placement
         kwargs.update(placement.load_kwargs())
-        tokenizer = AutoTokenizer.from_pretrained(str(local))  # saved with the adapter
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if task == "TEXT_CLASSIFICATION":
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id, **kwargs
-            )
-            model.config.pad_token_id = tokenizer.pad_token_id
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-            if model.config.pad_token_id is None:
-                model.config.pad_token_id = tokenizer.pad_token_id
+        tokenizer, _ = load_tokenizer({}, str(local))  # saved with the adapter
+        # The trainer's loader: the base is shared by every adapter of its shape,
+        # so its labels are positions (each adapter maps them to its own names).
+        labels = [f"LABEL_{i}" for i in range(num_labels)]
+        model = load_base_model(task == "TEXT_CLASSIFICATION", path, kwargs, tokenizer, labels, multi=False)
         if not placement.sharded:
             model.to(placement.device)
         model.eval()
@@ -271,10 +261,11 @@ class Engine:
             raise FailedPrecondition(
                 f"the adapter of {version.name} is missing from the store ({version.adapter_uri})"
             ) from None
-        meta = json.loads((local / "textft.json").read_text())
-        task, labels = meta["task"], list(meta.get("label_names") or [])
-        base_name = meta["model_config"]["pretrained_model_name_or_path"]
-        base = self._base_for((base_name, task, len(labels)), local, meta)
+        manifest = read_adapter_manifest(local)  # textft.json, as the trainer wrote it
+        model_config = struct_dict(manifest.model_config)
+        task, labels = manifest.task, list(manifest.label_names)
+        base_name = model_config["pretrained_model_name_or_path"]
+        base = self._base_for((base_name, task, len(labels)), local, model_config)
         with base.lock, torch.no_grad():
             if isinstance(base.model, PeftModel):
                 base.model.load_adapter(str(local), adapter_name=adapter_name)
@@ -293,9 +284,9 @@ class Engine:
             base=base,
             task=task,
             label_names=labels,
-            multi_label=bool(meta.get("multi_label")),
-            prompt_template=meta.get("prompt_template", "{text}\n"),
-            max_length=int(meta.get("max_length", 512)),
+            multi_label=manifest.multi_label,
+            prompt_template=manifest.prompt_template or "{text}\n",
+            max_length=manifest.max_length or 512,
             nbytes=nbytes,
             load_seconds=seconds,
             base_model=base_name,
