@@ -18,6 +18,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -104,10 +105,18 @@ class JobQueue:
 
     def claim(self) -> Claim | None:
         t = schema.jobs
+
+        def claimable(now: Any) -> Any:
+            return sa.or_(t.c.state == QUEUED, sa.and_(t.c.state == RUNNING, t.c.lease_expires_at < now))
+
+        # Idle workers ask often: a read first, so an empty queue never takes the write lock.
+        with self.db.read() as conn:
+            probe = sa.select(t.c.pk).where(t.c.kind == KIND, claimable(self.db.now_expr())).limit(1)
+            if conn.execute(probe).first() is None:
+                return None
         with self.db.write() as conn:
             now = self.db.now(conn)
-            claimable = sa.or_(t.c.state == QUEUED, sa.and_(t.c.state == RUNNING, t.c.lease_expires_at < now))
-            stmt = sa.select(t).where(t.c.kind == KIND, claimable).order_by(t.c.pk).limit(1)
+            stmt = sa.select(t).where(t.c.kind == KIND, claimable(now)).order_by(t.c.pk).limit(1)
             if self.db.dialect == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
             row = conn.execute(stmt).first()
