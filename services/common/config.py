@@ -4,8 +4,10 @@ passed down. Command-line flags of each service override a few fields."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_GRPC_WORKERS = 128
 
@@ -40,6 +42,17 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
+N = TypeVar("N", int, float)
+
+
+def _at_least(env: dict[str, str], name: str, default: N, read: Callable[[dict[str, str], str, N], N]) -> N:
+    """A count or amount that cannot be negative (read by _int or _float)."""
+    value = read(env, name, default)
+    if value < 0:
+        raise ValueError(f"environment variable {name} must be 0 or more, got {value}")
+    return value
 
 
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -194,6 +207,18 @@ class Settings:
     # Processes per training job: above 1 the job runs under torchrun (DDP;
     # gloo on CPU, NCCL on GPUs), one process per device.
     trainer_nproc: int = 1
+    # Where training and evaluation jobs run: "local" (child processes of the
+    # trainer) or "ray" (tasks on a Ray cluster; services/trainer/ray_launcher.py).
+    trainer_launcher: str = "local"
+    # The Ray cluster: "auto" (the one this machine belongs to), host:port of a
+    # head's GCS, or ray://host:10001 (Ray Client).
+    ray_address: str = "auto"
+    # Resources each job reserves on the cluster (fractions allowed, as in Ray).
+    ray_num_gpus: float = 0.0
+    ray_num_cpus: float = 1.0
+    # How often Ray reruns a job whose node or worker process was lost; each
+    # rerun resumes from the job's last checkpoint in the store.
+    ray_max_retries: int = 2
     base_model_cache: Path = Path(".textft/base-models")
     # This process's place in a distributed training job: torchrun's RANK and
     # WORLD_SIZE (0 and 1 when a job runs alone).
@@ -300,6 +325,11 @@ class Settings:
             trainer_workdir=Path(env.get("TEXTFT_TRAINER_WORKDIR", str(home / "trainer"))).expanduser(),
             trainer_concurrency=_int(env, "TEXTFT_TRAINER_CONCURRENCY", 1),
             trainer_nproc=_int(env, "TEXTFT_TRAINER_NPROC", 1),
+            trainer_launcher=_choice(env, "TEXTFT_LAUNCHER", "local", ("local", "ray")),
+            ray_address=env.get("TEXTFT_RAY_ADDRESS", "").strip() or "auto",
+            ray_num_gpus=_at_least(env, "TEXTFT_RAY_NUM_GPUS", 0.0, _float),
+            ray_num_cpus=_at_least(env, "TEXTFT_RAY_NUM_CPUS", 1.0, _float),
+            ray_max_retries=_at_least(env, "TEXTFT_RAY_MAX_RETRIES", 2, _int),
             base_model_cache=Path(env.get("TEXTFT_BASE_MODEL_CACHE", str(home / "base-models"))).expanduser(),
             rows_cache=Path(env.get("TEXTFT_ROWS_CACHE", str(home / "rows-cache"))).expanduser(),
             rank=_int(env, "RANK", 0),
