@@ -1,6 +1,6 @@
 """Training jobs on Ray (TEXTFT_LAUNCHER=ray): a real Ray head on loopback
 (`ray start --head`, 2 CPUs), a real trainer service process connected to it
-by address, and the tiny GPT-Neo: a job trains to READY through a Ray task, a
+through Ray Client (ray://, as a trainer outside the cluster connects), and the tiny GPT-Neo: a job trains to READY through a Ray task, a
 cancel stops the task and its job process, and a Ray worker killed mid-job is
 retried by Ray and resumes from its last checkpoint in the store.
 
@@ -55,7 +55,8 @@ def _free_port() -> int:
 
 @dataclass
 class RayHead:
-    address: str
+    address: str  # the head's GCS, host:port
+    client_address: str  # its Ray Client server, ray://host:port
     proc: subprocess.Popen[str]
     started_in: float
 
@@ -65,7 +66,7 @@ def ray_head() -> Iterator[RayHead]:
     """A Ray head of its own (2 CPUs), its processes in one process group that
     teardown ends. The temp dir is short: Ray's unix sockets live under it."""
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cmd = [
         ray_bin,
@@ -73,7 +74,8 @@ def ray_head() -> Iterator[RayHead]:
         "--head",
         "--block",
         f"--port={port}",
-        f"--ray-client-server-port={_free_port()}",
+        f"--ray-client-server-port={client_port}",
+        f"--dashboard-agent-listen-port={_free_port()}",  # not the fixed default: heads may run side by side
         "--num-cpus=2",
         "--include-dashboard=false",
         "--object-store-memory=100000000",
@@ -102,7 +104,7 @@ def ray_head() -> Iterator[RayHead]:
                 raise AssertionError("ray start exited before the head was up:\n" + "".join(seen[-20:]))
             if "Ray runtime started" in line:
                 break
-        head = RayHead(f"127.0.0.1:{port}", proc, time.monotonic() - began)
+        head = RayHead(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", proc, time.monotonic() - began)
         record("ray launcher", "Ray head start (ray start --head, 2 CPUs), s", f"{head.started_in:.1f}")
         yield head
     finally:
@@ -143,7 +145,8 @@ def ray_stack(
     trainer_env = {
         **env,
         "TEXTFT_LAUNCHER": "ray",
-        "TEXTFT_RAY_ADDRESS": ray_head.address,
+        # Through Ray Client, as a trainer outside the cluster connects.
+        "TEXTFT_RAY_ADDRESS": ray_head.client_address,
         "TEXTFT_RAY_NUM_CPUS": "1",
         "TEXTFT_RAY_MAX_RETRIES": "2",
         "TEXTFT_TRAINER_CONCURRENCY": "2",
