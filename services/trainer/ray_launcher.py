@@ -180,9 +180,17 @@ def _sweep_workdirs() -> None:
 
 
 def _pump(proc: subprocess.Popen[str], lines: Channel) -> None:
+    """Puts the job's stdout lines in its mailbox. If the mailbox is gone (the
+    trainer went away), the rest is read and dropped: a full pipe would block
+    the job, and the lifeline or a cancel ends it."""
     assert proc.stdout is not None
+    delivering = True
     for line in proc.stdout:
-        lines.put(line)
+        if delivering:
+            try:
+                lines.put(line)
+            except Exception:
+                delivering = False
 
 
 def _wait_or_stop(proc: subprocess.Popen[str], context: Any, kill_after: float) -> int:
