@@ -23,7 +23,7 @@ $(STAMP): clients/python/pyproject.toml services/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e "clients/python[plots]" -e "services[test,dev,demo]"
+	$(PY) -m pip install -q -e "clients/python[plots]" -e "services[test,dev,demo,ray]"
 	touch $(STAMP)
 
 # Stubs are generated into the SDK package (textft.v1, textft.oip.v2), with .pyi type stubs.

@@ -241,3 +241,44 @@ def test_device_choice_on_this_machine() -> None:
             devices.place("cuda:0", "auto")
         with pytest.raises(ValueError, match="CUDA"):
             devices.place("sharded", "auto")
+
+
+def test_launcher_settings() -> None:
+    s = Settings.from_env({})
+    assert (s.trainer_launcher, s.ray_address, s.ray_num_gpus, s.ray_num_cpus, s.ray_max_retries) == (
+        "local",
+        "auto",
+        0.0,
+        1.0,
+        2,
+    )
+    s = Settings.from_env(
+        {
+            "TEXTFT_LAUNCHER": "Ray",
+            "TEXTFT_RAY_ADDRESS": "ray://head:10001",
+            "TEXTFT_RAY_NUM_GPUS": "0.5",
+            "TEXTFT_RAY_NUM_CPUS": "4",
+            "TEXTFT_RAY_MAX_RETRIES": "0",
+        }
+    )
+    assert (s.trainer_launcher, s.ray_address, s.ray_num_gpus, s.ray_num_cpus, s.ray_max_retries) == (
+        "ray",
+        "ray://head:10001",
+        0.5,
+        4.0,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"TEXTFT_LAUNCHER": "k8s"}, "TEXTFT_LAUNCHER"),
+        ({"TEXTFT_RAY_NUM_GPUS": "-1"}, "TEXTFT_RAY_NUM_GPUS"),
+        ({"TEXTFT_RAY_NUM_CPUS": "one"}, "TEXTFT_RAY_NUM_CPUS"),
+        ({"TEXTFT_RAY_MAX_RETRIES": "-1"}, "TEXTFT_RAY_MAX_RETRIES"),
+    ],
+)
+def test_bad_launcher_settings_name_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        Settings.from_env(env)

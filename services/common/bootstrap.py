@@ -176,7 +176,11 @@ def run_service(
     if not settings.auth_enabled:
         log.warning("auth is OFF (TEXTFT_AUTH=off): any caller can use this service")
     database = open_database(settings)  # the same instance build() gets from open_database
-    register, on_shutdown = build(settings)
+    try:
+        register, on_shutdown = build(settings)
+    except ValueError as exc:  # e.g. a launcher that is not installed
+        log.error("textft-%s: configuration error: %s", service, exc)
+        raise SystemExit(2) from None
     more = list(extra_ports(settings)) if extra_ports else []
     try:
         running = start_server(settings, args.port, register, args.host, health_servicer, more, database)

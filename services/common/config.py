@@ -4,8 +4,10 @@ passed down. Command-line flags of each service override a few fields."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_GRPC_WORKERS = 128
 # Base models a training request may name: prefixes of hub ids and store URIs
@@ -48,6 +50,17 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+
+
+N = TypeVar("N", int, float)
+
+
+def _at_least(env: dict[str, str], name: str, default: N, read: Callable[[dict[str, str], str, N], N]) -> N:
+    """A count or amount that cannot be negative (read by _int or _float)."""
+    value = read(env, name, default)
+    if value < 0:
+        raise ValueError(f"environment variable {name} must be 0 or more, got {value}")
+    return value
 
 
 def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -220,6 +233,18 @@ class Settings:
     # Processes per training job: above 1 the job runs under torchrun (DDP;
     # gloo on CPU, NCCL on GPUs), one process per device.
     trainer_nproc: int = 1
+    # Where training and evaluation jobs run: "local" (child processes of the
+    # trainer) or "ray" (tasks on a Ray cluster; services/trainer/ray_launcher.py).
+    trainer_launcher: str = "local"
+    # The Ray cluster: "auto" (the one this machine belongs to), host:port of a
+    # head's GCS, or ray://host:10001 (Ray Client).
+    ray_address: str = "auto"
+    # Resources each job reserves on the cluster (fractions allowed, as in Ray).
+    ray_num_gpus: float = 0.0
+    ray_num_cpus: float = 1.0
+    # How often Ray reruns a job whose node or worker process was lost; each
+    # rerun resumes from the job's last checkpoint in the store.
+    ray_max_retries: int = 2
     base_model_cache: Path = Path(".textft/base-models")
     # Prefixes a training request's base model must start with ("*": any hub id).
     base_models_allowed: tuple[str, ...] = DEFAULT_BASE_MODELS_ALLOWED
@@ -336,6 +361,11 @@ class Settings:
             quota_jobs=_int(env, "TEXTFT_QUOTA_JOBS", 0),
             quota_uploads=_int(env, "TEXTFT_QUOTA_UPLOADS", 0),
             trainer_nproc=_int(env, "TEXTFT_TRAINER_NPROC", 1),
+            trainer_launcher=_choice(env, "TEXTFT_LAUNCHER", "local", ("local", "ray")),
+            ray_address=env.get("TEXTFT_RAY_ADDRESS", "").strip() or "auto",
+            ray_num_gpus=_at_least(env, "TEXTFT_RAY_NUM_GPUS", 0.0, _float),
+            ray_num_cpus=_at_least(env, "TEXTFT_RAY_NUM_CPUS", 1.0, _float),
+            ray_max_retries=_at_least(env, "TEXTFT_RAY_MAX_RETRIES", 2, _int),
             base_model_cache=Path(env.get("TEXTFT_BASE_MODEL_CACHE", str(home / "base-models"))).expanduser(),
             base_models_allowed=_prefixes(env, "TEXTFT_BASE_MODELS_ALLOWED", DEFAULT_BASE_MODELS_ALLOWED),
             hub_tokens=tuple(env[v].strip() for v in HF_TOKEN_VARS if env.get(v, "").strip()),

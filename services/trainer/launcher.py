@@ -19,6 +19,15 @@ from pathlib import Path
 WORKER_MODULE = "textft_services.trainer.worker"
 
 
+def worker_command(python: str, job_key: str, workdir: Path, nproc: int = 1) -> list[str]:
+    """The job's command line: the worker entry point, under torchrun when nproc > 1."""
+    worker = ["-m", WORKER_MODULE, "--job", job_key, "--workdir", str(workdir), "--exit-on-stdin-eof"]
+    if nproc > 1:
+        # --standalone: a local rendezvous on a free port, so jobs never collide.
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
+    return [python, *worker]
+
+
 class JobHandle(ABC):
     @abstractmethod
     def lines(self) -> Iterator[str]:
@@ -43,6 +52,9 @@ class Launcher(ABC):
     def start(self, job_key: str, workdir: Path, env: dict[str, str], distributed: bool = True) -> JobHandle:
         """Starts the worker entry point for the TrainingJobSpec at job_key;
         distributed=False runs it as one process (evaluations)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Releases what the launcher holds (a cluster connection) at trainer shutdown."""
 
 
 class LocalProcessHandle(JobHandle):
@@ -100,18 +112,7 @@ class LocalProcessLauncher(Launcher):
         self.nproc = max(1, nproc)
 
     def command(self, job_key: str, workdir: Path, distributed: bool = True) -> list[str]:
-        worker = ["-m", WORKER_MODULE, "--job", job_key, "--workdir", str(workdir), "--exit-on-stdin-eof"]
-        if distributed and self.nproc > 1:
-            # --standalone: a local rendezvous on a free port, so jobs never collide.
-            return [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={self.nproc}",
-                *worker,
-            ]
-        return [sys.executable, *worker]
+        return worker_command(sys.executable, job_key, workdir, self.nproc if distributed else 1)
 
     def start(self, job_key: str, workdir: Path, env: dict[str, str], distributed: bool = True) -> JobHandle:
         workdir.mkdir(parents=True, exist_ok=True)

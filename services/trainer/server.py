@@ -12,7 +12,7 @@ from ..common.bootstrap import run_service
 from ..common.config import Settings
 from ..common.names import paginate
 from ..common.store import open_store
-from .launcher import LocalProcessLauncher
+from .launcher import Launcher, LocalProcessLauncher
 from .service import TrainerCore
 
 
@@ -102,8 +102,27 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             yield trainer_pb2.WatchModelEvaluationResponse(model_evaluation=evaluation)
 
 
+def make_launcher(settings: Settings) -> Launcher:
+    """The launcher TEXTFT_LAUNCHER names: local child processes, or Ray tasks."""
+    if settings.trainer_launcher == "ray":
+        try:
+            from .ray_launcher import RayLauncher  # Ray is an optional extra: imported only when chosen
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None  # a configuration error, reported as one
+
+        return RayLauncher(
+            settings.ray_address,
+            num_gpus=settings.ray_num_gpus,
+            num_cpus=settings.ray_num_cpus,
+            max_retries=settings.ray_max_retries,
+            nproc=settings.trainer_nproc,
+        )
+    return LocalProcessLauncher(settings.trainer_nproc)
+
+
 def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
-    core = TrainerCore(settings, open_store(settings.store), LocalProcessLauncher(settings.trainer_nproc))
+    launcher = make_launcher(settings)
+    core = TrainerCore(settings, open_store(settings.store), launcher)
     core.start()
     servicer = TrainerServicer(core)
 
@@ -111,7 +130,11 @@ def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Calla
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
         return [trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name]
 
-    return register, core.shutdown
+    def shutdown() -> None:
+        core.shutdown()
+        launcher.close()
+
+    return register, shutdown
 
 
 def main(argv: Sequence[str] | None = None) -> None:

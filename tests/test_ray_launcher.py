@@ -1,0 +1,297 @@
+"""Training jobs on Ray (TEXTFT_LAUNCHER=ray): a real Ray head on loopback
+(`ray start --head`, 2 CPUs), a real trainer service process connected to it
+through Ray Client (ray://, as a trainer outside the cluster connects), and the tiny GPT-Neo: a job trains to READY through a Ray task, a
+cancel stops the task and its job process, and a Ray worker killed mid-job is
+retried by Ray and resumes from its last checkpoint in the store.
+
+Skipped where Ray is not installed (pip install 'textft-services[ray]')."""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+pytest.importorskip("ray", reason="Ray is not installed: pip install 'textft-services[ray]'")
+
+from conftest import API_KEY, S3Endpoint, unique_bucket
+from reliability import record
+from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, progressed, states, until, wait_exit, wait_for
+
+from textft import Client
+from textft_services.common.config import Settings
+from textft_services.common.store import S3Store
+from textft_services.stack import ServiceProcess, start_service
+from textft_services.trainer.checkpoints import CHECKPOINT_MARKER
+
+pytestmark = pytest.mark.integration
+
+# Ray picks the machine's network address unless told it is a single machine
+# (the setting Ray uses on laptops): everything stays on 127.0.0.1.
+RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+ATTEMPT = re.compile(r"attempt (\d+) on node (\S+) \(job pid (\d+), ray worker pid (\d+), workdir (\S+)\)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RayHead:
+    address: str  # the head's GCS, host:port
+    client_address: str  # its Ray Client server, ray://host:port
+    proc: subprocess.Popen[str]
+    started_in: float
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    """A Ray head of its own (2 CPUs), its processes in one process group that
+    teardown ends. The temp dir is short: Ray's unix sockets live under it."""
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    port, client_port = _free_port(), _free_port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    cmd = [
+        ray_bin,
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--ray-client-server-port={client_port}",
+        f"--dashboard-agent-listen-port={_free_port()}",  # not the fixed default: heads may run side by side
+        "--num-cpus=2",
+        "--include-dashboard=false",
+        "--object-store-memory=100000000",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
+    began = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **RAY_LOOPBACK},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [output.put(line) for line in proc.stdout or ()] + [output.put("")], daemon=True
+    ).start()
+    seen = []
+    try:
+        while True:
+            line = output.get(timeout=120)
+            seen.append(line)
+            if not line:
+                raise AssertionError("ray start exited before the head was up:\n" + "".join(seen[-20:]))
+            if "Ray runtime started" in line:
+                break
+        head = RayHead(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", proc, time.monotonic() - began)
+        record("ray launcher", "Ray head start (ray start --head, 2 CPUs), s", f"{head.started_in:.1f}")
+        yield head
+    finally:
+        proc.terminate()  # ray start --block stops the processes it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of this head only (its own process group)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@dataclass
+class RayStack:
+    env: dict[str, str]
+    store: S3Store
+    dataset: ServiceProcess
+    trainer: ServiceProcess
+    client: Client
+    log: IO[str]
+
+
+@pytest.fixture(scope="module")
+def ray_stack(
+    ray_head: RayHead, s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[RayStack]:
+    home = tmp_path_factory.mktemp("ray-home")
+    env = s3_endpoint.service_env(home, unique_bucket(), **RAY_LOOPBACK)
+    store = S3Store(Settings.from_env(env).store)
+    store.upload_dir(tiny_model_dir, TINY_BASE_KEY)
+    log = open(home / "services.log", "w")  # noqa: SIM115 - closed at teardown
+    dataset = start_service("dataset", env, log=log)
+    env["TEXTFT_DATASET_ADDR"] = dataset.address
+    trainer_env = {
+        **env,
+        "TEXTFT_LAUNCHER": "ray",
+        # Through Ray Client, as a trainer outside the cluster connects.
+        "TEXTFT_RAY_ADDRESS": ray_head.client_address,
+        "TEXTFT_RAY_NUM_CPUS": "1",
+        "TEXTFT_RAY_MAX_RETRIES": "2",
+        "TEXTFT_TRAINER_CONCURRENCY": "2",
+    }
+    trainer = start_service("trainer", trainer_env, log=log)
+    client = Client(dataset.address, trainer.address, api_key=API_KEY)
+    try:
+        yield RayStack(env, store, dataset, trainer, client, log)
+    finally:
+        client.close()
+        trainer.stop()
+        dataset.stop()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def dataset_version(ray_stack: RayStack) -> str:
+    rng = random.Random(7)
+    lines = ["text,label"]
+    for _ in range(60):
+        label = rng.choice(["pos", "neg"])
+        lines.append(f"the soup was {rng.choice(['tasty', 'fresh'] if label == 'pos' else ['bland', 'cold'])},{label}")
+    ray_stack.client.create_dataset("on-ray")
+    data = ("\n".join(lines) + "\n").encode()
+    return ray_stack.client.upload_dataset("on-ray", data, task="classification", format="csv").name
+
+
+def _attempts(events: list[EV]) -> list[tuple[int, str, int, int, str]]:
+    """(attempt, node, job pid, ray worker pid, workdir) of each start of the run's Ray task."""
+    found = []
+    for event in events:
+        match = ATTEMPT.search(event.message) if event.kind == EV.KIND_LOG else None
+        if match:
+            found.append((int(match[1]), match[2], int(match[3]), int(match[4]), match[5]))
+    return found
+
+
+def _job_processes(version: str) -> list[int]:
+    """Pids of worker processes of this version's job still on this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--job" in argv and f"{version}/job.json".encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _started(watch: Iterator[EV]) -> tuple[list[EV], tuple[int, str, int, int, str]]:
+    seen = until(watch, lambda e: bool(_attempts([e])))
+    return seen, _attempts(seen)[-1]
+
+
+def test_job_trains_to_ready_on_ray(ray_stack: RayStack, dataset_version: str) -> None:
+    client = ray_stack.client
+    client.create_model("ray-ready", task="classification")
+    began = time.monotonic()
+    run = client.train(
+        "ray-ready",
+        dataset_version,
+        CLS_TEMPLATE,
+        model_config=BASE,
+        trainer_config={"max_steps": 10, "per_device_train_batch_size": 4, "logging_steps": 2},
+    )
+    events = list(client.watch(run.name, timeout=300))
+    done = client.get_model_version(run.name)
+    record("ray launcher", "tiny job (10 steps) on Ray, create to READY, s", f"{time.monotonic() - began:.1f}")
+    assert done.state == MV.STATE_READY, done.failure.message
+    assert states(events)[-1] == "READY"
+    assert [e.progress.step for e in events if e.kind == EV.KIND_PROGRESS and e.loss > 0][-1] == 10
+    started = [e.message for e in events if e.kind == EV.KIND_LOG and e.message.startswith("job started: ray task ")]
+    assert started, "the run's log says where the job runs"
+    attempts = _attempts(events)
+    assert [(a[0], a[1]) for a in attempts] == [(1, "127.0.0.1")]
+    assert ray_stack.store.exists(f"{run.name}/adapter/adapter_model.safetensors")
+    assert _job_processes(run.name) == []  # the job process exited with its task
+
+
+def test_cancel_stops_the_ray_task_and_its_job(ray_stack: RayStack, dataset_version: str) -> None:
+    client = ray_stack.client
+    client.create_model("ray-cancel", task="classification")
+    run = client.train(
+        "ray-cancel",
+        dataset_version,
+        CLS_TEMPLATE,
+        model_config=BASE,
+        trainer_config={"max_steps": 100_000, "per_device_train_batch_size": 4, "logging_steps": 2},
+    )
+    watch = client.watch(run.name, timeout=300)
+    _, (_, _, job_pid, _, workdir) = _started(watch)
+    until(watch, progressed())
+    assert _job_processes(run.name) == [job_pid]  # the worker entry point, running for this version
+    client.cancel(run.name)
+    rest = list(watch)
+    assert states(rest)[-1] == "CANCELLED"
+    assert client.get_model_version(run.name).state == MV.STATE_CANCELLED
+    assert wait_exit(job_pid, 60), "the job process outlived its cancelled task"
+    assert _job_processes(run.name) == []
+    assert not Path(workdir).exists()  # the task removed its scratch directory on the node
+
+
+def test_killed_ray_worker_reruns_and_resumes_from_checkpoint(ray_stack: RayStack, dataset_version: str) -> None:
+    client = ray_stack.client
+    client.create_model("ray-resume", task="classification")
+    run = client.train(
+        "ray-resume",
+        dataset_version,
+        CLS_TEMPLATE,
+        model_config=BASE,
+        trainer_config={
+            "max_steps": 40,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 5,
+            "save_strategy": "steps",
+            "save_steps": 10,
+            "save_total_limit": 2,
+        },
+    )
+    watch = client.watch(run.name, timeout=300)
+    seen, (attempt, _, job_pid, worker_pid, workdir) = _started(watch)
+    assert attempt == 1
+    wait_for(lambda: ray_stack.store.exists(f"{run.name}/checkpoints/step-10/{CHECKPOINT_MARKER}"), 300, "step-10")
+    os.killpg(job_pid, signal.SIGSTOP)  # frozen mid-job, so the kill below surely finds it unfinished
+    os.kill(worker_pid, signal.SIGKILL)  # the Ray worker running the task is lost
+    os.killpg(job_pid, signal.SIGCONT)
+    assert wait_exit(job_pid, 60), "the job outlived its Ray worker (its lifeline)"
+    events = seen + list(watch)
+    done = client.get_model_version(run.name)
+    resumed = done.state == MV.STATE_READY and done.progress.step == 40
+    record("ray launcher", "Ray worker killed mid-job: run resumes and ends READY", "yes" if resumed else "no")
+    assert done.state == MV.STATE_READY, done.failure.message
+    attempts = _attempts(events)
+    assert [a[0] for a in attempts] == [1, 2]
+    assert attempts[1][2] != job_pid  # a new job process, on a new Ray worker
+    # The killed worker could not clean up; the rerun swept its scratch directory.
+    assert not Path(workdir).exists()
+    rerun = next(i for i, e in enumerate(events) if e.kind == EV.KIND_LOG and "attempt 2" in e.message)
+    after = events[rerun:]
+    assert any(e.kind == EV.KIND_LOG and e.message.startswith("resumed from step ") for e in after)
+    steps = [e.progress.step for e in after if e.kind == EV.KIND_PROGRESS]
+    assert steps and min(steps) > 10 and steps[-1] == 40  # it went on from a checkpoint, it did not start over
+    assert states(events)[-1] == "READY"
+    assert [e.sequence for e in events] == list(range(len(events)))
+    assert ray_stack.store.exists(f"{run.name}/adapter/adapter_model.safetensors")
