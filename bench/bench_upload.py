@@ -172,7 +172,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             moto = _start_moto(port)
             endpoint, access, secret, kind = f"127.0.0.1:{port}", "bench", "bench-secret", "moto_server"
         bucket = "bench-" + uuid.uuid4().hex[:10]
-        api_key = "tft_bench_" + secrets.token_hex(8)
+        api_key = "tft_bench_" + secrets.token_hex(16)  # keys are at least 32 characters
         env = {
             **os.environ,
             "TEXTFT_HOME": str(work / "home"),

@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import random
+from typing import Any
 
 import pytest
 
-from textft.errors import InvalidArgument
+from textft.errors import InvalidArgument, TextftError
+from textft.v1 import common_pb2, dataset_pb2
 from textft_services.dataset import parsing as p
+from textft_services.dataset import readers
+from textft_services.dataset.digests import DigestTable
 from textft_services.dataset.repository import _read_report_head, write_report
 
 pytestmark = pytest.mark.unit
 
-UNSPEC = p.common_pb2.TASK_UNSPECIFIED
+UNSPEC = common_pb2.TASK_UNSPECIFIED
+TASKS = [UNSPEC, p.CLASSIFICATION, p.GENERATION]
+
+
+def both_paths(data: bytes, options: p.ParseOptions) -> tuple[p.ParseResult, list[dict[str, Any]], list[p.Issue]]:
+    """validate_bytes with options.fast on and off: the shortcuts may only skip
+    work, so the result, the rows and every issue (row, code, message, field)
+    must be the same; a file-level error must be the same error."""
+    outcomes = []
+    for fast in (True, False):
+        options.fast = fast
+        try:
+            outcomes.append(p.validate_bytes(data, options))
+        except TextftError as e:
+            outcomes.append(e)  # type: ignore[arg-type]
+    options.fast = True
+    fast_outcome, general = outcomes
+    if isinstance(fast_outcome, TextftError):
+        assert isinstance(general, TextftError) and (general.reason, str(general)) == (
+            fast_outcome.reason,
+            str(fast_outcome),
+        )
+        raise fast_outcome
+    assert not isinstance(general, TextftError), general
+    assert fast_outcome == general
+    return fast_outcome
 
 
 def run(data: bytes, fmt: int = p.CSV, task: int = UNSPEC, mapping: dict[str, str] | None = None, max_chars: int = 100):
-    """validate_bytes, without RARE_LABEL warnings (these small files are full of
-    single-row labels; test_rare_labels_are_warned checks them)."""
-    result, rows, issues = p.validate_bytes(data, p.ParseOptions(fmt, task, mapping or {}, max_chars))
+    """validate_bytes on both paths (both_paths), without RARE_LABEL warnings (these
+    small files are full of single-row labels; test_rare_labels_are_warned checks them)."""
+    result, rows, issues = both_paths(data, p.ParseOptions(fmt, task, mapping or {}, max_chars))
     rare = [i for i in issues if i.code == "RARE_LABEL"]
     result.stats.warning_count -= len(rare)
     return result, rows, [i for i in issues if i.code != "RARE_LABEL"]
@@ -27,7 +58,7 @@ def run(data: bytes, fmt: int = p.CSV, task: int = UNSPEC, mapping: dict[str, st
 
 def test_rare_labels_and_a_split_without_eval_are_warned() -> None:
     data = b"text,label,split\na,x,train\nb,y,train\nc,x,\nd,z,train\n"
-    result, _, issues = p.validate_bytes(data, p.ParseOptions(p.CSV))
+    result, _, issues = both_paths(data, p.ParseOptions(p.CSV))
     assert [(i.row, i.severity, i.code, i.field) for i in issues] == [
         (2, p.WARNING, "RARE_LABEL", "label"),
         (4, p.WARNING, "RARE_LABEL", "label"),
@@ -274,11 +305,11 @@ def test_file_level_errors(data: bytes, fmt: int, reason: str) -> None:
 
 
 def test_format_inference() -> None:
-    assert p.infer_format(p.dataset_pb2.DATASET_FORMAT_UNSPECIFIED, "x/Data.JSONL") == p.JSONL
-    assert p.infer_format(p.dataset_pb2.DATASET_FORMAT_UNSPECIFIED, "a.tsv") == p.TSV
+    assert p.infer_format(dataset_pb2.DATASET_FORMAT_UNSPECIFIED, "x/Data.JSONL") == p.JSONL
+    assert p.infer_format(dataset_pb2.DATASET_FORMAT_UNSPECIFIED, "a.tsv") == p.TSV
     assert p.infer_format(p.CSV, "a.jsonl") == p.CSV
     with pytest.raises(InvalidArgument) as e:
-        p.infer_format(p.dataset_pb2.DATASET_FORMAT_UNSPECIFIED, "data.txt")
+        p.infer_format(dataset_pb2.DATASET_FORMAT_UNSPECIFIED, "data.txt")
     assert e.value.violations[0].field == "header.format"
 
 
@@ -300,7 +331,7 @@ def test_report_layout_is_json_and_streamable() -> None:
 def test_duplicate_digest_table_grows_and_keeps_first_rows() -> None:
     import random
 
-    table = p._DigestTable(capacity=4)
+    table = DigestTable(capacity=4)
     reference: dict[int, int] = {}
     rng = random.Random(7)
     for row in range(1, 20_000):
@@ -311,11 +342,15 @@ def test_duplicate_digest_table_grows_and_keeps_first_rows() -> None:
             reference[key] = row
     assert len(table) == len(reference) and all(table.get(k) == r for k, r in reference.items())
     # first_or_add(): the same answers in one probe.
-    other = p._DigestTable(capacity=4)
+    other = DigestTable(capacity=4)
     for key, row in reference.items():
         assert other.first_or_add(key, row) == 0
         assert other.first_or_add(key, row + 1) == row
     assert len(other) == len(reference)
+    # A row number past 32 bits widens the row array, through either path.
+    wide = DigestTable(capacity=4)
+    assert wide.first_or_add(3, 1 << 33) == 0 and wide.first_or_add(3, 1) == 1 << 33
+    assert wide.first_or_add(5, 7) == 0 and wide.get(5) == 7
 
 
 @pytest.mark.parametrize(
@@ -348,8 +383,165 @@ def test_simple_line_split_agrees_with_the_csv_module(line: str) -> None:
     import csv
 
     for delimiter in ",\t":
-        mine = p._split_simple(line, delimiter)
+        mine = readers.split_simple(line, delimiter)
         if mine is not None:
             assert mine == next(csv.reader([line], delimiter=delimiter), [])
-    assert p._split_simple('"x, y",pos,r1\n', ",") == ["x, y", "pos", "r1"]
-    assert p._split_simple('"a""b",c\n', ",") is None
+    assert readers.split_simple('"x, y",pos,r1\n', ",") == ["x, y", "pos", "r1"]
+    assert readers.split_simple('"a""b",c\n', ",") is None
+
+
+# ------------------------------------------- the fast and the general path agree
+
+# Cells that hit every row rule from a CSV/TSV: empty and blank text, bad
+# bytes, over-long values, quotes, delimiters and newlines inside fields, label
+# lists good and bad, Clarifai's comma concepts, metadata good and bad, splits.
+_CELLS = [
+    "",
+    " ",
+    "plain",
+    "dup",
+    "a,b",
+    "a\tb",
+    'say "hi"',
+    '"',
+    "x\ny",
+    "x\r\ny",
+    "cr\rinside",
+    "nul\x00byte",
+    "pos|neg",
+    '["a", "b c"]',
+    "[1,",
+    '["a", {}]',
+    "café ünïcode 日本",
+    "emoji 🙂",
+    "\udcff\udcfe",
+    "x" * 41,
+    "é" * 41,
+    "train",
+    "eval",
+    "validation",
+    " TEST ",
+    "bogus",
+    "{}",
+    '{"k": 1}',
+    "{'a': 2}",
+    "{not json",
+    "[]",
+    "1",
+]
+_HEADERS = [
+    ["text", "label"],
+    ["text", "label", "split"],
+    ["text", "labels", "id", "metadata", "split"],
+    ["text", "target"],
+    ["text", "target", "label", "split", "other"],
+    ["input", "concepts", "inputid", "metadata"],
+    ["input.data.text.raw", "input.data.concepts[*].id", "input.id", "input.data.metadata"],
+    ["text"],
+    ["id", "text", "label", "target"],
+]
+
+
+def _random_file(rng: random.Random) -> tuple[bytes, int, int]:
+    """A CSV or TSV file of 0-40 rows from _CELLS, some rows of the wrong width,
+    blank lines, CRLF endings, a BOM, bad bytes; with a random task."""
+    fmt = rng.choice([p.CSV, p.TSV])
+    header = rng.choice(_HEADERS)
+    out = io.StringIO()
+    writer = csv.writer(
+        out,
+        delimiter="," if fmt == p.CSV else "\t",
+        lineterminator=rng.choice(["\n", "\r\n"]),
+        quoting=rng.choice([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]),
+    )
+    writer.writerow(header)
+    for _ in range(rng.randrange(41)):
+        shape = rng.random()
+        if shape < 0.05:
+            out.write("\n")  # a blank line keeps its number
+            continue
+        width = len(header) if shape > 0.1 else rng.choice([0, 1, len(header) + 1])
+        writer.writerow([rng.choice(_CELLS) if rng.random() < 0.6 else f"c{rng.randrange(6)}" for _ in range(width)])
+    data = out.getvalue().encode("utf-8", "surrogateescape")
+    if rng.random() < 0.2:
+        data = b"\xef\xbb\xbf" + data
+    if rng.random() < 0.2:
+        data = data.replace(b"c", b"\xff", 1)  # bytes that are not UTF-8
+    if rng.random() < 0.1:
+        data = data.replace(b",", b'"', 1)  # an unbalanced quote
+    return data, fmt, rng.choice(TASKS)
+
+
+def test_fast_and_general_paths_agree_on_generated_files() -> None:
+    """Seeded random files through both paths (both_paths compares every
+    result, row and issue); the corpus must reach every row rule, so the
+    comparison covers each of them."""
+    rng = random.Random(14)
+    seen: set[str] = set()
+    compared = 0
+    for _ in range(600):
+        data, fmt, task = _random_file(rng)
+        options = p.ParseOptions(fmt, task, {}, max_text_chars=40)
+        try:
+            result, rows, issues = both_paths(data, options)
+        except TextftError:
+            continue
+        compared += 1
+        seen.update(i.code for i in issues)
+        assert len(rows) == result.stats.valid_row_count
+    row_codes = {"BAD_UTF8", "EMPTY_TEXT", "TOO_LONG", "BAD_LABEL", "MISSING_LABEL", "MISSING_TARGET"}
+    row_codes |= {"BAD_METADATA", "BAD_SPLIT", "DUPLICATE", "WRONG_COLUMN_COUNT", "BAD_CSV"}
+    assert row_codes <= seen, row_codes - seen
+    assert compared > 300
+
+
+def test_general_path_reads_every_record_with_the_csv_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fast=False really is the other path: no line takes the simple split."""
+    calls = []
+    real = readers.split_simple
+    monkeypatch.setattr(readers, "split_simple", lambda *a: calls.append(a) or real(*a))
+    data = b'text,label\n"a, b",x\nc,y\n'
+    for fast, expected in ((False, 0), (True, 2)):
+        calls.clear()
+        p.validate_bytes(data, p.ParseOptions(p.CSV, fast=fast))
+        assert len(calls) == expected
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # the seeded generator above still compares the paths
+    pass
+else:
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @given(
+        header=st.sampled_from(_HEADERS),
+        body=st.lists(st.lists(st.sampled_from(_CELLS) | st.text(max_size=12), max_size=6), max_size=15),
+        fmt=st.sampled_from([p.CSV, p.TSV]),
+        task=st.sampled_from(TASKS),
+    )
+    def test_fast_and_general_paths_agree_on_fuzzed_files(
+        header: list[str], body: list[list[str]], fmt: int, task: int
+    ) -> None:
+        out = io.StringIO()
+        writer = csv.writer(out, delimiter="," if fmt == p.CSV else "\t")
+        writer.writerow(header)
+        writer.writerows(body)
+        data = out.getvalue().encode("utf-8", "surrogateescape")
+        try:
+            both_paths(data, p.ParseOptions(fmt, task, {}, max_text_chars=40))
+        except TextftError:
+            pass
+
+
+def test_bad_bytes_after_the_first_block_are_found() -> None:
+    """The bad-byte scan is skipped while the file has read as valid UTF-8: a
+    bad byte past the reader's first block (1 MiB) is still found, on its row."""
+    rows = [f"row {i} caf\u00e9 {'x' * 90},l{i % 3}\n".encode() for i in range(1, 12_001)]
+    rows[11_000] = rows[11_000].replace(b"caf\xc3\xa9", b"caf\xe9")  # latin-1, not UTF-8
+    data = b"text,label\n" + b"".join(rows)
+    assert len(data) > readers.DelimitedReader.BLOCK
+    result, out, issues = both_paths(data, p.ParseOptions(p.CSV, max_text_chars=200))
+    assert [(i.row, i.code) for i in issues] == [(11_001, "BAD_UTF8")]
+    assert result.stats.valid_row_count == 11_999 and out[0]["text"].startswith("row 1 café")
