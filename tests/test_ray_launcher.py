@@ -9,16 +9,9 @@ Skipped where Ray is not installed (pip install 'textft-services[ray]')."""
 from __future__ import annotations
 
 import os
-import queue
 import random
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +25,8 @@ pytest.importorskip("ray", reason="Ray is not installed: pip install 'textft-ser
 from conftest import API_KEY, S3Endpoint, unique_bucket
 from reliability import record
 from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, progressed, states, until, wait_exit, wait_for
+from support.rayhead import RAY_LOOPBACK, RayHead
+from support.rayhead import ray_head as start_ray_head
 
 from textft import Client
 from textft_services.common.config import Settings
@@ -41,84 +36,15 @@ from textft_services.trainer.checkpoints import CHECKPOINT_MARKER
 
 pytestmark = pytest.mark.integration
 
-# Ray picks the machine's network address unless told it is a single machine
-# (the setting Ray uses on laptops): everything stays on 127.0.0.1.
-RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 ATTEMPT = re.compile(r"attempt (\d+) on node (\S+) \(job pid (\d+), ray worker pid (\d+), workdir (\S+)\)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class RayHead:
-    address: str  # the head's GCS, host:port
-    client_address: str  # its Ray Client server, ray://host:port
-    proc: subprocess.Popen[str]
-    started_in: float
 
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[RayHead]:
-    """A Ray head of its own (2 CPUs), its processes in one process group that
-    teardown ends. The temp dir is short: Ray's unix sockets live under it."""
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    port, client_port = _free_port(), _free_port()
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    cmd = [
-        ray_bin,
-        "start",
-        "--head",
-        "--block",
-        f"--port={port}",
-        f"--ray-client-server-port={client_port}",
-        f"--dashboard-agent-listen-port={_free_port()}",  # not the fixed default: heads may run side by side
-        "--num-cpus=2",
-        "--include-dashboard=false",
-        "--object-store-memory=100000000",
-        f"--temp-dir={temp}",
-        "--disable-usage-stats",
-    ]
-    began = time.monotonic()
-    proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, **RAY_LOOPBACK},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    output: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [output.put(line) for line in proc.stdout or ()] + [output.put("")], daemon=True
-    ).start()
-    seen = []
-    try:
-        while True:
-            line = output.get(timeout=120)
-            seen.append(line)
-            if not line:
-                raise AssertionError("ray start exited before the head was up:\n" + "".join(seen[-20:]))
-            if "Ray runtime started" in line:
-                break
-        head = RayHead(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", proc, time.monotonic() - began)
+    """A Ray head of its own (2 CPUs), ended at teardown."""
+    with start_ray_head() as head:
         record("ray launcher", "Ray head start (ray start --head, 2 CPUs), s", f"{head.started_in:.1f}")
         yield head
-    finally:
-        proc.terminate()  # ray start --block stops the processes it started
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of this head only (its own process group)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @dataclass
