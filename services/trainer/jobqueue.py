@@ -93,12 +93,9 @@ class JobQueue:
         host = self.owner.split(":", 1)[0]
         t = schema.jobs
         with self.db.write() as conn:
-            rows = conn.execute(
-                sa.select(t.c.pk, t.c.lease_owner).where(
-                    t.c.kind == KIND, t.c.state == RUNNING, t.c.lease_owner.like(f"{host}:%")
-                )
-            ).all()
-            dead = [row.pk for row in rows if not _alive(row.lease_owner)]
+            rows = conn.execute(sa.select(t.c.pk, t.c.lease_owner).where(t.c.kind == KIND, t.c.state == RUNNING)).all()
+            mine = [row for row in rows if (row.lease_owner or "").split(":", 1)[0] == host]
+            dead = [row.pk for row in mine if not _alive(row.lease_owner)]
             if dead:
                 conn.execute(t.update().where(t.c.pk.in_(dead)).values(lease_expires_at=0.0))
         return len(dead)
