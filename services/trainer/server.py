@@ -87,18 +87,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def EvaluateModelVersion(
         self, request: trainer_pb2.EvaluateModelVersionRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.EvaluateModelVersionResponse:
-        evaluation = self.core.evaluate(request.name, request.dataset_version)
+        evaluation = self.core.evaluations.start(request.name, request.dataset_version)
         return trainer_pb2.EvaluateModelVersionResponse(model_evaluation=evaluation)
 
     def GetModelEvaluation(
         self, request: trainer_pb2.GetModelEvaluationRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.GetModelEvaluationResponse:
-        return trainer_pb2.GetModelEvaluationResponse(model_evaluation=self.core.get_evaluation(request.name))
+        return trainer_pb2.GetModelEvaluationResponse(model_evaluation=self.core.evaluations.get(request.name))
 
     def WatchModelEvaluation(
         self, request: trainer_pb2.WatchModelEvaluationRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.WatchModelEvaluationResponse]:
-        for evaluation in self.core.watch_evaluation(request.name, context.is_active):
+        for evaluation in self.core.evaluations.watch(request.name, context.is_active):
             yield trainer_pb2.WatchModelEvaluationResponse(model_evaluation=evaluation)
 
 

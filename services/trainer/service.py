@@ -37,14 +37,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from google.protobuf import json_format, struct_pb2
 
 from textft import Client
@@ -69,15 +66,14 @@ from ..common.protojson import now, to_dict
 from ..common.rows import require_rows
 from ..common.store import ObjectStore
 from . import checkpoints, configs
+from .evaluations import Evaluations
 from .events import parse_events
 from .jobqueue import Claim, JobQueue, replica_id
 from .launcher import Launcher
+from .records import FINAL, MV, Run, model_prefix, version_prefix
 from .templates import TEMPLATES, get_template
 
 log = logging.getLogger("textft.trainer")
-MV = trainer_pb2.ModelVersion
-ME = trainer_pb2.ModelEvaluation
-FINAL = {MV.STATE_READY, MV.STATE_FAILED, MV.STATE_CANCELLED}
 FLUSH_FIRST_DELAY = 0.5  # seconds before the flusher retries a failed write; doubles up to FLUSH_MAX_DELAY
 FLUSH_MAX_DELAY = 10.0
 CLAIM_POLL_SECONDS = 1.0  # how often an idle worker asks the database for a job (sooner when woken)
@@ -94,91 +90,9 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
-def _model_prefix(model: str) -> str:
-    return f"models/{model}"
-
-
 def _caller_app() -> str:
     caller = current_caller()
     return caller.app if caller is not None else schema.DEFAULT_APP
-
-
-def _version_prefix(name: names.ModelVersionName) -> str:
-    return f"models/{name.model}/versions/{name.version}"
-
-
-@dataclass
-class Run:
-    """A live training run: its current record, events, and watchers' condition.
-
-    Watchers see events[:published]: an event that is persisted is published
-    once its write was attempted, so a watcher that sees the final state finds
-    it in the store too (unless the store is down: then the run is dirty and
-    the flusher writes it when the store returns)."""
-
-    version: trainer_pb2.ModelVersion
-    events: list[trainer_pb2.ModelVersionEvent] = field(default_factory=list)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    handle: Any = None
-    cancel_requested: bool = False
-    published: int = -1
-    # Store writes of this run, one at a time, each with the newest snapshot.
-    persist_lock: threading.Lock = field(default_factory=threading.Lock)
-    dirty: bool = False  # memory is ahead of the store (a write failed)
-    latest_ready_pending: bool = False  # model.json's latest_ready_version still to be written
-    failed_writes: int = 0
-    app: str = schema.DEFAULT_APP  # whose quota the run counts against
-    time_limited: bool = False  # stopped for running past TEXTFT_TRAINER_JOB_MAX_SECONDS
-    lease_lost: bool = False  # another replica took the job over: this one stops, writing nothing
-    claimed: bool = False  # this replica holds its job's lease (else: queued here, not yet claimed)
-
-    def __post_init__(self) -> None:
-        if self.published < 0:
-            self.published = len(self.events)
-
-    @property
-    def final(self) -> bool:
-        return self.version.state in FINAL
-
-
-@dataclass
-class EvaluationRun:
-    """A live evaluation: its record, the job's handle, and watchers' condition."""
-
-    evaluation: trainer_pb2.ModelEvaluation
-    prefix: str  # models/{model}/versions/{version}/evaluations/{evaluation}
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    handle: Any = None
-    changes: int = 0  # bumped on every update, so watchers notice each one
-
-    def update(self, **fields: Any) -> None:
-        with self.cond:
-            for key, value in fields.items():
-                if isinstance(value, (common_pb2.Progress, common_pb2.Failure, trainer_pb2.Evaluation)):
-                    getattr(self.evaluation, key).CopyFrom(value)
-                else:
-                    setattr(self.evaluation, key, value)
-            if fields.get("state") == ME.STATE_SUCCEEDED:
-                self.evaluation.progress.percent_completed = 100.0
-                self.evaluation.progress.ClearField("time_remaining")
-            self.evaluation.update_time.CopyFrom(now())
-            self.changes += 1
-            self.cond.notify_all()
-
-    def snapshot(self) -> trainer_pb2.ModelEvaluation:
-        with self.cond:
-            return trainer_pb2.ModelEvaluation().FromString(self.evaluation.SerializeToString())
-
-
-def _parse_evaluation(name: str) -> tuple[names.ModelVersionName, str]:
-    """models/{model}/versions/{version}/evaluations/{evaluation}, checked."""
-    version, sep, evaluation_id = name.rpartition("/evaluations/")
-    if not sep or not re.fullmatch(r"e[0-9]{1,24}", evaluation_id):
-        raise InvalidArgument.for_field(
-            "name",
-            f"{name[:200]!r} is not an evaluation name: models/{{model}}/versions/{{version}}/evaluations/{{id}}",
-        )
-    return names.parse_model_version(version, "name"), evaluation_id
 
 
 class TrainerCore:
@@ -197,7 +111,7 @@ class TrainerCore:
         self.launcher = launcher
         self.datasets = datasets or Client(dataset_target=settings.dataset_addr, api_key=settings.service_key)
         self.runs: dict[str, Run] = {}
-        self.evaluation_runs: dict[str, EvaluationRun] = {}
+        self.evaluations = Evaluations(self)
         self.lock = threading.Lock()
         self.jobs = JobQueue(self.database, replica_id(), settings.trainer_lease_seconds)
         self._wakeup = threading.Event()  # a job was queued here: idle workers claim now
@@ -205,7 +119,7 @@ class TrainerCore:
             threading.Thread(target=self._worker_loop, name=f"train-{i}", daemon=True)
             for i in range(max(1, settings.trainer_concurrency))
         ]
-        self._stopping = False
+        self.stopping = False
         self._stop = threading.Event()
         self._flush_wakeup = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="store-flusher", daemon=True)
@@ -226,14 +140,11 @@ class TrainerCore:
     def shutdown(self, timeout: float = 20.0) -> None:
         """Stops running jobs and leaves their versions as they are in the
         store, for the next start to resume (or fail) them."""
-        self._stopping = True
+        self.stopping = True
         for run in list(self.runs.values()):
             if run.handle is not None and not run.final:
                 run.handle.terminate()
-        for evaluation in list(self.evaluation_runs.values()):
-            with evaluation.cond:
-                if evaluation.handle is not None:
-                    evaluation.handle.terminate()
+        self.evaluations.stop()
         self._wakeup.set()
         deadline = time.monotonic() + timeout
         for t in self.threads:
@@ -284,7 +195,7 @@ class TrainerCore:
         if version.state in FINAL:
             self.jobs.finish(claim.target)
             return None
-        prefix = _version_prefix(names.parse_model_version(version.name))
+        prefix = version_prefix(names.parse_model_version(version.name))
         run = Run(version, events=self._stored_events(prefix), app=claim.app, claimed=True)
         with self.lock:
             self.runs[version.name] = run
@@ -357,7 +268,7 @@ class TrainerCore:
         model_id = names.check_id(request.model_id, "model_id")
         if request.task not in TASK_NAMES:
             raise InvalidArgument.for_field("task", "must be TASK_TEXT_CLASSIFICATION or TASK_TEXT_GENERATION")
-        key = f"{_model_prefix(model_id)}/model.json"
+        key = f"{model_prefix(model_id)}/model.json"
         with self.lock:
             if self.store.exists(key):
                 raise AlreadyExists(f"model models/{model_id} already exists", reason="MODEL_EXISTS")
@@ -386,7 +297,7 @@ class TrainerCore:
     def get_model(self, name: str, field_name: str = "name") -> trainer_pb2.Model:
         model_id = names.parse_model(name, field_name)
         try:
-            data = self.store.get_json(f"{_model_prefix(model_id)}/model.json")
+            data = self.store.get_json(f"{model_prefix(model_id)}/model.json")
         except NotFound:
             raise NotFound(f"model {name} not found", reason="MODEL_NOT_FOUND") from None
         return json_format.ParseDict(data, trainer_pb2.Model(), ignore_unknown_fields=True)
@@ -407,24 +318,26 @@ class TrainerCore:
             if run_name.startswith(model.name + "/"):
                 with run.persist_lock:  # a write in progress ends first; none starts after (see _persist_events)
                     self.runs.pop(run_name, None)
-        self.store.delete_prefix(_model_prefix(model_id) + "/")
+        self.store.delete_prefix(model_prefix(model_id) + "/")
 
     # ---- versions ----
     def _load_version_key(self, key: str) -> trainer_pb2.ModelVersion:
         return json_format.ParseDict(self.store.get_json(key), trainer_pb2.ModelVersion(), ignore_unknown_fields=True)
 
-    def _save_version(self, version: trainer_pb2.ModelVersion) -> None:
+    def save_version(self, version: trainer_pb2.ModelVersion) -> None:
         name = names.parse_model_version(version.name)
-        self.store.put_json(f"{_version_prefix(name)}/version.json", to_dict(version))
+        self.store.put_json(f"{version_prefix(name)}/version.json", to_dict(version))
 
     def get_version(self, name: str, field_name: str = "name") -> trainer_pb2.ModelVersion:
         parsed = names.parse_model_version(name, field_name)
         run = self.runs.get(str(parsed))
-        if run is not None:
+        # A live run from memory; a finished one from the store (an evaluation on
+        # another replica may have added to it), unless the store is behind.
+        if run is not None and (not run.final or run.dirty):
             with run.cond:
                 return trainer_pb2.ModelVersion().FromString(run.version.SerializeToString())
         try:
-            return self._load_version_key(f"{_version_prefix(parsed)}/version.json")
+            return self._load_version_key(f"{version_prefix(parsed)}/version.json")
         except NotFound:
             raise NotFound(f"model version {name} not found", reason="MODEL_VERSION_NOT_FOUND") from None
 
@@ -435,7 +348,7 @@ class TrainerCore:
         versions = [self.get_version(k[: -len("/version.json")]) for k in keys]
         return sorted(versions, key=lambda v: names.version_sort_key(v.name.rsplit("/", 1)[1]), reverse=True)
 
-    def _resolve_dataset(self, name: str, task: int) -> tuple[dataset_pb2.DatasetVersion, list[common_pb2.RowIssue]]:
+    def resolve_dataset(self, name: str, task: int) -> tuple[dataset_pb2.DatasetVersion, list[common_pb2.RowIssue]]:
         """Through DatasetService's public RPCs, like any client."""
         names.parse_dataset_version(name, "dataset_version")
         try:
@@ -479,14 +392,14 @@ class TrainerCore:
             if request.HasField(section)
         }
         resolved = configs.validate(configs.merge(template.defaults(), overrides), self.settings.base_models_allowed)
-        dataset, issues = self._resolve_dataset(request.dataset_version, model.task)
+        dataset, issues = self.resolve_dataset(request.dataset_version, model.task)
 
         model_id = model.name.split("/")[1]
         app = _caller_app()
         with self.lock:
             self._admit(app)
             name = names.ModelVersionName(model_id, self._allocate_version(model_id))
-            prefix = _version_prefix(name)
+            prefix = version_prefix(name)
             version = trainer_pb2.ModelVersion(
                 name=str(name),
                 task=model.task,
@@ -523,7 +436,7 @@ class TrainerCore:
                 output_prefix=prefix,
             )
             self.store.put_json(f"{prefix}/job.json", to_dict(spec))
-            self._save_version(version)
+            self.save_version(version)
             run = Run(version, app=app)
             self.runs[str(name)] = run
         self._event(run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=MV.STATE_QUEUED, message="queued")
@@ -605,178 +518,13 @@ class TrainerCore:
     def _cancel_stored(self, name: str) -> None:
         """CANCELLED for a queued version no replica holds: its record and events in the store."""
         version = self._load_version_key(f"{name}/version.json")
-        prefix = _version_prefix(names.parse_model_version(name))
+        prefix = version_prefix(names.parse_model_version(name))
         run = Run(version, events=self._stored_events(prefix))
         with self.lock:
             self.runs[name] = run
         self._finish(
             run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled before it started")
         )
-
-    # ---- evaluation ----
-    def evaluate(self, name: str, dataset_version: str) -> trainer_pb2.ModelEvaluation:
-        """Starts the evaluation job of a READY version on a dataset version
-        and returns the evaluation, RUNNING; a thread follows the job (see
-        _run_evaluation)."""
-        version = self.get_version(name)
-        if version.state != MV.STATE_READY:
-            raise FailedPrecondition(
-                f"model version {version.name} is {MV.State.Name(version.state)}; only READY versions can be evaluated",
-                reason="MODEL_VERSION_NOT_READY",
-            )
-        if not dataset_version:
-            raise InvalidArgument.for_field("dataset_version", "required: datasets/{dataset}/versions/{version}")
-        dataset, _ = self._resolve_dataset(dataset_version, version.task)
-        parsed = names.parse_model_version(version.name)
-        prefix = _version_prefix(parsed)
-        evaluation_id = f"e{time.time_ns()}"
-        spec = json_format.ParseDict(
-            self.store.get_json(f"{prefix}/job.json"), job_pb2.TrainingJobSpec(), ignore_unknown_fields=True
-        )
-        spec.evaluation.CopyFrom(
-            job_pb2.EvaluationTarget(
-                dataset_version=dataset.name or dataset_version, rows_manifest_object=dataset.rows_manifest_object
-            )
-        )
-        evaluation = trainer_pb2.ModelEvaluation(
-            name=f"{version.name}/evaluations/{evaluation_id}",
-            dataset_version=dataset.name or dataset_version,
-            state=ME.STATE_RUNNING,
-            create_time=now(),
-            update_time=now(),
-        )
-        run = EvaluationRun(evaluation, f"{prefix}/evaluations/{evaluation_id}")
-        with self.lock:
-            running = sum(1 for r in self.evaluation_runs.values() if r.evaluation.state == ME.STATE_RUNNING)
-            limit = self.settings.trainer_max_evaluations
-            if limit > 0 and running >= limit:
-                raise ResourceExhausted(
-                    f"{running} evaluations are running, the most at once (TEXTFT_TRAINER_MAX_EVALUATIONS={limit}); "
-                    "retry when one ends",
-                    reason="EVALUATIONS_BUSY",
-                )
-            self.evaluation_runs[evaluation.name] = run
-        try:
-            self.store.put_json(f"{run.prefix}/job.json", to_dict(spec))
-            self.store.put_json(f"{run.prefix}/evaluation.json", to_dict(evaluation))
-        except BaseException:
-            with self.lock:
-                self.evaluation_runs.pop(evaluation.name, None)
-            raise
-        workdir = self.settings.trainer_workdir / parsed.model / parsed.version / evaluation_id
-        thread = threading.Thread(
-            target=self._run_evaluation, args=(run, version.name, prefix, workdir), name="evaluation", daemon=True
-        )
-        thread.start()
-        return run.snapshot()
-
-    def _run_evaluation(self, run: EvaluationRun, version_name: str, prefix: str, workdir: Any) -> None:
-        """Runs the evaluation job to its end and records how it ended."""
-        evaluation: trainer_pb2.Evaluation | None = None
-        failure = common_pb2.Failure()
-        code: int | None = None
-        try:
-            with run.cond:
-                if self._stopping:
-                    raise RuntimeError("the trainer is shutting down")
-                env = self.settings.job_environment(dict(os.environ))
-                run.handle = self.launcher.start(f"{run.prefix}/job.json", workdir, env, distributed=False)
-            for event in parse_events(run.handle.lines()):
-                if event.HasField("progress"):
-                    run.update(progress=event.progress.progress)
-                elif event.HasField("evaluation"):
-                    evaluation = event.evaluation
-                elif event.HasField("failure"):
-                    failure = event.failure
-            code = run.handle.wait()
-            if evaluation is not None and code == 0:
-                self._store_evaluation(version_name, prefix, evaluation)
-        except Exception:
-            log.exception("evaluation %s failed in the trainer service", run.evaluation.name)
-            code = None
-        if evaluation is not None and code == 0:
-            run.update(state=ME.STATE_SUCCEEDED, result=evaluation)
-        elif failure.reason == "EVALUATION_NO_USABLE_ROWS":
-            run.update(state=ME.STATE_FAILED, failure=failure, error_code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
-        elif self._stopping:
-            interrupted = common_pb2.Failure(
-                reason="EVALUATION_INTERRUPTED", message="the trainer shut down during the evaluation; start it again"
-            )
-            run.update(state=ME.STATE_FAILED, failure=interrupted, error_code=grpc.StatusCode.ABORTED.value[0])
-        else:
-            log.error("evaluation %s ended with exit code %s: %s", run.evaluation.name, code, failure.message)
-            broken = common_pb2.Failure(
-                reason="EVALUATION_FAILED", message="the evaluation process failed; see the trainer's log"
-            )
-            run.update(state=ME.STATE_FAILED, failure=broken, error_code=grpc.StatusCode.INTERNAL.value[0])
-        try:
-            self.store.put_json(f"{run.prefix}/evaluation.json", to_dict(run.snapshot()))
-            self.store.delete(f"{run.prefix}/job.json")
-        except Exception:
-            log.exception("could not store evaluation %s; it is kept in memory", run.evaluation.name)
-
-    def get_evaluation(self, name: str) -> trainer_pb2.ModelEvaluation:
-        parsed = _parse_evaluation(name)
-        with self.lock:
-            run = self.evaluation_runs.get(name)
-        if run is not None:
-            return run.snapshot()
-        version_prefix = _version_prefix(parsed[0])
-        try:
-            data = self.store.get_json(f"{version_prefix}/evaluations/{parsed[1]}/evaluation.json")
-        except NotFound:
-            raise NotFound(f"evaluation {name} not found", reason="EVALUATION_NOT_FOUND") from None
-        evaluation = json_format.ParseDict(data, trainer_pb2.ModelEvaluation(), ignore_unknown_fields=True)
-        if evaluation.state == ME.STATE_RUNNING:  # its trainer stopped before it ended
-            evaluation.state = ME.STATE_FAILED
-            evaluation.failure.CopyFrom(
-                common_pb2.Failure(
-                    reason="EVALUATION_INTERRUPTED",
-                    message="the trainer restarted during the evaluation; start it again",
-                )
-            )
-            evaluation.error_code = grpc.StatusCode.ABORTED.value[0]
-        return evaluation
-
-    def watch_evaluation(self, name: str, is_active: Callable[[], bool]) -> Iterator[trainer_pb2.ModelEvaluation]:
-        """The evaluation now, then after each change, until it is done or the client leaves."""
-        _parse_evaluation(name)
-        with self.lock:
-            run = self.evaluation_runs.get(name)
-        if run is None:  # not of this process: as stored, already final
-            yield self.get_evaluation(name)
-            return
-        with run.cond:
-            seen = run.changes
-            snapshot = trainer_pb2.ModelEvaluation().FromString(run.evaluation.SerializeToString())
-        yield snapshot
-        while snapshot.state == ME.STATE_RUNNING and is_active():
-            with run.cond:
-                if run.changes == seen:
-                    run.cond.wait(timeout=1.0)  # wakes to notice a departed client
-                    continue
-                seen = run.changes
-                snapshot = trainer_pb2.ModelEvaluation().FromString(run.evaluation.SerializeToString())
-            yield snapshot
-
-    def _store_evaluation(self, name: str, prefix: str, evaluation: trainer_pb2.Evaluation) -> None:
-        """Latest evaluation per dataset version, on the version and in metrics.json."""
-        with self.lock:
-            run = self.runs.get(name)
-            version = run.version if run is not None else self.get_version(name)
-            cond = run.cond if run is not None else threading.Condition()
-            with cond:
-                kept = [e for e in version.evaluations if e.dataset_version != evaluation.dataset_version]
-                del version.evaluations[:]
-                version.evaluations.extend([*kept, evaluation])
-                snapshot = trainer_pb2.ModelVersion().FromString(version.SerializeToString())
-            self._save_version(snapshot)
-            try:
-                metrics = self.store.get_json(f"{prefix}/metrics.json")
-            except NotFound:
-                metrics = {}
-            metrics.setdefault("evaluations", {})[evaluation.dataset_version] = to_dict(evaluation)
-            self.store.put_json(f"{prefix}/metrics.json", metrics)
 
     # ---- events ----
     def _append(self, run: Run, **fields: Any) -> trainer_pb2.ModelVersionEvent:
@@ -811,14 +559,14 @@ class TrainerCore:
                 lines = [json.dumps(to_dict(e)) for e in run.events]
                 version = trainer_pb2.ModelVersion().FromString(run.version.SerializeToString())
                 latest_ready = run.latest_ready_pending
-            prefix = _version_prefix(names.parse_model_version(version.name))
+            prefix = version_prefix(names.parse_model_version(version.name))
             try:
                 if latest_ready:
                     self._write_latest_ready(version.name)
                 self.store.put_bytes(
                     f"{prefix}/events.jsonl", ("\n".join(lines) + "\n").encode(), "application/x-ndjson"
                 )
-                self._save_version(version)
+                self.save_version(version)
             except (Unavailable, OSError) as exc:
                 self._persist_failed(run, exc)
                 return False
@@ -934,7 +682,7 @@ class TrainerCore:
         store, where the owner persists them."""
         version = self.get_version(name)
         index = max(0, from_sequence)
-        prefix = _version_prefix(names.parse_model_version(version.name))
+        prefix = version_prefix(names.parse_model_version(version.name))
         while True:
             with self.lock:
                 run = self.runs.get(version.name)
@@ -979,7 +727,7 @@ class TrainerCore:
 
     # ---- the queue ----
     def _worker_loop(self) -> None:
-        while not self._stopping:
+        while not self.stopping:
             try:
                 claim = self.jobs.claim()
             except Exception:
@@ -990,7 +738,7 @@ class TrainerCore:
                 if self._wakeup.wait(CLAIM_POLL_SECONDS):
                     self._wakeup.clear()
                 continue
-            if self._stopping:
+            if self.stopping:
                 self.jobs.release(claim.target)
                 return
             run = None
@@ -1052,11 +800,11 @@ class TrainerCore:
 
     def _run_job(self, run: Run) -> None:
         name = names.parse_model_version(run.version.name)
-        prefix = _version_prefix(name)
+        prefix = version_prefix(name)
         workdir = self.settings.trainer_workdir / name.model / name.version
         env = self.settings.job_environment(dict(os.environ))
         with run.cond:
-            if run.cancel_requested or run.final or self._stopping:
+            if run.cancel_requested or run.final or self.stopping:
                 return
             run.handle = self.launcher.start(f"{prefix}/job.json", workdir, env)
         if run.handle.describe():
@@ -1119,7 +867,7 @@ class TrainerCore:
                 if self.runs.get(run.version.name) is run:
                     self.runs.pop(run.version.name)
             return
-        if self._stopping and not run.cancel_requested:
+        if self.stopping and not run.cancel_requested:
             # Not the job's fault: the version stays as it is in the store and
             # the next replica to claim it resumes it from its last checkpoint.
             self._event(
