@@ -20,7 +20,14 @@ from pathlib import Path
 
 # Ray picks the machine's network address unless told it is a single machine
 # (the setting Ray uses on laptops): everything stays on 127.0.0.1.
-RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+RAY_LOOPBACK = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # The head's Ray Client proxy gives each client a server process of its own and
+    # waits 30 s for it to answer; on 2 busy cores its start (a Python process
+    # importing Ray) took longer, and the trainer's connect failed.
+    "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180",
+}
 
 
 def _free_port() -> int:
