@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from textft import Client
-from textft.errors import DeadlineExceeded, Unavailable
+from textft.errors import Cancelled, DeadlineExceeded, Unavailable
 from textft.v1 import dataset_pb2, dataset_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from textft_services.common.bootstrap import Running, start_server
 from textft_services.common.config import Settings
@@ -40,6 +40,11 @@ class FlakyDatasets(dataset_pb2_grpc.DatasetServiceServicer):
         if self._count("GetDataset") <= self.failures:
             raise Unavailable("warming up, try again")
         return dataset_pb2.GetDatasetResponse(dataset=dataset_pb2.Dataset(name=request.name))
+
+    def GetValidationReport(self, request, context):
+        if self._count("GetValidationReport") <= self.failures:
+            raise Cancelled("CANCELLED")  # what a stopping server answers the calls it had queued
+        return dataset_pb2.GetValidationReportResponse()
 
     def CreateDataset(self, request, context):
         self._count("CreateDataset")
@@ -80,6 +85,13 @@ def test_idempotent_call_is_retried_after_unavailable(flaky) -> None:
         dataset = client.get_dataset("datasets/reviews")
     assert dataset.name == "datasets/reviews"
     assert servicer.calls["GetDataset"] == 2  # one UNAVAILABLE, then the answer
+
+
+def test_a_blocking_call_the_server_cancelled_is_retried(flaky) -> None:
+    servicer, running = flaky
+    with _client(running) as client:
+        client.get_validation_report("datasets/reviews/versions/v1")
+    assert servicer.calls["GetValidationReport"] == 2  # one CANCELLED, then the answer
 
 
 def test_non_idempotent_call_is_not_retried(flaky) -> None:

@@ -237,14 +237,18 @@ class Client:
         self, method: Callable[..., T], request: Any, *, idempotent: bool = True, timeout: float | None = None
     ) -> T:
         """Calls a unary RPC with auth, a deadline, and retries with jittered
-        backoff on UNAVAILABLE for idempotent calls. Raises TextftError."""
+        backoff on UNAVAILABLE for idempotent calls. Raises TextftError.
+
+        CANCELLED is retried too: this call blocks, so its caller cannot have
+        cancelled it; the server (stopping, its queued calls dropped) or a proxy did."""
         attempt = 0
         while True:
             try:
                 return method(request, metadata=self.metadata, timeout=timeout or self.timeout)
             except grpc.RpcError as err:
                 error = from_rpc_error(err)
-                retry = idempotent and err.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
+                transient = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                retry = idempotent and transient and attempt < self.retries
                 if not retry:
                     raise error from None
                 attempt += 1
