@@ -19,6 +19,7 @@ from reliability import HEAVY, record
 from support.databases import fresh_postgres_database
 
 from textft import Client
+from textft.cli.output import all_pages
 from textft.v1 import dataset_pb2
 from textft_services.stack import ServiceProcess, start_service
 
@@ -95,11 +96,6 @@ def test_a_dataset_created_again_never_reuses_a_version_number(replicas: list[Cl
 
 
 def _all_versions(client: Client, parent: str) -> list[dataset_pb2.DatasetVersion]:
-    versions: list[dataset_pb2.DatasetVersion] = []
-    token = ""
-    while True:
-        page = client.list_dataset_versions(parent, page_size=100, page_token=token)
-        versions += page.dataset_versions
-        token = page.next_page_token
-        if not token:
-            return versions
+    return all_pages(
+        lambda token: client.list_dataset_versions(parent, page_size=100, page_token=token), "dataset_versions"
+    )[0]

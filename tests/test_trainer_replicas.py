@@ -24,6 +24,7 @@ from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, progressed, state
 from support.databases import fresh_postgres_database
 
 from textft import Client
+from textft.cli.output import all_pages
 from textft.v1 import trainer_pb2
 from textft_services.common.config import Settings
 from textft_services.common.store import S3Store
@@ -107,15 +108,10 @@ def _owner_pid(database: str, target: str) -> int | None:
     return int(owner.split(":")[1]) if owner else None
 
 
-def _versions(client: Client, model: str) -> list[trainer_pb2.ModelVersion]:
-    versions: list[trainer_pb2.ModelVersion] = []
-    token = ""
-    while True:
-        page = client.list_model_versions(model, page_size=100, page_token=token)
-        versions += page.model_versions
-        token = page.next_page_token
-        if not token:
-            return versions
+def _versions(client: Client, parent: str) -> list[trainer_pb2.ModelVersion]:
+    return all_pages(
+        lambda token: client.list_model_versions(parent, page_size=100, page_token=token), "model_versions"
+    )[0]
 
 
 def _model(client: Client) -> str:

@@ -476,14 +476,7 @@ class TrainerCore:
             return self.get_version(name)
         outcome = self.jobs.request_cancel(version.name)
         if outcome == "queued":  # nobody runs it: record the cancel here
-            if run is not None and not run.final:
-                self._finish(
-                    run,
-                    MV.STATE_CANCELLED,
-                    common_pb2.Failure(reason="CANCELLED", message="cancelled before it started"),
-                )
-            else:
-                self._cancel_stored(version.name)
+            self._cancel_unstarted(run if run is not None and not run.final else self._stored_run(version.name))
         elif outcome == "running":  # another replica runs it: a copy here is stale
             self._forget(version.name)
         else:
@@ -511,20 +504,20 @@ class TrainerCore:
         if handle is not None:
             handle.terminate()  # the worker thread records CANCELLED when the child exits
         else:
-            self._finish(
-                run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled before it started")
-            )
+            self._cancel_unstarted(run)
 
-    def _cancel_stored(self, name: str) -> None:
-        """CANCELLED for a queued version no replica holds: its record and events in the store."""
+    def _cancel_unstarted(self, run: Run) -> None:
+        failure = common_pb2.Failure(reason="CANCELLED", message="cancelled before it started")
+        self._finish(run, MV.STATE_CANCELLED, failure)
+
+    def _stored_run(self, name: str) -> Run:
+        """A queued version no replica holds, from its record and events in the store."""
         version = self._load_version_key(f"{name}/version.json")
         prefix = version_prefix(names.parse_model_version(name))
         run = Run(version, events=self._stored_events(prefix))
         with self.lock:
             self.runs[name] = run
-        self._finish(
-            run, MV.STATE_CANCELLED, common_pb2.Failure(reason="CANCELLED", message="cancelled before it started")
-        )
+        return run
 
     # ---- events ----
     def _append(self, run: Run, **fields: Any) -> trainer_pb2.ModelVersionEvent:
