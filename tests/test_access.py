@@ -150,3 +150,105 @@ def test_audit_log_pages_newest_first(db: Database) -> None:
     assert token and not last
     with pytest.raises(InvalidArgument):
         audit.list("default", page_token="not-a-token")
+
+
+# ---- apps: the tenancy policy and the apps table ----
+SERVICE = Principal(access.SERVICE_PRINCIPAL, "default", ROLE.ROLE_PREDICTOR, any_app=True)
+PLATFORM_ADMIN = Principal("root", "default", ROLE.ROLE_ADMIN)
+B_ADMIN = Principal("b-admin", "team-b", ROLE.ROLE_ADMIN)
+
+
+def _request_types() -> dict[str, object]:
+    """Every textft.v1 and Open Inference Protocol RPC's request descriptor."""
+    from textft.oip.v2 import open_inference_grpc_pb2 as oip_pb2
+
+    return {
+        f"/{service.full_name}/{m.name}": m.input_type
+        for module in (access_pb2, dataset_pb2, trainer_pb2, inference_pb2, oip_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for m in service.methods
+    }
+
+
+def test_the_policy_reads_every_field_that_names_a_resource() -> None:
+    """Derived from the descriptors: a request field that looks like a resource
+    reference (name, parent, *_version, app, model_name) and is not read by the
+    policy fails here, so a new RPC cannot slip past it."""
+    looks_like_a_name = re.compile(r"name|parent|app|model_name|dataset_version|model_version")
+    skipped = []
+    for method, descriptor in _request_types().items():
+        read = {path[-1] for path in access._reference_paths(descriptor)}
+        oip = method.startswith("/inference.")
+        for field in descriptor.fields:
+            if field.type != field.TYPE_STRING or field.label == field.LABEL_REPEATED:
+                continue
+            version_number = oip and field.name == "model_version"  # OIP: a version number, not a name
+            if looks_like_a_name.fullmatch(field.name) and field.name not in read and not version_number:
+                skipped.append(f"{method}.{field.name}")
+    assert skipped == []
+    upload = access._reference_paths(dataset_pb2.UploadDatasetVersionRequest.DESCRIPTOR)
+    assert ("header", "parent") in upload  # nested in the first message of the stream
+
+
+def test_another_apps_names_are_not_found_worded_as_a_missing_resource() -> None:
+    method = "/textft.v1.DatasetService/GetDatasetVersion"
+    request = dataset_pb2.GetDatasetVersionRequest(name="apps/team-a/datasets/d/versions/v1")
+    with pytest.raises(NotFound) as err:
+        access.check_apps(B_ADMIN, method, request)
+    assert err.value.message == "dataset version apps/team-a/datasets/d/versions/v1 not found"
+    assert err.value.reason == "DATASET_VERSION_NOT_FOUND"
+    access.check_apps(B_ADMIN, method, dataset_pb2.GetDatasetVersionRequest(name="apps/team-b/datasets/d/versions/v1"))
+    access.check_apps(SERVICE, method, request)  # the services act in every app
+    with pytest.raises(NotFound):  # short names are the default app's
+        access.check_apps(B_ADMIN, method, dataset_pb2.GetDatasetVersionRequest(name="datasets/d/versions/v1"))
+    with pytest.raises(NotFound):  # a platform admin outside the app-management RPCs is a caller like any other
+        access.check_apps(PLATFORM_ADMIN, method, request)
+    access.check_apps(PLATFORM_ADMIN, "/textft.v1.AccessService/GetApp", access_pb2.GetAppRequest(name="apps/team-a"))
+    with pytest.raises(NotFound) as err:
+        access.check_apps(B_ADMIN, "/textft.v1.AccessService/GetApp", access_pb2.GetAppRequest(name="apps/team-a"))
+    assert err.value.reason == "APP_NOT_FOUND"
+    # Cross-references: a version of B's model trained on A's data.
+    train = trainer_pb2.CreateModelVersionRequest(
+        parent="apps/team-b/models/m", dataset_version="apps/team-a/datasets/d/versions/v1"
+    )
+    with pytest.raises(NotFound):
+        access.check_apps(B_ADMIN, "/textft.v1.TrainerService/CreateModelVersion", train)
+    with pytest.raises(NotFound) as err:
+        access.check_apps(B_ADMIN, "/textft.v1.AccessService/ListApiKeys", access_pb2.ListApiKeysRequest(app="team-a"))
+    assert err.value.message == "app apps/team-a not found"
+    upload = dataset_pb2.UploadDatasetVersionRequest(header=dataset_pb2.UploadHeader(parent="apps/team-a/datasets/d"))
+    with pytest.raises(NotFound):
+        access.check_apps(B_ADMIN, "/textft.v1.DatasetService/UploadDatasetVersion", upload)
+    access.check_apps(
+        B_ADMIN, "/textft.v1.DatasetService/UploadDatasetVersion", dataset_pb2.UploadDatasetVersionRequest(chunk=b"x")
+    )
+
+
+def test_platform_admins_are_the_default_apps_admins() -> None:
+    assert PLATFORM_ADMIN.may(Permission.PLATFORM)
+    assert not B_ADMIN.may(Permission.PLATFORM) and not SERVICE.may(Permission.PLATFORM)
+    assert not Principal("e", "default", ROLE.ROLE_EDITOR).may(Permission.PLATFORM)
+    perms = access.METHOD_PERMISSIONS
+    assert {perms[f"/textft.v1.AccessService/{m}"] for m in ("CreateApp", "ListApps", "DeleteApp")} == {
+        Permission.PLATFORM
+    }
+
+
+def test_apps_are_created_listed_and_deleted_with_their_keys(db: Database) -> None:
+    apps, keys = access.Apps(db), ApiKeys(db)
+    created = apps.create("team-a", "the A team")
+    assert created.name == "apps/team-a" and created.description == "the A team"
+    assert [a.name for a in apps.list()] == ["apps/default", "apps/team-a"]  # the default app is always there
+    assert apps.get("team-a") == created
+    with pytest.raises(access.AlreadyExists):
+        apps.create("team-a")
+    with pytest.raises(InvalidArgument):
+        apps.create("Team A")
+    _, secret = keys.create("team-a", "alice", ROLE.ROLE_ADMIN)
+    apps.delete("team-a")
+    assert keys.list("team-a") == [] and KeyRing((BOOT,), db).resolve(secret) is None
+    with pytest.raises(NotFound) as err:
+        apps.get("team-a")
+    assert err.value.reason == "APP_NOT_FOUND"
+    with pytest.raises(access.FailedPrecondition):
+        apps.delete("default")

@@ -52,11 +52,23 @@ def test_long_invalid_id_is_shortened_in_the_message() -> None:
 
 
 PARSERS = [
-    (names.parse_dataset, "datasets/reviews", "reviews"),
+    (names.parse_dataset, "datasets/reviews", names.DatasetName("reviews")),
     (names.parse_dataset_version, "datasets/reviews/versions/v2", names.DatasetVersionName("reviews", "v2")),
-    (names.parse_model, "models/sentiment", "sentiment"),
+    (names.parse_model, "models/sentiment", names.ModelName("sentiment")),
     (names.parse_model_version, "models/sentiment/versions/v1", names.ModelVersionName("sentiment", "v1")),
-    (names.parse_template, "templates/gpt-neo-125m-lora", "gpt-neo-125m-lora"),
+    (names.parse_dataset, "apps/team-a/datasets/reviews", names.DatasetName("reviews", "team-a")),
+    (
+        names.parse_dataset_version,
+        "apps/team-a/datasets/reviews/versions/v2",
+        names.DatasetVersionName("reviews", "v2", "team-a"),
+    ),
+    (names.parse_model, "apps/team-a/models/sentiment", names.ModelName("sentiment", "team-a")),
+    (
+        names.parse_model_version,
+        "apps/team-a/models/sentiment/versions/v1",
+        names.ModelVersionName("sentiment", "v1", "team-a"),
+    ),
+    (names.parse_app, "apps/team-a", names.AppName("team-a")),
 ]
 
 
@@ -64,7 +76,37 @@ PARSERS = [
 def test_valid_names(parse, value, expected) -> None:
     parsed = parse(value, "name")
     assert parsed == expected
-    assert str(parsed) == (value if "/versions/" in value else expected)
+    assert str(parsed) == value  # canonical: the default app keeps the short names
+
+
+def test_template_names() -> None:
+    assert names.parse_template("templates/gpt-neo-125m-lora") == "gpt-neo-125m-lora"
+
+
+def test_parents_and_apps_of_references() -> None:
+    assert names.parse_parent_app("", "team-b") == "team-b"  # empty: the caller's app
+    assert names.parse_parent_app("apps/team-a", "team-b") == "team-a"
+    assert names.DatasetVersionName("d", "v1", "team-a").parent == names.DatasetName("d", "team-a")
+    assert names.app_of("apps/team-a/models/m/versions/v1") == "team-a"
+    assert names.app_of("models/m/versions/v1") == names.DEFAULT_APP
+    assert names.app_of("m") == names.DEFAULT_APP  # an Open Inference Protocol model id
+    assert names.app_of("templates/t") is None
+    assert names.app_of("") is None
+    assert names.app_of("apps/../x") is None
+
+
+def test_not_found_speaks_as_the_handlers_do() -> None:
+    cases = {
+        "apps/a/datasets/d": ("dataset", "DATASET_NOT_FOUND"),
+        "apps/a/datasets/d/versions/v1": ("dataset version", "DATASET_VERSION_NOT_FOUND"),
+        "models/m": ("model", "MODEL_NOT_FOUND"),
+        "apps/a/models/m/versions/v1": ("model version", "MODEL_VERSION_NOT_FOUND"),
+        "apps/a/models/m/versions/v1/evaluations/e1": ("evaluation", "EVALUATION_NOT_FOUND"),
+        "apps/a": ("app", "APP_NOT_FOUND"),
+    }
+    for name, (kind, reason) in cases.items():
+        error = names.not_found(name)
+        assert (error.message, error.reason) == (f"{kind} {name} not found", reason)
 
 
 INVALID_NAMES = {
@@ -92,7 +134,15 @@ INVALID_NAMES = {
         "datasets/a/versions/v1\n",
         "datasets/a/other/v1",
     ],
-    names.parse_model: ["models/", "models/A", "models/a/b", "models/a\n", "datasets/a"],
+    names.parse_model: [
+        "models/",
+        "models/A",
+        "models/a/b",
+        "models/a\n",
+        "datasets/a",
+        "apps/models/a",
+        "apps/A/models/a",
+    ],
     names.parse_model_version: ["models/a/versions/", "models/a/versions/v1\n", "models/a/versions/v.1", "models/a"],
     names.parse_template: ["templates/", "templates/../x", "templates/a\n", "template/a"],
 }

@@ -57,12 +57,18 @@ def test_sdk_example_in_readme_runs(stack: RunningStack, tmp_path: Path) -> None
     (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")  # the file the example uploads
     (tmp_path / "example.py").write_text(adapted(code))
     a = stack.stack.addresses
+    # Inside an app of its own, as the README's security model says it runs: the
+    # same ten lines, with TEXTFT_APP and that app's key.
+    app = f"readme-{random.getrandbits(32):08x}"
+    with stack.client() as platform:
+        key = platform.create_app(app, admin_principal="readme").admin_secret
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEXTFT_", "MINIO_"))}
     env.update(
         TEXTFT_DATASET_ADDR=a["dataset"],
         TEXTFT_TRAINER_ADDR=a["trainer"],
         TEXTFT_INFERENCE_ADDR=a["inference"],
-        TEXTFT_API_KEY=stack.api_key,
+        TEXTFT_API_KEY=key,
+        TEXTFT_APP=app,
         TEXTFT_HOME=str(tmp_path / "home"),
     )
     result = subprocess.run(
@@ -75,3 +81,4 @@ def test_sdk_example_in_readme_runs(stack: RunningStack, tmp_path: Path) -> None
     assert len(events) >= 5 and any(float(loss) > 0 for _, _, loss in events)
     assert any("'accuracy':" in line for line in lines)
     assert 'label: "positive"' in result.stdout and 'label: "negative"' in result.stdout
+    assert any(k.startswith(f"apps/{app}/models/sentiment/versions/") for k in stack.store.list(f"apps/{app}/"))

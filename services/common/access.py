@@ -29,20 +29,23 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import sqlalchemy as sa
 
-from textft.errors import InvalidArgument, NotFound
+from textft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from textft.v1 import access_pb2
 
-from . import schema
+from . import names, schema
 from .db import Database
 
 log = logging.getLogger("textft.access")
@@ -59,6 +62,9 @@ class Permission(str, Enum):
     PREDICT = "predict"
     WRITE = "write"
     ADMIN = "admin"
+    # Creating, listing and deleting apps: admins of the default app only (the
+    # platform's operators; the keys in TEXTFT_API_KEYS are theirs).
+    PLATFORM = "platform"
 
 
 ROLE = access_pb2.Role
@@ -69,14 +75,14 @@ ROLE_PERMISSIONS: dict[int, frozenset[Permission]] = {
     ROLE.ROLE_EDITOR: frozenset({Permission.READ, Permission.PREDICT, Permission.WRITE}),
     ROLE.ROLE_PREDICTOR: frozenset({Permission.READ, Permission.PREDICT}),
 }
-MUTATING = frozenset({Permission.WRITE, Permission.ADMIN})
+MUTATING = frozenset({Permission.WRITE, Permission.ADMIN, Permission.PLATFORM})
 
 
 def _methods(service: str, **permissions: Permission) -> dict[str, Permission]:
     return {f"/{service}/{method}": permission for method, permission in permissions.items()}
 
 
-R, P, W, A = Permission.READ, Permission.PREDICT, Permission.WRITE, Permission.ADMIN
+R, P, W, A, PLATFORM = Permission.READ, Permission.PREDICT, Permission.WRITE, Permission.ADMIN, Permission.PLATFORM
 METHOD_PERMISSIONS: dict[str, Permission] = {
     **_methods(
         "textft.v1.DatasetService",
@@ -123,6 +129,10 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
         RevokeApiKey=A,
         ListAuditEvents=A,
         GetCaller=R,
+        CreateApp=PLATFORM,
+        GetApp=R,
+        ListApps=PLATFORM,
+        DeleteApp=PLATFORM,
     ),
     **_methods(
         "inference.GRPCInferenceService",
@@ -145,13 +155,91 @@ class Principal:
     app: str
     role: int
     key_id: str = ""  # empty for keys configured in the environment
+    any_app: bool = False  # the services' own identity, which acts for callers of every app
 
     @property
     def role_name(self) -> str:
         return ROLE_NAMES.get(self.role, "none")
 
+    @property
+    def platform_admin(self) -> bool:
+        return self.role == ROLE.ROLE_ADMIN and self.app == schema.DEFAULT_APP and not self.any_app
+
     def may(self, permission: Permission) -> bool:
+        if permission is Permission.PLATFORM:
+            return self.platform_admin
         return permission in ROLE_PERMISSIONS.get(self.role, frozenset())
+
+
+# ---- apps: the tenancy policy ----
+# Every request names the resources it is about in string fields with these
+# names (AIP-122: name, parent, and references such as dataset_version); `app`
+# fields hold an app id. They are found in each request type's descriptor,
+# nested singular messages (an upload's header) included, so a new RPC is
+# covered by its field names, not by a handler remembering to check.
+_NAME_FIELDS = frozenset({"name", "parent", "dataset_version", "model_version", "app"})
+# The Open Inference Protocol names a model in `name` / `model_name` (a bare id
+# is a default-app model); its `version` / `model_version` are version numbers.
+_OIP_NAME_FIELDS = frozenset({"name", "model_name"})
+# The RPCs in which platform admins may name any app.
+APP_MANAGEMENT = frozenset(f"/textft.v1.AccessService/{m}" for m in ("CreateApp", "GetApp", "ListApps", "DeleteApp"))
+_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {}
+
+
+def _reference_paths(descriptor: Any, depth: int = 0) -> tuple[tuple[str, ...], ...]:
+    cached = _PATHS.get(descriptor.full_name) if depth == 0 else None
+    if cached is not None:
+        return cached
+    fields = _OIP_NAME_FIELDS if descriptor.full_name.startswith("inference.") else _NAME_FIELDS
+    paths: list[tuple[str, ...]] = []
+    for f in descriptor.fields:
+        if f.label == f.LABEL_REPEATED:
+            continue
+        if f.type == f.TYPE_STRING and f.name in fields:
+            paths.append((f.name,))
+        elif f.type == f.TYPE_MESSAGE and depth < 2 and not f.message_type.full_name.startswith("google.protobuf."):
+            paths += [(f.name, *p) for p in _reference_paths(f.message_type, depth + 1)]
+    if depth == 0:
+        _PATHS[descriptor.full_name] = tuple(paths)
+    return tuple(paths)
+
+
+def has_references(request_type: Any) -> bool:
+    return bool(_reference_paths(request_type.DESCRIPTOR))
+
+
+def referenced_apps(request: Any) -> list[tuple[str, str]]:
+    """(the name as written, its app) for every resource the request names."""
+    found = []
+    for path in _reference_paths(request.DESCRIPTOR):
+        message = request
+        for part in path[:-1]:
+            if not message.HasField(part):
+                break
+            message = getattr(message, part)
+        else:
+            value = getattr(message, path[-1])
+            if path[-1] == "app":
+                if value:
+                    found.append((f"apps/{value}", value))
+            else:
+                app = names.app_of(value)
+                if app is not None:
+                    found.append((value, app))
+    return found
+
+
+def check_apps(principal: Principal, method: str, request: Any) -> None:
+    """NOT_FOUND, worded as for a missing resource, when the request names
+    anything outside the caller's app: another app's resources do not exist
+    for the caller, and no answer tells one that exists there from one that
+    does not. Only the services' identity acts in every app, and the platform's
+    admins in the app-management RPCs."""
+    if principal.any_app or (method in APP_MANAGEMENT and principal.platform_admin):
+        return
+    for value, app in referenced_apps(request):
+        if app != principal.app:
+            raise names.not_found(value)
 
 
 # The caller of the RPC this thread serves (set by the AuthInterceptor).
@@ -160,6 +248,12 @@ _caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("text
 
 def current_caller() -> Principal | None:
     return _caller.get()
+
+
+def caller_app() -> str:
+    """The app of the RPC's caller; the default app with auth off."""
+    caller = _caller.get()
+    return caller.app if caller is not None else schema.DEFAULT_APP
 
 
 def set_caller(principal: Principal | None) -> contextvars.Token[Principal | None]:
@@ -198,7 +292,10 @@ class KeyRing:
                 raise ValueError(f"TEXTFT_SERVICE_KEY must be at least {MIN_KEY_LENGTH} characters")
             # The services calling each other: reads only, whatever a user's key may do.
             self._static.append(
-                (service_key.encode(), Principal(SERVICE_PRINCIPAL, schema.DEFAULT_APP, ROLE.ROLE_PREDICTOR))
+                (
+                    service_key.encode(),
+                    Principal(SERVICE_PRINCIPAL, schema.DEFAULT_APP, ROLE.ROLE_PREDICTOR, any_app=True),
+                )
             )
         self._db = db
         self._cache: dict[str, tuple[float, str, Principal | None]] = {}
@@ -314,6 +411,73 @@ class ApiKeys:
         if row is None:
             raise NotFound(f"API key {key_id[:64]!r} not found", reason="API_KEY_NOT_FOUND")
         return _key_pb(row)
+
+
+def _app_pb(row: sa.Row) -> access_pb2.App:
+    description = json.loads(row.record or "{}").get("description", "")
+    return access_pb2.App(
+        name=str(names.AppName(row.app_id)), description=description, create_time=_timestamp(row.created_at)
+    )
+
+
+class Apps:
+    """The apps (access_pb2.App) in the database. The default app is always
+    there: a row for it is written when first asked for."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, app_id: str, description: str = "") -> access_pb2.App:
+        names.check_id(app_id, "app_id")
+        if len(description) > 1000:
+            raise InvalidArgument.for_field("description", f"at most 1000 characters, got {len(description)}")
+        t = schema.apps
+        with self.db.write() as conn:
+            if conn.execute(sa.select(t.c.app_id).where(t.c.app_id == app_id)).first() is not None:
+                raise AlreadyExists(f"app apps/{app_id} already exists", reason="APP_EXISTS")
+            record = json.dumps({"description": description})
+            conn.execute(t.insert().values(app_id=app_id, uid=uuid.uuid4().hex, record=record, created_at=time.time()))
+            row = conn.execute(sa.select(t).where(t.c.app_id == app_id)).one()
+        return _app_pb(row)
+
+    def get(self, app_id: str) -> access_pb2.App:
+        t = schema.apps
+        if app_id == schema.DEFAULT_APP:
+            self._ensure_default()
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(t).where(t.c.app_id == app_id)).one_or_none()
+        if row is None:
+            raise names.not_found(str(names.AppName(app_id)))
+        return _app_pb(row)
+
+    def list(self) -> list[access_pb2.App]:
+        self._ensure_default()
+        t = schema.apps
+        with self.db.read() as conn:
+            return [_app_pb(row) for row in conn.execute(sa.select(t).order_by(t.c.app_id))]
+
+    def delete(self, app_id: str) -> None:
+        """Removes the app's row and revokes its keys; the caller has checked it is empty."""
+        if app_id == schema.DEFAULT_APP:
+            raise FailedPrecondition("the default app cannot be deleted", reason="DEFAULT_APP")
+        self.get(app_id)
+        with self.db.write() as conn:
+            conn.execute(schema.apps.delete().where(schema.apps.c.app_id == app_id))
+            keys = schema.api_keys
+            conn.execute(
+                keys.update().where((keys.c.app == app_id) & keys.c.revoked_at.is_(None)).values(revoked_at=time.time())
+            )
+
+    def _ensure_default(self) -> None:
+        t = schema.apps
+        with self.db.write() as conn:
+            if conn.execute(sa.select(t.c.app_id).where(t.c.app_id == schema.DEFAULT_APP)).first() is None:
+                record = json.dumps({"description": "the platform's own app; names without apps/ are in it"})
+                conn.execute(
+                    t.insert().values(
+                        app_id=schema.DEFAULT_APP, uid=uuid.uuid4().hex, record=record, created_at=time.time()
+                    )
+                )
 
 
 class AuditLog:

@@ -227,9 +227,11 @@ class Settings:
     # A trainer replica's hold on a running job, renewed every third of it; a
     # replica that stops renewing loses its jobs to the others after this long.
     trainer_lease_seconds: float = 30.0
-    # Quotas per app (0: none): queued + running training jobs; uploads in progress on one replica.
+    # Quotas per app (0: none): queued + running training jobs; uploads in progress on one replica;
+    # bytes in the store (dataset versions, adapters and checkpoints; usage.py).
     quota_jobs: int = 0
     quota_uploads: int = 0
+    quota_stored_bytes: int = 0
     # Processes per training job: above 1 the job runs under torchrun (DDP;
     # gloo on CPU, NCCL on GPUs), one process per device.
     trainer_nproc: int = 1
@@ -360,6 +362,7 @@ class Settings:
             trainer_lease_seconds=_float(env, "TEXTFT_TRAINER_LEASE_SECONDS", 30.0),
             quota_jobs=_int(env, "TEXTFT_QUOTA_JOBS", 0),
             quota_uploads=_int(env, "TEXTFT_QUOTA_UPLOADS", 0),
+            quota_stored_bytes=_int(env, "TEXTFT_QUOTA_STORED_BYTES", 0),
             trainer_nproc=_int(env, "TEXTFT_TRAINER_NPROC", 1),
             trainer_launcher=_choice(env, "TEXTFT_LAUNCHER", "local", ("local", "ray")),
             ray_address=env.get("TEXTFT_RAY_ADDRESS", "").strip() or "auto",

@@ -13,7 +13,7 @@ import grpc
 
 from textft.errors import FieldViolation, TextftError
 
-from .access import METHOD_PERMISSIONS, MUTATING, AuditLog, KeyRing, reset_caller, set_caller
+from .access import METHOD_PERMISSIONS, MUTATING, AuditLog, KeyRing, Principal, check_apps, reset_caller, set_caller
 
 log = logging.getLogger("textft.rpc")
 
@@ -158,6 +158,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 self._audit.record(principal, method, "", grpc.StatusCode.PERMISSION_DENIED.name)
             return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, message)
         audit = self._audit if mutating else None
+        requests_stream = handler.request_streaming
+
+        def admit(request: Any, context: grpc.ServicerContext) -> Any:
+            """The request, checked against the caller's app (access.check_apps);
+            a stream of requests is checked message by message as it is read."""
+            if requests_stream:
+                return _checked_stream(principal, method, request)
+            try:
+                check_apps(principal, method, request)
+            except TextftError as e:
+                abort_with(context, e)
+            return request
 
         def wrap(behaviour: Any, streaming: bool) -> Any:
             if streaming:
@@ -165,7 +177,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                     token = set_caller(principal)
                     try:
-                        yield from behaviour(request, context)
+                        yield from behaviour(admit(request, context), context)
                     finally:
                         reset_caller(token)
 
@@ -175,7 +187,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 token = set_caller(principal)
                 outcome = "OK"
                 try:
-                    return behaviour(request, context)
+                    return behaviour(admit(request, context), context)
                 except BaseException:
                     code = context.code() if hasattr(context, "code") else None
                     outcome = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
@@ -189,6 +201,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return unary
 
         return _wrap_handler(handler, wrap)
+
+
+def _checked_stream(principal: Principal, method: str, requests: Iterator[Any]) -> Iterator[Any]:
+    # Raised inside the handler, so the ErrorInterceptor maps it like the handler's own NOT_FOUND.
+    for request in requests:
+        check_apps(principal, method, request)
+        yield request
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:

@@ -189,3 +189,15 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
     sa.Index(None, "app", "at"),
 )
+
+# Bytes each dataset version and model version holds in the store, per app
+# (usage.py): measured once when it is published or its run ends, so the
+# TEXTFT_QUOTA_STORED_BYTES check is one SUM, never a listing of the store.
+stored_bytes = sa.Table(
+    "stored_bytes",
+    metadata,
+    sa.Column("app", ID, primary_key=True),
+    sa.Column("resource", sa.String(255), primary_key=True),  # the version's name, which is its store prefix
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)

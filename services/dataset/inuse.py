@@ -21,6 +21,7 @@ from textft.errors import NotFound, TextftError
 from textft.v1 import trainer_pb2
 
 from ..common.config import Settings
+from ..common.names import DatasetName
 
 log = logging.getLogger("textft.dataset")
 MV = trainer_pb2.ModelVersion
@@ -36,7 +37,7 @@ CHECK_SECONDS = 10.0
 
 
 class UsageCheck(Protocol):
-    def in_use(self, dataset_id: str) -> list[str] | None:
+    def in_use(self, dataset: DatasetName) -> list[str] | None:
         """Unfinished model versions using the dataset; None when nobody could be asked."""
 
 
@@ -57,31 +58,32 @@ class TrainerUsage:
                 )
             return self._client
 
-    def in_use(self, dataset_id: str) -> list[str] | None:
-        prefix = f"datasets/{dataset_id}/versions/"
+    def in_use(self, dataset: DatasetName) -> list[str] | None:
+        prefix = f"{dataset}/versions/"
+        app = f"apps/{dataset.app}"  # the dataset's app: a model version never uses another app's datasets
         deadline = time.monotonic() + CHECK_SECONDS
         try:
             client = self._trainer()
             users: list[str] = []
-            for model in list(self._pages(client, "", deadline)):
+            for model in list(self._pages(client, "", deadline, app)):
                 try:
-                    versions = list(self._pages(client, model, deadline))
+                    versions = list(self._pages(client, model, deadline, app))
                 except NotFound:  # deleted since the listing
                     continue
                 users += [v.name for v in versions if v.dataset_version.startswith(prefix) and v.state in UNFINISHED]
             return users
         except TextftError as e:
             log.warning(
-                "could not ask the trainer at %s whether datasets/%s is in use (%s: %s); deleting without the check",
+                "could not ask the trainer at %s whether %s is in use (%s: %s); deleting without the check",
                 self.settings.trainer_addr,
-                dataset_id,
+                dataset,
                 e.code.name,
                 e.message,
             )
             return None
 
     @staticmethod
-    def _pages(client: Client, model: str, deadline: float):  # type: ignore[no-untyped-def]
+    def _pages(client: Client, model: str, deadline: float, app: str):  # type: ignore[no-untyped-def]
         """Every model (model == "") or every version of one model, page by page."""
         token = ""
         while True:
@@ -91,7 +93,7 @@ class TrainerUsage:
                 page = client.call(client.trainer.ListModelVersions, request, timeout=left)
                 yield from page.model_versions
             else:
-                models = trainer_pb2.ListModelsRequest(page_size=1000, page_token=token)
+                models = trainer_pb2.ListModelsRequest(parent=app, page_size=1000, page_token=token)
                 listing = client.call(client.trainer.ListModels, models, timeout=left)
                 yield from (m.name for m in listing.models)
                 page = listing

@@ -1,6 +1,7 @@
 """Datasets and their versions in the object store.
 
-Layout (bucket root):
+Layout (under the app's prefix: `apps/{app}/`, nothing for the default app; a
+dataset's prefix is its name, see names.py):
     datasets/{dataset}/dataset.json                     the Dataset
     datasets/{dataset}/versions/{version}/source.{ext}  the uploaded bytes as they came
     datasets/{dataset}/versions/{version}/rows/         the valid rows, normalised: Parquet parts and
@@ -57,14 +58,14 @@ from google.protobuf import json_format, struct_pb2
 from textft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from textft.v1 import common_pb2, dataset_pb2
 
+from ..common import names
 from ..common import rows as stored_rows
-from ..common.access import current_caller
 from ..common.config import Settings
 from ..common.db import Database, open_database
-from ..common.names import check_id, paginate, version_sort_key
+from ..common.names import DatasetName, DatasetVersionName, app_prefix, check_id, paginate, version_sort_key
 from ..common.protojson import now, to_dict
-from ..common.schema import DEFAULT_APP
 from ..common.store import ObjectStore, check_key
+from ..common.usage import StoredBytes, exceeded
 from . import parsing
 from .inuse import UsageCheck
 
@@ -75,37 +76,46 @@ IMPORTS_PREFIX = "imports/"
 _SEVERITY = {parsing.ERROR: common_pb2.RowIssue.SEVERITY_ERROR, parsing.WARNING: common_pb2.RowIssue.SEVERITY_WARNING}
 
 
+def dataset_name(dataset: DatasetName | str) -> DatasetName:
+    """A dataset's name; a bare id is one of the default app."""
+    return dataset if isinstance(dataset, DatasetName) else DatasetName(dataset)
+
+
 @dataclass
 class UploadSpec:
     """What an upload header asks for, in domain terms."""
 
-    dataset: str
+    dataset: DatasetName | str
     format: int = dataset_pb2.DATASET_FORMAT_UNSPECIFIED
     task: int = common_pb2.TASK_UNSPECIFIED
     column_mapping: dict[str, str] = field(default_factory=dict)
     description: str = ""
     filename: str = ""
 
-
-def dataset_prefix(dataset: str) -> str:
-    return f"datasets/{dataset}/"
-
-
-def dataset_key(dataset: str) -> str:
-    return f"datasets/{dataset}/dataset.json"
+    def __post_init__(self) -> None:
+        self.dataset = dataset_name(self.dataset)
 
 
-def version_prefix(dataset: str, version: str) -> str:
-    return f"datasets/{dataset}/versions/{version}/"
+def dataset_prefix(dataset: DatasetName | str) -> str:
+    return f"{dataset_name(dataset)}/"
 
 
-def manifest_key(dataset: str, version: str) -> str:
+def dataset_key(dataset: DatasetName | str) -> str:
+    return f"{dataset_name(dataset)}/dataset.json"
+
+
+def version_prefix(dataset: DatasetName | str, version: str) -> str:
+    name = dataset_name(dataset)
+    return f"{DatasetVersionName(name.dataset, version, name.app)}/"
+
+
+def manifest_key(dataset: DatasetName | str, version: str) -> str:
     return version_prefix(dataset, version) + "manifest.json"
 
 
-def sha256_key(dataset: str, sha256: str) -> str:
+def sha256_key(dataset: DatasetName | str, sha256: str) -> str:
     """Index: the first finished version of a dataset with these source bytes."""
-    return f"datasets/{dataset}/by-sha256/{sha256}.json"
+    return f"{dataset_name(dataset)}/by-sha256/{sha256}.json"
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps(..., ensure_ascii=False) builds one per call
@@ -296,66 +306,73 @@ class DatasetRepository:
         self._tmp_root = Path(settings.home) / "tmp" / "dataset"
         self._uploads: dict[str, int] = {}  # uploads in progress per app (TEXTFT_QUOTA_UPLOADS)
         self._uploads_lock = threading.Lock()
+        self.stored = StoredBytes(self.database)
 
-    def _lock(self, dataset: str) -> threading.Lock:
+    def _lock(self, dataset: DatasetName) -> threading.Lock:
         with self._locks_guard:
-            return self._locks.setdefault(dataset, threading.Lock())
+            return self._locks.setdefault(str(dataset), threading.Lock())
 
     # ------------------------------------------------------------ datasets
-    def create_dataset(self, dataset_id: str, description: str, labels: dict[str, str]) -> dataset_pb2.Dataset:
-        check_id(dataset_id, "dataset_id")
-        with self._lock(dataset_id):
-            if self.store.exists(dataset_key(dataset_id)):
-                raise AlreadyExists(f"dataset datasets/{dataset_id} already exists", reason="DATASET_EXISTS")
+    def create_dataset(
+        self, dataset_id: str, description: str, labels: dict[str, str], app: str = names.DEFAULT_APP
+    ) -> dataset_pb2.Dataset:
+        name = DatasetName(check_id(dataset_id, "dataset_id"), app)
+        with self._lock(name):
+            if self.store.exists(dataset_key(name)):
+                raise AlreadyExists(f"dataset {name} already exists", reason="DATASET_EXISTS")
             # Leftovers of an interrupted delete must not resurface as versions of the new dataset.
-            self.store.delete_prefix(dataset_prefix(dataset_id))
-            dataset = dataset_pb2.Dataset(
-                name=f"datasets/{dataset_id}", description=description, labels=labels, create_time=now()
-            )
-            self.store.put_json(dataset_key(dataset_id), to_dict(dataset))
+            self.store.delete_prefix(dataset_prefix(name))
+            dataset = dataset_pb2.Dataset(name=str(name), description=description, labels=labels, create_time=now())
+            self.store.put_json(dataset_key(name), to_dict(dataset))
         return dataset
 
-    def _load_dataset(self, dataset_id: str, latest: str = "") -> dataset_pb2.Dataset:
+    def _load_dataset(self, dataset_id: DatasetName, latest: str = "") -> dataset_pb2.Dataset:
         try:
             data = self.store.get_json(dataset_key(dataset_id))
         except NotFound:
-            raise NotFound(f"dataset datasets/{dataset_id} not found", reason="DATASET_NOT_FOUND") from None
+            raise names.not_found(str(dataset_id)) from None
         dataset = json_format.ParseDict(data, dataset_pb2.Dataset(), ignore_unknown_fields=True)
         dataset.latest_version = latest
         return dataset
 
-    def require_any(self, dataset_id: str) -> None:
+    def require_any(self, dataset_id: DatasetName | str) -> None:
         """NotFound unless some object of the dataset is left (even a half-deleted one)."""
+        dataset_id = dataset_name(dataset_id)
         if next(iter(self.store.list(dataset_prefix(dataset_id))), None) is None:
-            raise NotFound(f"dataset datasets/{dataset_id} not found", reason="DATASET_NOT_FOUND")
+            raise names.not_found(str(dataset_id))
 
-    def require_dataset(self, dataset_id: str) -> None:
+    def require_dataset(self, dataset_id: DatasetName | str) -> None:
+        dataset_id = dataset_name(dataset_id)
         if not self.store.exists(dataset_key(dataset_id)):
-            raise NotFound(f"dataset datasets/{dataset_id} not found", reason="DATASET_NOT_FOUND")
+            raise names.not_found(str(dataset_id))
 
-    def _version_ids(self, dataset_id: str) -> list[str]:
+    def _version_ids(self, dataset_id: DatasetName) -> list[str]:
         """Finished versions (with a manifest), newest first."""
-        prefix = f"datasets/{dataset_id}/versions/"
+        prefix = f"{dataset_id}/versions/"
         ids = [
             key[len(prefix) : -len("/manifest.json")]
             for key in self.store.list(prefix)
-            if key.endswith("/manifest.json") and key.count("/") == 4
+            if key.endswith("/manifest.json") and key.count("/", len(prefix)) == 1
         ]
         return sorted(ids, key=version_sort_key, reverse=True)
 
-    def _latest(self, dataset_id: str) -> str:
+    def _latest(self, dataset_id: DatasetName) -> str:
         ids = self._version_ids(dataset_id)
-        return f"datasets/{dataset_id}/versions/{ids[0]}" if ids else ""
+        return f"{dataset_id}/versions/{ids[0]}" if ids else ""
 
-    def get_dataset(self, dataset_id: str) -> dataset_pb2.Dataset:
+    def get_dataset(self, dataset_id: DatasetName | str) -> dataset_pb2.Dataset:
+        dataset_id = dataset_name(dataset_id)
         self.require_dataset(dataset_id)
         return self._load_dataset(dataset_id, self._latest(dataset_id))
 
-    def list_datasets(self, page_size: int, page_token: str) -> tuple[list[dataset_pb2.Dataset], str]:
+    def list_datasets(
+        self, page_size: int, page_token: str, app: str = names.DEFAULT_APP
+    ) -> tuple[list[dataset_pb2.Dataset], str]:
         ids: list[str] = []
         newest: dict[str, str] = {}
-        for key in self.store.list("datasets/"):  # one listing gives datasets and their finished versions
-            parts = key.split("/")
+        root = app_prefix(app) + "datasets/"
+        for key in self.store.list(root):  # one listing gives datasets and their finished versions
+            parts = ["datasets", *key[len(root) :].split("/")]
             if len(parts) == 3 and parts[2] == "dataset.json":
                 ids.append(parts[1])
             elif len(parts) == 5 and parts[2] == "versions" and parts[4] == "manifest.json":
@@ -365,22 +382,24 @@ class DatasetRepository:
         page, token = paginate(sorted(ids), page_size, page_token)
         datasets = []
         for dataset_id in page:
+            name = DatasetName(dataset_id, app)
             try:
-                latest = f"datasets/{dataset_id}/versions/{newest[dataset_id]}" if dataset_id in newest else ""
-                datasets.append(self._load_dataset(dataset_id, latest))
+                latest = f"{name}/versions/{newest[dataset_id]}" if dataset_id in newest else ""
+                datasets.append(self._load_dataset(name, latest))
             except NotFound:  # deleted since the listing
                 continue
         return datasets, token
 
-    def delete_dataset(self, dataset_id: str, force: bool = False) -> None:
+    def delete_dataset(self, dataset_id: DatasetName | str, force: bool = False) -> None:
         """Removes every object of the dataset. Unless force, refuses while
         unfinished model versions use it (as the trainer reports them)."""
+        dataset_id = dataset_name(dataset_id)
         self.require_any(dataset_id)
         users = None if force or self.usage is None else self.usage.in_use(dataset_id)
         if users:
             shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
             raise FailedPrecondition(
-                f"datasets/{dataset_id} is used by model versions that have not finished: {shown}; "
+                f"{dataset_id} is used by model versions that have not finished: {shown}; "
                 "wait for them or cancel them, or delete with force=true (they then fail if they have not "
                 "read their rows yet)",
                 reason="DATASET_IN_USE",
@@ -389,29 +408,29 @@ class DatasetRepository:
         with self._lock(dataset_id):
             keys = list(self.store.list(dataset_prefix(dataset_id)))
             if not keys:
-                raise NotFound(f"dataset datasets/{dataset_id} not found", reason="DATASET_NOT_FOUND")
+                raise names.not_found(str(dataset_id))
             # Manifests first (versions vanish at once), dataset.json last (an
             # interrupted delete stays visible and can be retried).
             ordered = sorted(keys, key=lambda k: (not k.endswith("/manifest.json"), k.endswith("/dataset.json"), k))
             for key in ordered:
                 self.store.delete(key)
+        self.stored.forget(dataset_id.app, str(dataset_id))
 
     # ------------------------------------------------------------ versions
-    def get_version(self, dataset_id: str, version_id: str) -> dataset_pb2.DatasetVersion:
+    def get_version(self, dataset_id: DatasetName | str, version_id: str) -> dataset_pb2.DatasetVersion:
+        dataset_id = dataset_name(dataset_id)
         try:
             data = self.store.get_json(manifest_key(dataset_id, version_id))
         except NotFound:
             if not self.store.exists(dataset_key(dataset_id)):
-                raise NotFound(f"dataset datasets/{dataset_id} not found", reason="DATASET_NOT_FOUND") from None
-            raise NotFound(
-                f"dataset version datasets/{dataset_id}/versions/{version_id} not found",
-                reason="DATASET_VERSION_NOT_FOUND",
-            ) from None
+                raise names.not_found(str(dataset_id)) from None
+            raise names.not_found(version_prefix(dataset_id, version_id)[:-1]) from None
         return json_format.ParseDict(data, dataset_pb2.DatasetVersion(), ignore_unknown_fields=True)
 
     def list_versions(
-        self, dataset_id: str, page_size: int, page_token: str
+        self, dataset_id: DatasetName | str, page_size: int, page_token: str
     ) -> tuple[list[dataset_pb2.DatasetVersion], str]:
+        dataset_id = dataset_name(dataset_id)
         self.require_dataset(dataset_id)
         page, token = paginate(self._version_ids(dataset_id), page_size, page_token)
         versions = []
@@ -423,8 +442,9 @@ class DatasetRepository:
         return versions, token
 
     def read_rows(
-        self, dataset_id: str, version_id: str, page_size: int, page_token: str
+        self, dataset_id: DatasetName | str, version_id: str, page_size: int, page_token: str
     ) -> tuple[list[dataset_pb2.Row], str]:
+        dataset_id = dataset_name(dataset_id)
         version = self.get_version(dataset_id, version_id)
         manifest = stored_rows.load_manifest(
             self.store, stored_rows.require_rows(version.rows_manifest_object, version.name)
@@ -435,8 +455,9 @@ class DatasetRepository:
         return [row_to_proto(row) for row in page], token
 
     def validation_report(
-        self, dataset_id: str, version_id: str, page_size: int, page_token: str
+        self, dataset_id: DatasetName | str, version_id: str, page_size: int, page_token: str
     ) -> tuple[dataset_pb2.DatasetStats, list[common_pb2.RowIssue], str]:
+        dataset_id = dataset_name(dataset_id)
         self.get_version(dataset_id, version_id)
         issues = []
         with self.store.open(version_prefix(dataset_id, version_id) + "report.json") as f:
@@ -488,13 +509,15 @@ class DatasetRepository:
     ) -> dataset_pb2.DatasetVersion:
         """Receives the chunks into a spool in this thread while another one
         validates and stores them as they arrive (see _create_version)."""
-        with self._upload_slot(), self._workdir() as work:
+        app = spec.dataset.app
+        with self._upload_slot(app) as receive, self._workdir() as work:
             spool = _Spool(work / "source", self.settings.max_upload_bytes)
             build = _Background(lambda: self._create_version(spec, options, spool), "dataset-validate")
             try:
                 for chunk in chunks:
                     if build.finished():  # it failed early (a header problem): stop receiving
                         break
+                    receive(len(chunk))
                     spool.write(chunk)
             except BaseException:
                 spool.fail()
@@ -507,7 +530,9 @@ class DatasetRepository:
                     "the file is empty (0 bytes): send its bytes as chunk messages after the header",
                     reason="EMPTY_FILE",
                 )
-            return build.result()  # type: ignore[no-any-return]
+            version = build.result()
+        self.stored.measure_quietly(self.store, app, version.name)
+        return version  # type: ignore[no-any-return]
 
     def _options(self, spec: UploadSpec) -> parsing.ParseOptions:
         self.require_dataset(spec.dataset)
@@ -518,11 +543,24 @@ class DatasetRepository:
         return parsing.ParseOptions(fmt, spec.task, mapping, self.settings.max_text_chars)
 
     @contextmanager
-    def _upload_slot(self) -> Iterator[None]:
-        """The caller's app's quota of uploads in progress (TEXTFT_QUOTA_UPLOADS),
-        counted on this replica."""
-        caller = current_caller()
-        app = caller.app if caller is not None else DEFAULT_APP
+    def _upload_slot(self, app: str) -> Iterator[Callable[[int], None]]:
+        """The app's quota of uploads in progress (TEXTFT_QUOTA_UPLOADS), counted
+        on this replica, and of stored bytes (TEXTFT_QUOTA_STORED_BYTES): the
+        function it gives counts the bytes received and stops the upload once
+        they would take the app past its quota (concurrent uploads of one app
+        are each counted against what was stored when they began)."""
+        stored_quota = self.settings.quota_stored_bytes
+        stored = self.stored.used(app) if stored_quota > 0 else 0
+        if stored_quota > 0 and stored >= stored_quota:
+            raise exceeded(app, stored_quota, stored)
+        received = 0
+
+        def receive(n: int) -> None:
+            nonlocal received
+            received += n
+            if stored_quota > 0 and stored + received > stored_quota:
+                raise exceeded(app, stored_quota, stored + received)
+
         quota = self.settings.quota_uploads
         with self._uploads_lock:
             if quota > 0 and self._uploads.get(app, 0) >= quota:
@@ -533,7 +571,7 @@ class DatasetRepository:
                 )
             self._uploads[app] = self._uploads.get(app, 0) + 1
         try:
-            yield
+            yield receive
         finally:
             with self._uploads_lock:
                 self._uploads[app] -= 1
@@ -562,9 +600,7 @@ class DatasetRepository:
             source_key = prefix + f"source.{parsing.SOURCE_SUFFIX[options.format]}"
             copy = _Background(lambda: self._copy_source(source_key, spool), "dataset-store-source")
             (work / "rows").mkdir()
-            rows = stored_rows.RowsWriter(
-                self.store, prefix, work / "rows", f"datasets/{dataset}/versions/{version_id}"
-            )
+            rows = stored_rows.RowsWriter(self.store, prefix, work / "rows", prefix[:-1])
             try:
                 try:
                     with open(issues_path, "w", encoding="utf-8") as issues_out:
@@ -588,7 +624,7 @@ class DatasetRepository:
                     self.require_dataset(dataset)  # deleted while we parsed?
                     earlier = self._same_source(dataset, sha256)
                     version = dataset_pb2.DatasetVersion(
-                        name=f"datasets/{dataset}/versions/{version_id}",
+                        name=prefix[:-1],
                         task=result.task,
                         format=options.format,
                         stats=stats_to_proto(stats),
@@ -635,7 +671,7 @@ class DatasetRepository:
         with spool.reader() as source:
             self.store.put_stream(key, source, -1)
 
-    def _reserve(self, dataset: str) -> str:
+    def _reserve(self, dataset: DatasetName) -> str:
         """The next version id, allocated in the metadata database: unique across
         every replica on that database, and never handed out again, even after
         the version fails or the dataset is deleted and created anew (caches and
@@ -644,13 +680,16 @@ class DatasetRepository:
         kept count."""
         with self._lock(dataset):
             self.require_dataset(dataset)
-            existing = {key.split("/")[3] for key in self.store.list(f"datasets/{dataset}/versions/")}
+            versions = f"{dataset}/versions/"
+            existing = {key[len(versions) :].split("/")[0] for key in self.store.list(versions)}
             numbers = [version_sort_key(v)[0] for v in existing if version_sort_key(v)[1] == ""]
             with self.database.write() as conn:
-                number = self.database.allocate(conn, "dataset_version", dataset, floor=max(numbers, default=0))
+                number = self.database.allocate(
+                    conn, "dataset_version", dataset.dataset, app=dataset.app, floor=max(numbers, default=0)
+                )
             return f"v{number}"
 
-    def _same_source(self, dataset: str, sha256: str) -> str:
+    def _same_source(self, dataset: DatasetName, sha256: str) -> str:
         """The finished version of this dataset with these source bytes, or ""."""
         try:
             earlier = self.store.get_json(sha256_key(dataset, sha256))["version"]
@@ -658,7 +697,7 @@ class DatasetRepository:
             return ""
         if not self.store.exists(manifest_key(dataset, earlier)):
             return ""
-        return f"datasets/{dataset}/versions/{earlier}"
+        return version_prefix(dataset, earlier)[:-1]
 
     def _discard(self, prefix: str) -> None:
         """Best effort: a failed write must not leave a half version behind."""

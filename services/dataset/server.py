@@ -11,10 +11,11 @@ import grpc
 from textft.errors import Cancelled, InvalidArgument
 from textft.v1 import access_pb2, access_pb2_grpc, dataset_pb2, dataset_pb2_grpc
 
+from ..common.access import caller_app
 from ..common.bootstrap import run_service
 from ..common.config import Settings
 from ..common.db import open_database
-from ..common.names import parse_dataset, parse_dataset_version
+from ..common.names import parse_dataset, parse_dataset_version, parse_parent_app
 from ..common.store import ObjectStore, open_store
 from .access import AccessServicer
 from .inuse import TrainerUsage, UsageCheck
@@ -58,7 +59,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     def CreateDataset(
         self, request: dataset_pb2.CreateDatasetRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.CreateDatasetResponse:
-        dataset = self.repo.create_dataset(request.dataset_id, request.description, dict(request.labels))
+        app = parse_parent_app(request.parent, caller_app())
+        dataset = self.repo.create_dataset(request.dataset_id, request.description, dict(request.labels), app)
         return dataset_pb2.CreateDatasetResponse(dataset=dataset)
 
     def GetDataset(
@@ -69,7 +71,8 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     def ListDatasets(
         self, request: dataset_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.ListDatasetsResponse:
-        datasets, token = self.repo.list_datasets(request.page_size, request.page_token)
+        app = parse_parent_app(request.parent, caller_app())
+        datasets, token = self.repo.list_datasets(request.page_size, request.page_token, app)
         return dataset_pb2.ListDatasetsResponse(datasets=datasets, next_page_token=token)
 
     def DeleteDataset(
@@ -99,7 +102,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         self, request: dataset_pb2.GetDatasetVersionRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.GetDatasetVersionResponse:
         name = parse_dataset_version(request.name)
-        return dataset_pb2.GetDatasetVersionResponse(dataset_version=self.repo.get_version(name.dataset, name.version))
+        return dataset_pb2.GetDatasetVersionResponse(dataset_version=self.repo.get_version(name.parent, name.version))
 
     def ListDatasetVersions(
         self, request: dataset_pb2.ListDatasetVersionsRequest, context: grpc.ServicerContext
@@ -112,7 +115,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         self, request: dataset_pb2.ReadRowsRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.ReadRowsResponse:
         name = parse_dataset_version(request.name)
-        rows, token = self.repo.read_rows(name.dataset, name.version, request.page_size, request.page_token)
+        rows, token = self.repo.read_rows(name.parent, name.version, request.page_size, request.page_token)
         return dataset_pb2.ReadRowsResponse(rows=rows, next_page_token=token)
 
     def GetValidationReport(
@@ -120,14 +123,14 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     ) -> dataset_pb2.GetValidationReportResponse:
         name = parse_dataset_version(request.name)
         stats, issues, token = self.repo.validation_report(
-            name.dataset, name.version, request.page_size, request.page_token
+            name.parent, name.version, request.page_size, request.page_token
         )
         return dataset_pb2.GetValidationReportResponse(stats=stats, issues=issues, next_page_token=token)
 
 
 def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
     servicer = DatasetServicer(settings)
-    access = AccessServicer(open_database(settings))
+    access = AccessServicer(open_database(settings), servicer.repo.store)
 
     def register(server: grpc.Server) -> list[str]:
         dataset_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)

@@ -136,8 +136,7 @@ class Engine:
 
     def _resolve(self, name: str, field_name: str) -> trainer_pb2.ModelVersion:
         try:
-            if re.match(r"^models/[^/]+$", name or ""):
-                names.parse_model(name, field_name)
+            if names.is_model_name(name):
                 model = self.trainer.get_model(name)
                 if not model.latest_ready_version:
                     raise FailedPrecondition(f"model {name} has no READY version yet", reason="MODEL_NOT_READY")

@@ -65,8 +65,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 @functools.lru_cache(maxsize=4096)  # a pure function of the two strings; errors are not cached
 def resource_name(model_name: str, model_version: str) -> str:
     """The textft name an OIP (model_name, model_version) pair means."""
-    if model_name.startswith("models/"):
-        if model_name.count("/") == 1:
+    if model_name.startswith(("models/", "apps/")):
+        if names.is_model_name(model_name):
             model = names.parse_model(model_name, "model_name")
         else:
             full = names.parse_model_version(model_name, "model_name")
@@ -76,12 +76,12 @@ def resource_name(model_name: str, model_version: str) -> str:
                 )
             return str(full)
     else:
-        model = names.check_id(model_name, "model_name")
+        model = names.ModelName(names.check_id(model_name, "model_name"))
     if not model_version:
-        return f"models/{model}"
+        return str(model)
     if _VERSION_NUMBER.fullmatch(model_version):
-        return f"models/{model}/versions/v{int(model_version)}"
-    return f"models/{model}/versions/{names.check_id(model_version, 'model_version')}"
+        return f"{model}/versions/v{int(model_version)}"
+    return f"{model}/versions/{names.check_id(model_version, 'model_version')}"
 
 
 def oip_version(version_id: str) -> str:

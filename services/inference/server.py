@@ -15,6 +15,8 @@ from grpc_health.v1 import health
 from textft.errors import TextftError
 from textft.v1 import inference_pb2, inference_pb2_grpc
 
+from ..common import names
+from ..common.access import caller_app
 from ..common.bootstrap import blocking_health_servicer, run_service
 from ..common.config import Settings
 from ..common.store import open_store
@@ -114,7 +116,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def ListLoadedModelVersions(
         self, request: inference_pb2.ListLoadedModelVersionsRequest, context: grpc.ServicerContext
     ) -> inference_pb2.ListLoadedModelVersionsResponse:
-        return inference_pb2.ListLoadedModelVersionsResponse(model_versions=self.engine.loaded())
+        app = names.parse_parent_app(request.parent, caller_app())
+        loaded = [v for v in self.engine.loaded() if names.app_of(v.model_version) == app]
+        return inference_pb2.ListLoadedModelVersionsResponse(model_versions=loaded)
 
 
 def build(

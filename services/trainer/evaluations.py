@@ -144,7 +144,9 @@ class Evaluations:
             with self.core.lock:
                 self.runs.pop(evaluation.name, None)
             raise
-        workdir = self.core.settings.trainer_workdir / parsed.model / parsed.version / evaluation_id
+        workdir = (
+            self.core.settings.trainer_workdir / names.app_prefix(parsed.app) / parsed.model / parsed.version
+        ) / evaluation_id
         thread = threading.Thread(
             target=self._run, args=(run, version.name, prefix, workdir), name="evaluation", daemon=True
         )

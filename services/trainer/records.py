@@ -15,12 +15,13 @@ MV = trainer_pb2.ModelVersion
 FINAL = {MV.STATE_READY, MV.STATE_FAILED, MV.STATE_CANCELLED}
 
 
-def model_prefix(model: str) -> str:
-    return f"models/{model}"
+def model_prefix(model: names.ModelName) -> str:
+    """A model's store prefix is its name (apps/{app}/models/{model}, models/{model} in the default app)."""
+    return str(model)
 
 
 def version_prefix(name: names.ModelVersionName) -> str:
-    return f"models/{name.model}/versions/{name.version}"
+    return str(name)
 
 
 @dataclass

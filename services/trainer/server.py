@@ -8,9 +8,10 @@ import grpc
 
 from textft.v1 import trainer_pb2, trainer_pb2_grpc
 
+from ..common.access import caller_app
 from ..common.bootstrap import run_service
 from ..common.config import Settings
-from ..common.names import paginate
+from ..common.names import paginate, parse_parent_app
 from ..common.store import open_store
 from .launcher import Launcher, LocalProcessLauncher
 from .service import TrainerCore
@@ -48,7 +49,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def ListModels(
         self, request: trainer_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ListModelsResponse:
-        page, token = paginate(self.core.list_models(), request.page_size, request.page_token)
+        app = parse_parent_app(request.parent, caller_app())
+        page, token = paginate(self.core.list_models(app), request.page_size, request.page_token)
         return trainer_pb2.ListModelsResponse(models=page, next_page_token=token)
 
     def DeleteModel(

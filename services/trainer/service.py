@@ -59,12 +59,13 @@ from textft.internal.v1 import job_pb2
 from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
 
 from ..common import names, schema
-from ..common.access import current_caller
+from ..common.access import caller_app
 from ..common.config import Settings
 from ..common.db import Database, open_database
 from ..common.protojson import now, to_dict
 from ..common.rows import require_rows
 from ..common.store import ObjectStore
+from ..common.usage import StoredBytes, exceeded
 from . import checkpoints, configs
 from .evaluations import Evaluations
 from .events import parse_events
@@ -90,11 +91,6 @@ def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
-def _caller_app() -> str:
-    caller = current_caller()
-    return caller.app if caller is not None else schema.DEFAULT_APP
-
-
 class TrainerCore:
     def __init__(
         self,
@@ -114,6 +110,7 @@ class TrainerCore:
         self.evaluations = Evaluations(self)
         self.lock = threading.Lock()
         self.jobs = JobQueue(self.database, replica_id(), settings.trainer_lease_seconds)
+        self.stored = StoredBytes(self.database)
         self._wakeup = threading.Event()  # a job was queued here: idle workers claim now
         self.threads = [
             threading.Thread(target=self._worker_loop, name=f"train-{i}", daemon=True)
@@ -265,15 +262,16 @@ class TrainerCore:
 
     # ---- models ----
     def create_model(self, request: trainer_pb2.CreateModelRequest) -> trainer_pb2.Model:
-        model_id = names.check_id(request.model_id, "model_id")
+        app = names.parse_parent_app(request.parent, caller_app())
+        model_name = names.ModelName(names.check_id(request.model_id, "model_id"), app)
         if request.task not in TASK_NAMES:
             raise InvalidArgument.for_field("task", "must be TASK_TEXT_CLASSIFICATION or TASK_TEXT_GENERATION")
-        key = f"{model_prefix(model_id)}/model.json"
+        key = f"{model_prefix(model_name)}/model.json"
         with self.lock:
             if self.store.exists(key):
-                raise AlreadyExists(f"model models/{model_id} already exists", reason="MODEL_EXISTS")
+                raise AlreadyExists(f"model {model_name} already exists", reason="MODEL_EXISTS")
             model = trainer_pb2.Model(
-                name=f"models/{model_id}",
+                name=str(model_name),
                 task=request.task,
                 description=request.description,
                 labels=dict(request.labels),
@@ -282,35 +280,37 @@ class TrainerCore:
             self.store.put_json(key, to_dict(model))
         return model
 
-    def _allocate_version(self, model_id: str) -> str:
+    def _allocate_version(self, model: names.ModelName) -> str:
         """The next version id, from the metadata database: never handed out
         twice, even after the model is deleted and created anew, so the
         inference cache and lineage, keyed by version name, never mistake a new
         v1 for an old one. The store's ids are the floor, for versions written
         before the database kept count."""
-        existing = [k for k in self.store.list(f"models/{model_id}/versions/") if k.endswith("/version.json")]
-        numbers = [names.version_sort_key(k.split("/")[3])[0] for k in existing]
+        versions = f"{model_prefix(model)}/versions/"
+        existing = [k for k in self.store.list(versions) if k.endswith("/version.json")]
+        numbers = [names.version_sort_key(k[len(versions) :].split("/")[0])[0] for k in existing]
         floor = max([n for n in numbers if n < 1 << 62] or [0])
         with self.database.write() as conn:
-            return f"v{self.database.allocate(conn, 'model_version', model_id, floor=floor)}"
+            return f"v{self.database.allocate(conn, 'model_version', model.model, app=model.app, floor=floor)}"
 
     def get_model(self, name: str, field_name: str = "name") -> trainer_pb2.Model:
-        model_id = names.parse_model(name, field_name)
+        model = names.parse_model(name, field_name)
         try:
-            data = self.store.get_json(f"{model_prefix(model_id)}/model.json")
+            data = self.store.get_json(f"{model_prefix(model)}/model.json")
         except NotFound:
             raise NotFound(f"model {name} not found", reason="MODEL_NOT_FOUND") from None
         return json_format.ParseDict(data, trainer_pb2.Model(), ignore_unknown_fields=True)
 
-    def list_models(self) -> list[trainer_pb2.Model]:
-        keys = [k for k in self.store.list("models/") if k.count("/") == 2 and k.endswith("/model.json")]
+    def list_models(self, app: str = schema.DEFAULT_APP) -> list[trainer_pb2.Model]:
+        root = names.app_prefix(app) + "models/"
+        keys = [k for k in self.store.list(root) if k.count("/", len(root)) == 1 and k.endswith("/model.json")]
         return [
             json_format.ParseDict(self.store.get_json(k), trainer_pb2.Model(), ignore_unknown_fields=True) for k in keys
         ]
 
     def delete_model(self, name: str) -> None:
         model = self.get_model(name)
-        model_id = model.name.split("/")[1]
+        parsed = names.parse_model(model.name)
         active = [v.name for v in self.list_versions(model.name) if v.state not in FINAL]  # on any replica
         if active:
             raise FailedPrecondition(f"model {name} has runs in progress ({', '.join(active)}); cancel them first")
@@ -318,7 +318,8 @@ class TrainerCore:
             if run_name.startswith(model.name + "/"):
                 with run.persist_lock:  # a write in progress ends first; none starts after (see _persist_events)
                     self.runs.pop(run_name, None)
-        self.store.delete_prefix(model_prefix(model_id) + "/")
+        self.store.delete_prefix(model_prefix(parsed) + "/")
+        self.stored.forget(parsed.app, str(parsed))
 
     # ---- versions ----
     def _load_version_key(self, key: str) -> trainer_pb2.ModelVersion:
@@ -344,7 +345,7 @@ class TrainerCore:
     def list_versions(self, parent: str) -> list[trainer_pb2.ModelVersion]:
         model = self.get_model(parent, "parent")
         prefix = model.name + "/versions/"
-        keys = [k for k in self.store.list(prefix) if k.endswith("/version.json") and k.count("/") == 4]
+        keys = [k for k in self.store.list(prefix) if k.endswith("/version.json") and k.count("/", len(prefix)) == 1]
         versions = [self.get_version(k[: -len("/version.json")]) for k in keys]
         return sorted(versions, key=lambda v: names.version_sort_key(v.name.rsplit("/", 1)[1]), reverse=True)
 
@@ -394,11 +395,11 @@ class TrainerCore:
         resolved = configs.validate(configs.merge(template.defaults(), overrides), self.settings.base_models_allowed)
         dataset, issues = self.resolve_dataset(request.dataset_version, model.task)
 
-        model_id = model.name.split("/")[1]
-        app = _caller_app()
+        parsed = names.parse_model(model.name)
+        app = parsed.app
         with self.lock:
             self._admit(app)
-            name = names.ModelVersionName(model_id, self._allocate_version(model_id))
+            name = names.ModelVersionName(parsed.model, self._allocate_version(parsed), app)
             prefix = version_prefix(name)
             version = trainer_pb2.ModelVersion(
                 name=str(name),
@@ -458,6 +459,11 @@ class TrainerCore:
                 "retry later, or cancel queued versions",
                 reason="TRAINER_QUEUE_FULL",
             )
+        stored_quota = self.settings.quota_stored_bytes
+        if stored_quota > 0:  # a run adds an adapter and checkpoints: none starts once the app is full
+            stored = self.stored.used(app)
+            if stored >= stored_quota:
+                raise exceeded(app, stored_quota, stored)
         quota = self.settings.quota_jobs
         if quota > 0 and mine >= quota:
             raise ResourceExhausted(
@@ -641,6 +647,8 @@ class TrainerCore:
                 message=failure.message if failure is not None else MV.State.Name(state),
             )
         self._publish(run, event, persist=True)
+        app = names.parse_model_version(run.version.name).app
+        self.stored.measure_quietly(self.store, app, run.version.name)  # its adapter and checkpoints
         try:
             self.jobs.finish(run.version.name)
         except Exception:  # the record says final; a claim of the row finds that and drops it
@@ -794,7 +802,7 @@ class TrainerCore:
     def _run_job(self, run: Run) -> None:
         name = names.parse_model_version(run.version.name)
         prefix = version_prefix(name)
-        workdir = self.settings.trainer_workdir / name.model / name.version
+        workdir = self.settings.trainer_workdir / names.app_prefix(name.app) / name.model / name.version
         env = self.settings.job_environment(dict(os.environ))
         with run.cond:
             if run.cancel_requested or run.final or self.stopping:

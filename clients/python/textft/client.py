@@ -46,6 +46,7 @@ from .v1 import (
 T = TypeVar("T")
 CHUNK_BYTES = 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
+DEFAULT_APP = "default"  # the app whose resources have short names (datasets/x)
 _FINAL_STATES = {
     trainer_pb2.ModelVersion.STATE_READY,
     trainer_pb2.ModelVersion.STATE_FAILED,
@@ -163,6 +164,11 @@ class Client:
     $TEXTFT_HOME/api_key), TEXTFT_TLS_CA / TEXTFT_TLS (TLS), TEXTFT_TLS_CLIENT_CERT
     and TEXTFT_TLS_CLIENT_KEY (mutual TLS), TEXTFT_TLS_SERVER_NAME. `tls=False`
     forces plaintext whatever the environment says.
+
+    `app` (else TEXTFT_APP, else "default") is the app short names are in:
+    with app="team-a", `get_dataset("reviews")` asks for
+    apps/team-a/datasets/reviews, and creating and listing work in team-a.
+    Full names (`apps/...`, and what the server returns) are used as given.
     """
 
     def __init__(
@@ -181,9 +187,11 @@ class Client:
         tls_key: str | os.PathLike[str] | None = None,
         tls_server_name: str | None = None,
         env: Mapping[str, str] | None = None,
+        app: str | None = None,
     ) -> None:
         env = os.environ if env is None else env
         self.api_key = default_api_key(env) if api_key is None else api_key
+        self.app = app or env.get("TEXTFT_APP", "").strip() or DEFAULT_APP
         self.timeout = timeout
         self.retries = retries
         options: list[tuple[str, Any]] = [
@@ -230,6 +238,22 @@ class Client:
         self.close()
 
     @property
+    def parent(self) -> str:
+        """What Create and List requests name as their parent: this client's app
+        ("" for the default app, which is also what the server assumes)."""
+        return "" if self.app == DEFAULT_APP else f"apps/{self.app}"
+
+    def _full(self, name: str) -> str:
+        """A name in this client's app: datasets/reviews -> apps/{app}/datasets/reviews
+        outside the default app; names starting with apps/ as they are."""
+        return f"{self.parent}/{name}" if self.parent and name and not name.startswith("apps/") else name
+
+    def _named(self, collection: str, value: str) -> str:
+        """'reviews' or 'datasets/reviews' -> the dataset's full name in this client's app."""
+        name = value if value.startswith(("apps/", collection + "/")) else f"{collection}/{value}"
+        return name if collection == "templates" else self._full(name)
+
+    @property
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.api_key}")] if self.api_key else []
 
@@ -264,15 +288,20 @@ class Client:
     def create_dataset(
         self, dataset_id: str, description: str = "", labels: dict[str, str] | None = None
     ) -> dataset_pb2.Dataset:
-        request = dataset_pb2.CreateDatasetRequest(dataset_id=dataset_id, description=description, labels=labels or {})
+        request = dataset_pb2.CreateDatasetRequest(
+            dataset_id=dataset_id, description=description, labels=labels or {}, parent=self.parent
+        )
         return self.call(self.datasets.CreateDataset, request, idempotent=False).dataset
 
     def get_dataset(self, name: str) -> dataset_pb2.Dataset:
-        return self.call(self.datasets.GetDataset, dataset_pb2.GetDatasetRequest(name=_named("datasets", name))).dataset
+        return self.call(
+            self.datasets.GetDataset, dataset_pb2.GetDatasetRequest(name=self._named("datasets", name))
+        ).dataset
 
     def list_datasets(self, page_size: int = 0, page_token: str = "") -> dataset_pb2.ListDatasetsResponse:
         return self.call(
-            self.datasets.ListDatasets, dataset_pb2.ListDatasetsRequest(page_size=page_size, page_token=page_token)
+            self.datasets.ListDatasets,
+            dataset_pb2.ListDatasetsRequest(page_size=page_size, page_token=page_token, parent=self.parent),
         )
 
     def upload_dataset(
@@ -309,7 +338,7 @@ class Client:
         else:
             fmt = format
         header = dataset_pb2.UploadHeader(
-            parent=_named("datasets", dataset),
+            parent=self._named("datasets", dataset),
             format=fmt,
             task=task_of(task),
             column_mapping=column_mapping or {},
@@ -340,7 +369,7 @@ class Client:
         return response.dataset_version
 
     def get_dataset_version(self, name: str) -> dataset_pb2.DatasetVersion:
-        request = dataset_pb2.GetDatasetVersionRequest(name=name)
+        request = dataset_pb2.GetDatasetVersionRequest(name=self._full(name))
         return self.call(self.datasets.GetDatasetVersion, request).dataset_version
 
     def list_dataset_versions(
@@ -348,20 +377,22 @@ class Client:
     ) -> dataset_pb2.ListDatasetVersionsResponse:
         """Versions of one dataset, newest first, one page."""
         request = dataset_pb2.ListDatasetVersionsRequest(
-            parent=_named("datasets", dataset), page_size=page_size, page_token=page_token
+            parent=self._named("datasets", dataset), page_size=page_size, page_token=page_token
         )
         return self.call(self.datasets.ListDatasetVersions, request)
 
     def read_rows(self, name: str, page_size: int = 0, page_token: str = "") -> dataset_pb2.ReadRowsResponse:
         """One page of a version's normalised (valid) rows."""
-        request = dataset_pb2.ReadRowsRequest(name=name, page_size=page_size, page_token=page_token)
+        request = dataset_pb2.ReadRowsRequest(name=self._full(name), page_size=page_size, page_token=page_token)
         return self.call(self.datasets.ReadRows, request)
 
     def get_validation_report(
         self, name: str, page_size: int = 0, page_token: str = ""
     ) -> dataset_pb2.GetValidationReportResponse:
         """A version's stats and one page of its row-level validation issues."""
-        request = dataset_pb2.GetValidationReportRequest(name=name, page_size=page_size, page_token=page_token)
+        request = dataset_pb2.GetValidationReportRequest(
+            name=self._full(name), page_size=page_size, page_token=page_token
+        )
         return self.call(self.datasets.GetValidationReport, request)
 
     # ---- templates, models, training ----
@@ -370,14 +401,16 @@ class Client:
         return list(self.call(self.trainer.ListTemplates, request).templates)
 
     def create_model(self, model_id: str, task: str | int, description: str = "") -> trainer_pb2.Model:
-        request = trainer_pb2.CreateModelRequest(model_id=model_id, task=task_of(task), description=description)
+        request = trainer_pb2.CreateModelRequest(
+            model_id=model_id, task=task_of(task), description=description, parent=self.parent
+        )
         return self.call(self.trainer.CreateModel, request, idempotent=False).model
 
     def get_model(self, name: str) -> trainer_pb2.Model:
-        return self.call(self.trainer.GetModel, trainer_pb2.GetModelRequest(name=_named("models", name))).model
+        return self.call(self.trainer.GetModel, trainer_pb2.GetModelRequest(name=self._named("models", name))).model
 
     def list_models(self, page_size: int = 0, page_token: str = "") -> trainer_pb2.ListModelsResponse:
-        request = trainer_pb2.ListModelsRequest(page_size=page_size, page_token=page_token)
+        request = trainer_pb2.ListModelsRequest(page_size=page_size, page_token=page_token, parent=self.parent)
         return self.call(self.trainer.ListModels, request)
 
     def list_model_versions(
@@ -385,12 +418,12 @@ class Client:
     ) -> trainer_pb2.ListModelVersionsResponse:
         """Training runs of one model, one page."""
         request = trainer_pb2.ListModelVersionsRequest(
-            parent=_named("models", model), page_size=page_size, page_token=page_token
+            parent=self._named("models", model), page_size=page_size, page_token=page_token
         )
         return self.call(self.trainer.ListModelVersions, request)
 
     def get_template(self, name: str) -> trainer_pb2.Template:
-        request = trainer_pb2.GetTemplateRequest(name=_named("templates", name))
+        request = trainer_pb2.GetTemplateRequest(name=self._named("templates", name))
         return self.call(self.trainer.GetTemplate, request).template
 
     def train(
@@ -407,9 +440,9 @@ class Client:
     ) -> trainer_pb2.ModelVersion:
         """Creates a model version (a training run); returns it QUEUED."""
         request = trainer_pb2.CreateModelVersionRequest(
-            parent=_named("models", model),
-            dataset_version=dataset_version,
-            template=_named("templates", template),
+            parent=self._named("models", model),
+            dataset_version=self._full(dataset_version),
+            template=self._named("templates", template),
             model_config=to_struct(model_config),
             peft_config=to_struct(peft_config),
             tokenizer_config=to_struct(tokenizer_config),
@@ -420,13 +453,15 @@ class Client:
         return self.call(self.trainer.CreateModelVersion, request, idempotent=False).model_version
 
     def get_model_version(self, name: str) -> trainer_pb2.ModelVersion:
-        return self.call(self.trainer.GetModelVersion, trainer_pb2.GetModelVersionRequest(name=name)).model_version
+        return self.call(
+            self.trainer.GetModelVersion, trainer_pb2.GetModelVersionRequest(name=self._full(name))
+        ).model_version
 
     def watch(
         self, name: str, from_sequence: int = 0, timeout: float | None = None
     ) -> Iterator[trainer_pb2.ModelVersionEvent]:
         """Events of a run, history first; ends when the run reaches a final state."""
-        request = trainer_pb2.WatchModelVersionRequest(name=name, from_sequence=from_sequence)
+        request = trainer_pb2.WatchModelVersionRequest(name=self._full(name), from_sequence=from_sequence)
         for response in self.stream(self.trainer.WatchModelVersion, request, timeout=timeout):
             yield response.event
 
@@ -459,22 +494,24 @@ class Client:
             _backoff(attempt)
 
     def cancel(self, name: str) -> trainer_pb2.ModelVersion:
-        request = trainer_pb2.CancelModelVersionRequest(name=name)
+        request = trainer_pb2.CancelModelVersionRequest(name=self._full(name))
         return self.call(self.trainer.CancelModelVersion, request).model_version
 
     def start_evaluation(self, name: str, dataset_version: str) -> trainer_pb2.ModelEvaluation:
         """Starts evaluating a READY version on a dataset version of its task;
         returns the evaluation RUNNING (follow it with watch_evaluation)."""
-        request = trainer_pb2.EvaluateModelVersionRequest(name=name, dataset_version=dataset_version)
+        request = trainer_pb2.EvaluateModelVersionRequest(
+            name=self._full(name), dataset_version=self._full(dataset_version)
+        )
         return self.call(self.trainer.EvaluateModelVersion, request, idempotent=False).model_evaluation
 
     def get_evaluation(self, name: str) -> trainer_pb2.ModelEvaluation:
-        request = trainer_pb2.GetModelEvaluationRequest(name=name)
+        request = trainer_pb2.GetModelEvaluationRequest(name=self._full(name))
         return self.call(self.trainer.GetModelEvaluation, request).model_evaluation
 
     def watch_evaluation(self, name: str, timeout: float | None = None) -> Iterator[trainer_pb2.ModelEvaluation]:
         """The evaluation now, then after each change; ends once it is done."""
-        request = trainer_pb2.WatchModelEvaluationRequest(name=name)
+        request = trainer_pb2.WatchModelEvaluationRequest(name=self._full(name))
         for response in self.stream(self.trainer.WatchModelEvaluation, request, timeout=timeout):
             yield response.model_evaluation
 
@@ -522,7 +559,7 @@ class Client:
         ignore_eos: bool = False,
     ) -> inference_pb2.PredictResponse:
         params = _generation(max_new_tokens, temperature, top_p, top_k, stop, seed, ignore_eos)
-        request = inference_pb2.PredictRequest(model_version=model_version, texts=texts, generation=params)
+        request = inference_pb2.PredictRequest(model_version=self._full(model_version), texts=texts, generation=params)
         return self.call(self.inference.Predict, request, timeout=timeout)
 
     def predict_stream(
@@ -542,7 +579,9 @@ class Client:
         message carries the finish reason. Closing the iterator early (break,
         or .close()) cancels the RPC, and the server stops generating."""
         params = _generation(max_new_tokens, temperature, top_p, top_k, stop, seed, ignore_eos)
-        request = inference_pb2.PredictStreamRequest(model_version=model_version, text=text, generation=params)
+        request = inference_pb2.PredictStreamRequest(
+            model_version=self._full(model_version), text=text, generation=params
+        )
         call = self.inference.PredictStream(request, metadata=self.metadata, timeout=timeout)
         try:
             yield from call
@@ -553,15 +592,15 @@ class Client:
 
     def load_model_version(self, model_version: str) -> inference_pb2.LoadedModelVersion:
         """Warms the inference cache (base model and adapter) ahead of traffic."""
-        request = inference_pb2.LoadModelVersionRequest(model_version=model_version)
+        request = inference_pb2.LoadModelVersionRequest(model_version=self._full(model_version))
         return self.call(self.inference.LoadModelVersion, request).loaded
 
     def unload_model_version(self, model_version: str) -> None:
-        request = inference_pb2.UnloadModelVersionRequest(model_version=model_version)
+        request = inference_pb2.UnloadModelVersionRequest(model_version=self._full(model_version))
         self.call(self.inference.UnloadModelVersion, request)
 
     def list_loaded_model_versions(self) -> list[inference_pb2.LoadedModelVersion]:
-        request = inference_pb2.ListLoadedModelVersionsRequest()
+        request = inference_pb2.ListLoadedModelVersionsRequest(parent=self.parent)
         return list(self.call(self.inference.ListLoadedModelVersions, request).model_versions)
 
     # ---- access: keys, roles, audit ----
@@ -582,6 +621,24 @@ class Client:
 
     def revoke_api_key(self, key_id: str) -> access_pb2.ApiKey:
         return self.call(self.access.RevokeApiKey, access_pb2.RevokeApiKeyRequest(key_id=key_id)).api_key
+
+    # ---- apps (platform admins: admin keys of the default app) ----
+    def create_app(self, app_id: str, description: str = "", admin_principal: str = "") -> access_pb2.CreateAppResponse:
+        """A new app; with admin_principal, also its first admin key (the secret is in the response, once)."""
+        request = access_pb2.CreateAppRequest(app_id=app_id, description=description, admin_principal=admin_principal)
+        return self.call(self.access.CreateApp, request, idempotent=False)
+
+    def get_app(self, app: str = "") -> access_pb2.App:
+        """An app (default: this client's); any key of the app may read it."""
+        request = access_pb2.GetAppRequest(name=_app_name(app or self.app))
+        return self.call(self.access.GetApp, request).app
+
+    def list_apps(self) -> list[access_pb2.App]:
+        return list(self.call(self.access.ListApps, access_pb2.ListAppsRequest()).apps)
+
+    def delete_app(self, app: str) -> None:
+        """Deletes an app without datasets or models, and revokes its keys."""
+        self.call(self.access.DeleteApp, access_pb2.DeleteAppRequest(name=_app_name(app)), idempotent=False)
 
     def audit_events(self, page_size: int = 0, page_token: str = "") -> access_pb2.ListAuditEventsResponse:
         request = access_pb2.ListAuditEventsRequest(page_size=page_size, page_token=page_token)
@@ -626,9 +683,8 @@ def _generation(
     return params
 
 
-def _named(collection: str, value: str) -> str:
-    """Accepts 'reviews' or 'datasets/reviews'."""
-    return value if value.startswith(collection + "/") else f"{collection}/{value}"
+def _app_name(app: str) -> str:
+    return app if app.startswith("apps/") else f"apps/{app}"
 
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""`textft whoami`, `textft keys ...` and `textft audit`: API keys, roles and the audit log."""
+"""`textft whoami`, `textft keys ...`, `textft audit` and `textft apps ...`: API
+keys, roles, the audit log and apps."""
 
 from __future__ import annotations
 
@@ -80,6 +81,48 @@ def cmd_audit(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_app(app: access_pb2.App) -> None:
+    print(f"{app.name}  created {format_time(app, 'create_time')}  {app.description}".rstrip())
+
+
+def cmd_apps_create(client: Client, args: argparse.Namespace) -> int:
+    response = client.create_app(args.app_id, args.description, admin_principal=args.admin)
+    if args.json:
+        print_json(response)
+        return 0
+    print(f"created {response.app.name}")
+    if response.admin_secret:
+        print(f"admin key {response.admin_key.key_id} for {response.admin_key.principal}; shown this once:")
+        print(response.admin_secret)
+        print(f"use it with TEXTFT_APP={args.app_id} TEXTFT_API_KEY=<the key above>")
+    return 0
+
+
+def cmd_apps_list(client: Client, args: argparse.Namespace) -> int:
+    apps = client.list_apps()
+    if args.json:
+        print_json({"apps": [to_dict(a) for a in apps]})
+        return 0
+    table(("APP", "CREATED", "DESCRIPTION"), ((a.name, format_time(a, "create_time"), a.description) for a in apps))
+    return 0
+
+
+def cmd_apps_show(client: Client, args: argparse.Namespace) -> int:
+    app = client.get_app(args.app or client.whoami().app)
+    if args.json:
+        print_json(app)
+    else:
+        _print_app(app)
+    return 0
+
+
+def cmd_apps_delete(client: Client, args: argparse.Namespace) -> int:
+    client.delete_app(args.app_id)
+    if not args.json:
+        print(f"deleted apps/{args.app_id.removeprefix('apps/')}; its keys are revoked")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds `whoami`, `keys` (with its subcommands) and `audit`."""
     p = sub.add_parser("whoami", help="the principal, app and role of this key")
@@ -100,3 +143,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="mutating calls in this app, newest first (admin role)")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_audit)
+    apps = sub.add_parser("apps", help="apps: each has its own datasets, models and keys (platform admins)")
+    asub = apps.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    p = asub.add_parser("create", help="create an app, and with --admin its first admin key (printed once)")
+    p.add_argument("app_id")
+    p.add_argument("--description", default="")
+    p.add_argument("--admin", default="", metavar="PRINCIPAL", help="create an admin key of the app for PRINCIPAL")
+    p.set_defaults(func=cmd_apps_create)
+    p = asub.add_parser("list", help="list apps")
+    p.set_defaults(func=cmd_apps_list)
+    p = asub.add_parser("show", help="show an app (default: this key's)")
+    p.add_argument("app", nargs="?", default="")
+    p.set_defaults(func=cmd_apps_show)
+    p = asub.add_parser("delete", help="delete an app without datasets or models; revokes its keys")
+    p.add_argument("app_id")
+    p.set_defaults(func=cmd_apps_delete)

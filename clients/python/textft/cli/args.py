@@ -17,12 +17,12 @@ class UsageError(Exception):
 
 
 def dataset_version_name(value: str) -> str:
-    """`datasets/d/versions/v`, also accepted as `d/versions/v`."""
-    return value if value.startswith("datasets/") else f"datasets/{value}"
+    """`datasets/d/versions/v`, also accepted as `d/versions/v` (the client adds the app)."""
+    return value if value.startswith(("datasets/", "apps/")) else f"datasets/{value}"
 
 
 def model_version_name(value: str) -> str:
-    return value if value.startswith("models/") else f"models/{value}"
+    return value if value.startswith(("models/", "apps/")) else f"models/{value}"
 
 
 def parse_json_object(text: str, what: str) -> dict[str, Any]:

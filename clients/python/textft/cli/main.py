@@ -13,7 +13,7 @@ from . import access, datasets, models, predict, stack
 from .args import UsageError
 
 # Global options that take a value: `textft up` must see everything after "up" untouched.
-_GLOBAL_VALUE_OPTIONS = ("--dataset-addr", "--trainer-addr", "--inference-addr", "--api-key", "--timeout")
+_GLOBAL_VALUE_OPTIONS = ("--dataset-addr", "--trainer-addr", "--inference-addr", "--api-key", "--app", "--timeout")
 _GLOBAL_FLAGS = ("--json",)
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--inference-addr", help="inference service host:port (default $TEXTFT_INFERENCE_ADDR or :50053)"
     )
     parser.add_argument("--api-key", help="API key (default $TEXTFT_API_KEY, else $TEXTFT_HOME/api_key)")
+    parser.add_argument("--app", help="the app short names are in (default $TEXTFT_APP, else default)")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of unary calls in seconds (default 60)")
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         args.inference_addr,
         api_key=default_api_key() if args.api_key is None else args.api_key,
         timeout=args.timeout,
+        app=args.app,
     )
     try:
         return int(args.func(client, args))
