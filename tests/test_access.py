@@ -177,7 +177,7 @@ def test_the_policy_reads_every_field_that_names_a_resource() -> None:
     looks_like_a_name = re.compile(r"name|parent|app|model_name|dataset_version|model_version")
     skipped = []
     for method, descriptor in _request_types().items():
-        read = {path[-1] for path in access._reference_paths(descriptor)}
+        read = {path[-1] for path in access.reference_paths(descriptor)}
         oip = method.startswith("/inference.")
         for field in descriptor.fields:
             if field.type != field.TYPE_STRING or field.label == field.LABEL_REPEATED:
@@ -186,7 +186,7 @@ def test_the_policy_reads_every_field_that_names_a_resource() -> None:
             if looks_like_a_name.fullmatch(field.name) and field.name not in read and not version_number:
                 skipped.append(f"{method}.{field.name}")
     assert skipped == []
-    upload = access._reference_paths(dataset_pb2.UploadDatasetVersionRequest.DESCRIPTOR)
+    upload = access.reference_paths(dataset_pb2.UploadDatasetVersionRequest.DESCRIPTOR)
     assert ("header", "parent") in upload  # nested in the first message of the stream
 
 

@@ -218,7 +218,7 @@ def test_a_caller_of_another_app_is_refused_on_every_rpc_and_learns_nothing(stac
         for module in (access_pb2, dataset_pb2, trainer_pb2, inference_pb2, oip_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for m in service.methods
-        if access._reference_paths(m.input_type) and m.name != "GetTemplate"  # templates belong to no app
+        if access.reference_paths(m.input_type) and m.name != "GetTemplate"  # templates belong to no app
     }
     assert len(named) > 30
     assert named <= {key.split(" ")[0] for key in attempts}, named - set(attempts)

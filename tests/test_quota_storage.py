@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import API_KEY, S3Endpoint, unique_bucket
-from support import error_of
+from support import BASE, CLS_TEMPLATE, error_of
 
 from textft import Client
 from textft.errors import ResourceExhausted
@@ -95,3 +95,27 @@ def test_an_apps_stored_bytes_are_capped_per_app(dataset: ServiceProcess, env: d
         assert stored.used(q1) + len(more) > QUOTA
         full = error_of(lambda: one.upload_dataset("big", more, format="csv"))
         assert isinstance(full, ResourceExhausted) and full.reason == "QUOTA_STORED_BYTES"
+
+
+def test_no_training_starts_in_a_full_app(
+    dataset: ServiceProcess, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A run adds an adapter and checkpoints: the trainer refuses new ones once
+    the app's stored bytes reach the quota (here set below what one dataset holds)."""
+    app = f"q3-{RUN}"
+    with Client(dataset.address, api_key=API_KEY, retries=0) as platform:
+        key = platform.create_app(app, admin_principal="owner").admin_secret
+    with open(Path(tmp_path_factory.mktemp("quota-trainer")) / "trainer.log", "w") as log:
+        limits = {"TEXTFT_DATASET_ADDR": dataset.address, "TEXTFT_QUOTA_STORED_BYTES": "10000"}
+        trainer = start_service("trainer", {**env, **limits}, log=log)
+        try:
+            with Client(dataset.address, trainer.address, api_key=key, app=app, retries=0) as client:
+                client.create_dataset("d")
+                version = client.upload_dataset("d", csv(2_000, "t"), format="csv")
+                client.create_model("m", task="classification")
+                refused = error_of(lambda: client.train("m", version.name, CLS_TEMPLATE, model_config=BASE))
+                assert isinstance(refused, ResourceExhausted) and refused.reason == "QUOTA_STORED_BYTES"
+                assert "10000 bytes" in refused.message and f"app {app}" in refused.message
+                assert client.list_model_versions("m").model_versions == []
+        finally:
+            trainer.stop()

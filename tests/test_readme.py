@@ -81,4 +81,4 @@ def test_sdk_example_in_readme_runs(stack: RunningStack, tmp_path: Path) -> None
     assert len(events) >= 5 and any(float(loss) > 0 for _, _, loss in events)
     assert any("'accuracy':" in line for line in lines)
     assert 'label: "positive"' in result.stdout and 'label: "negative"' in result.stdout
-    assert any(k.startswith(f"apps/{app}/models/sentiment/versions/") for k in stack.store.list(f"apps/{app}/"))
+    assert any(k.startswith(f"apps/{app}/models/") and "/adapter/" in k for k in stack.store.list(f"apps/{app}/"))

@@ -5,7 +5,8 @@ Every RPC needs one permission (METHOD_PERMISSIONS, a table a test checks
 against every service the protos define, so a new RPC cannot be served
 unclassified), and a key's role grants a set of them:
 
-    admin      read, predict, write, admin (deletes, keys, the audit log)
+    admin      read, predict, write, admin (deletes, keys, the audit log);
+               in the default app also platform (apps)
     editor     read, predict, write (datasets, training, evaluation, loading)
     predictor  read, predict
 
@@ -18,6 +19,12 @@ whole key, never the key. A fast hash is enough here (GitHub and Stripe do the
 same): the secret is 32 random bytes, nothing a dictionary could guess. A
 resolved key is cached for AUTH_CACHE_SECONDS, so revocation takes effect
 within that time and a call costs no query while it is cached.
+
+Apps: every dataset and model belongs to one (names.py), and a key works in
+one. check_apps, called by the same interceptor for every request, refuses a
+name of another app with the NOT_FOUND a missing resource gets. Admins of the
+default app are the platform's (Permission.PLATFORM: creating and deleting
+apps); the services' identity alone acts in every app.
 
 Mutating calls (write and admin) by an authenticated caller are recorded in
 the audit log with their outcome, refusals included. A failed audit write is
@@ -186,7 +193,8 @@ APP_MANAGEMENT = frozenset(f"/textft.v1.AccessService/{m}" for m in ("CreateApp"
 _PATHS: dict[str, tuple[tuple[str, ...], ...]] = {}
 
 
-def _reference_paths(descriptor: Any, depth: int = 0) -> tuple[tuple[str, ...], ...]:
+def reference_paths(descriptor: Any, depth: int = 0) -> tuple[tuple[str, ...], ...]:
+    """The field paths of a request type that name resources, e.g. ("header", "parent")."""
     cached = _PATHS.get(descriptor.full_name) if depth == 0 else None
     if cached is not None:
         return cached
@@ -198,20 +206,16 @@ def _reference_paths(descriptor: Any, depth: int = 0) -> tuple[tuple[str, ...], 
         if f.type == f.TYPE_STRING and f.name in fields:
             paths.append((f.name,))
         elif f.type == f.TYPE_MESSAGE and depth < 2 and not f.message_type.full_name.startswith("google.protobuf."):
-            paths += [(f.name, *p) for p in _reference_paths(f.message_type, depth + 1)]
+            paths += [(f.name, *p) for p in reference_paths(f.message_type, depth + 1)]
     if depth == 0:
         _PATHS[descriptor.full_name] = tuple(paths)
     return tuple(paths)
 
 
-def has_references(request_type: Any) -> bool:
-    return bool(_reference_paths(request_type.DESCRIPTOR))
-
-
 def referenced_apps(request: Any) -> list[tuple[str, str]]:
     """(the name as written, its app) for every resource the request names."""
     found = []
-    for path in _reference_paths(request.DESCRIPTOR):
+    for path in reference_paths(request.DESCRIPTOR):
         message = request
         for part in path[:-1]:
             if not message.HasField(part):

@@ -487,12 +487,13 @@ class DatasetRepository:
             raise InvalidArgument.for_field(
                 "source_object", f"{source_object[:200]!r} is not a valid object key", reason="INVALID_OBJECT_KEY"
             ) from None
-        if not source_object.startswith(IMPORTS_PREFIX):
+        imports = app_prefix(spec.dataset.app) + IMPORTS_PREFIX  # an app imports from its own prefix only
+        if not source_object.startswith(imports):
             # Imports read what was put there to be imported, never another
             # dataset's source, a model's files or a base model's weights.
             raise InvalidArgument.for_field(
                 "source_object",
-                f"imports read only objects under {IMPORTS_PREFIX} (put the file at {IMPORTS_PREFIX}<name> first), "
+                f"imports read only objects under {imports} (put the file at {imports}<name> first), "
                 f"got {source_object[:200]!r}",
                 reason="IMPORT_OUTSIDE_PREFIX",
             )
