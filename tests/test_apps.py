@@ -354,8 +354,20 @@ def test_sdk_and_cli_take_the_app_from_textft_app(stack, world: World) -> None:
     # --app overrides TEXTFT_APP: with A's key, B's names are NOT_FOUND.
     other = run("--app", B, "datasets", "get", "d0")
     assert other.returncode == 1 and "NOT_FOUND" in other.stderr
-    listed = run("--api-key", stack.api_key, "--app", "default", "apps", "list")
+    platform = {**env, "TEXTFT_API_KEY": stack.api_key, "TEXTFT_APP": ""}
+    listed = run("apps", "list", app_env=platform)
     assert listed.returncode == 0 and f"apps/{A}" in listed.stdout
+    created = run("apps", "create", f"c-{RUN}", "--admin", "carol", "--description", "from the CLI", app_env=platform)
+    assert created.returncode == 0, created.stderr
+    secret = next(line for line in created.stdout.splitlines() if line.startswith("tft_"))
+    own = {**env, "TEXTFT_API_KEY": secret, "TEXTFT_APP": f"c-{RUN}"}
+    assert f"carol: admin in app c-{RUN}" in run("whoami", app_env=own).stdout
+    shown = run("apps", "show", app_env=own)  # an app's own key reads its app
+    assert f"apps/c-{RUN}" in shown.stdout and "from the CLI" in shown.stdout
+    refused = run("apps", "delete", f"c-{RUN}", app_env=own)  # but only platform admins delete
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+    assert run("apps", "delete", f"c-{RUN}", app_env=platform).returncode == 0
+    assert f"apps/c-{RUN}" not in run("apps", "list", app_env=platform).stdout
 
 
 def test_grpc_codes_of_a_cross_app_refusal_match_a_missing_resource_on_the_wire(stack, world: World) -> None:

@@ -48,12 +48,14 @@ from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
+from google.protobuf import json_format
 
 from textft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from textft.v1 import access_pb2
 
 from . import names, schema
 from .db import Database
+from .protojson import to_dict
 
 log = logging.getLogger("textft.access")
 MIN_KEY_LENGTH = 32
@@ -418,15 +420,12 @@ class ApiKeys:
 
 
 def _app_pb(row: sa.Row) -> access_pb2.App:
-    description = json.loads(row.record or "{}").get("description", "")
-    return access_pb2.App(
-        name=str(names.AppName(row.app_id)), description=description, create_time=_timestamp(row.created_at)
-    )
+    return json_format.ParseDict(json.loads(row.record), access_pb2.App(), ignore_unknown_fields=True)
 
 
 class Apps:
-    """The apps (access_pb2.App) in the database. The default app is always
-    there: a row for it is written when first asked for."""
+    """The apps in the database; `record` holds the App (proto JSON). The
+    default app is always there: its row is written when first asked for."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -435,27 +434,27 @@ class Apps:
         names.check_id(app_id, "app_id")
         if len(description) > 1000:
             raise InvalidArgument.for_field("description", f"at most 1000 characters, got {len(description)}")
-        t = schema.apps
-        with self.db.write() as conn:
-            if conn.execute(sa.select(t.c.app_id).where(t.c.app_id == app_id)).first() is not None:
-                raise AlreadyExists(f"app apps/{app_id} already exists", reason="APP_EXISTS")
-            record = json.dumps({"description": description})
-            conn.execute(t.insert().values(app_id=app_id, uid=uuid.uuid4().hex, record=record, created_at=time.time()))
-            row = conn.execute(sa.select(t).where(t.c.app_id == app_id)).one()
-        return _app_pb(row)
+        created = time.time()
+        app = access_pb2.App(name=str(names.AppName(app_id)), description=description, create_time=_timestamp(created))
+        row = dict(app_id=app_id, uid=uuid.uuid4().hex, record=json.dumps(to_dict(app)), created_at=created)
+        try:
+            with self.db.write() as conn:
+                conn.execute(schema.apps.insert().values(**row))
+        except sa.exc.IntegrityError:
+            raise AlreadyExists(f"app {app.name} already exists", reason="APP_EXISTS") from None
+        return app
 
     def get(self, app_id: str) -> access_pb2.App:
-        t = schema.apps
-        if app_id == schema.DEFAULT_APP:
-            self._ensure_default()
-        with self.db.read() as conn:
-            row = conn.execute(sa.select(t).where(t.c.app_id == app_id)).one_or_none()
+        row = self._row(app_id)
+        if row is None and app_id == schema.DEFAULT_APP:
+            self._create_default()
+            row = self._row(app_id)
         if row is None:
             raise names.not_found(str(names.AppName(app_id)))
         return _app_pb(row)
 
     def list(self) -> list[access_pb2.App]:
-        self._ensure_default()
+        self.get(schema.DEFAULT_APP)
         t = schema.apps
         with self.db.read() as conn:
             return [_app_pb(row) for row in conn.execute(sa.select(t).order_by(t.c.app_id))]
@@ -465,23 +464,22 @@ class Apps:
         if app_id == schema.DEFAULT_APP:
             raise FailedPrecondition("the default app cannot be deleted", reason="DEFAULT_APP")
         self.get(app_id)
+        keys = schema.api_keys
         with self.db.write() as conn:
             conn.execute(schema.apps.delete().where(schema.apps.c.app_id == app_id))
-            keys = schema.api_keys
             conn.execute(
                 keys.update().where((keys.c.app == app_id) & keys.c.revoked_at.is_(None)).values(revoked_at=time.time())
             )
 
-    def _ensure_default(self) -> None:
-        t = schema.apps
-        with self.db.write() as conn:
-            if conn.execute(sa.select(t.c.app_id).where(t.c.app_id == schema.DEFAULT_APP)).first() is None:
-                record = json.dumps({"description": "the platform's own app; names without apps/ are in it"})
-                conn.execute(
-                    t.insert().values(
-                        app_id=schema.DEFAULT_APP, uid=uuid.uuid4().hex, record=record, created_at=time.time()
-                    )
-                )
+    def _row(self, app_id: str) -> sa.Row | None:
+        with self.db.read() as conn:
+            return conn.execute(sa.select(schema.apps).where(schema.apps.c.app_id == app_id)).one_or_none()
+
+    def _create_default(self) -> None:
+        try:
+            self.create(schema.DEFAULT_APP, "the platform's own app: names without apps/ are in it")
+        except AlreadyExists:  # another replica wrote it first
+            pass
 
 
 class AuditLog:
