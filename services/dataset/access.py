@@ -93,7 +93,8 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
         self.apps.get(app)
         if app != schema.DEFAULT_APP and next(iter(self.store.list(app_prefix(app))), None) is not None:
             raise FailedPrecondition(
-                f"app apps/{app} still holds datasets or models: delete them first", reason="APP_NOT_EMPTY"
+                f"app apps/{app} still holds objects (datasets, models or imports): delete them first",
+                reason="APP_NOT_EMPTY",
             )
         self.apps.delete(app)
         return access_pb2.DeleteAppResponse()
