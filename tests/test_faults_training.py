@@ -235,7 +235,8 @@ def test_training_fails_when_store_stays_away(outage: Outage) -> None:
 def test_store_retry_backs_off_within_its_budget() -> None:
     """The job's retry policy alone, on a fake clock: capped exponential
     backoff, a log event per retry, FAILED with a reason past the budget."""
-    from textft_services.trainer.worker import STORE_UNAVAILABLE, JobFailure, StoreRetry
+    from textft_services.modeling.data import JobFailure
+    from textft_services.trainer.job.retry import STORE_UNAVAILABLE, StoreRetry
 
     class Recorder:
         def __init__(self) -> None:

@@ -227,7 +227,7 @@ def test_a_crashed_jobs_traceback_carries_no_hub_token(tmp_path: Path) -> None:
         TEXTFT_LOG_FORMAT="json",
     )
     # The job key carries the token, so the NotFound's traceback does too.
-    cmd = [sys.executable, "-m", "textft_services.trainer.worker", "--job", f"jobs/{token}/job.json"]
+    cmd = [sys.executable, "-m", "textft_services.trainer.job", "--job", f"jobs/{token}/job.json"]
     done = subprocess.run(
         [*cmd, "--workdir", str(tmp_path / "work")], env=env, capture_output=True, text=True, timeout=300
     )

@@ -3,7 +3,10 @@
 as a driver on the head's address (TEXTFT_RAY_ADDRESS=host:port), and the
 tiny GPT-Neo: a job trains to READY through a Ray task, a
 cancel stops the task and its job process, and a Ray worker killed mid-job is
-retried by Ray and resumes from its last checkpoint in the store.
+retried by Ray and resumes from its last checkpoint in the store. A job of 2
+workers (TEXTFT_TRAINER_NPROC=2) runs through Ray Train's TorchTrainer (gloo
+on CPU) to READY with world_size 2 and an adapter plain PEFT loads, and its
+cancel stops both workers.
 
 Skipped where Ray is not installed (pip install 'textft-services[ray]')."""
 
@@ -224,3 +227,76 @@ def test_killed_ray_worker_reruns_and_resumes_from_checkpoint(ray_stack: RayStac
     assert states(events)[-1] == "READY"
     assert [e.sequence for e in events] == list(range(len(events)))
     assert ray_stack.store.exists(f"{run.name}/adapter/adapter_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def ray_train_trainer(ray_stack: RayStack, ray_head: RayHead) -> Iterator[Client]:
+    """A second trainer on the same head, database and store whose jobs have
+    2 workers each: Ray Train, one CPU per worker."""
+    env = {
+        **ray_stack.env,
+        "TEXTFT_LAUNCHER": "ray",
+        "TEXTFT_RAY_ADDRESS": ray_head.address,
+        "TEXTFT_RAY_NUM_CPUS": "1",
+        "TEXTFT_RAY_MAX_RETRIES": "0",
+        "TEXTFT_TRAINER_NPROC": "2",
+    }
+    trainer = start_service("trainer", env, log=ray_stack.log)
+    client = Client(ray_stack.dataset.address, trainer.address, api_key=API_KEY)
+    try:
+        yield client
+    finally:
+        client.close()
+        trainer.stop()
+
+
+def test_cancel_stops_a_ray_train_job(ray_train_trainer: Client, dataset_version: str) -> None:
+    """Runs before the READY test below, which needs both of the head's CPUs:
+    workers a cancel left behind would hold them."""
+    client = ray_train_trainer
+    client.create_model("ray-train-cancel", task="classification")
+    run = client.train(
+        "ray-train-cancel",
+        dataset_version,
+        CLS_TEMPLATE,
+        model_config=BASE,
+        trainer_config={"max_steps": 100_000, "per_device_train_batch_size": 4, "logging_steps": 2},
+    )
+    watch = client.watch(run.name, timeout=600)
+    seen = until(watch, progressed())
+    assert any("Ray Train: 2 workers" in e.message for e in seen if e.kind == EV.KIND_LOG)
+    client.cancel(run.name)
+    rest = list(watch)
+    assert states(rest)[-1] == "CANCELLED"
+    assert client.get_model_version(run.name).state == MV.STATE_CANCELLED
+
+
+def test_two_workers_train_through_ray_train(
+    ray_stack: RayStack, ray_train_trainer: Client, dataset_version: str, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    client = ray_train_trainer
+    client.create_model("ray-train", task="classification")
+    run = client.train(
+        "ray-train",
+        dataset_version,
+        CLS_TEMPLATE,
+        model_config=BASE,
+        trainer_config={"max_steps": 6, "per_device_train_batch_size": 4, "logging_steps": 2},
+    )
+    events = list(client.watch(run.name, timeout=600))
+    done = client.get_model_version(run.name)
+    assert done.state == MV.STATE_READY, done.failure.message
+    assert done.world_size == 2
+    logs = [e.message for e in events if e.kind == EV.KIND_LOG]
+    assert any("Ray Train: 2 workers" in m for m in logs), logs
+    assert any(m.startswith("distributed: 2 processes, backend gloo") for m in logs), logs
+    assert [e.progress.step for e in events if e.kind == EV.KIND_PROGRESS and e.loss > 0][-1] == 6
+    adapter, base = tmp_path / "adapter", tmp_path / "base"
+    ray_stack.store.download_dir(done.adapter_uri, adapter)
+    ray_stack.store.download_dir(TINY_BASE_KEY, base)
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=len(done.label_names))
+    model = PeftModel.from_pretrained(model, str(adapter))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0

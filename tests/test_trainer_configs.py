@@ -8,7 +8,8 @@ import pytest
 
 from textft.errors import InvalidArgument
 from textft_services.common.config import Settings
-from textft_services.trainer import configs, worker
+from textft_services.trainer import configs
+from textft_services.trainer.job import main as job_main
 from textft_services.trainer.launcher import LocalProcessLauncher
 from textft_services.trainer.templates import TEMPLATES
 
@@ -39,14 +40,14 @@ def test_nproc_setting_and_torchrun_command(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="TEXTFT_TRAINER_NPROC"):
         Settings.from_env({"TEXTFT_TRAINER_NPROC": "two"})
     single = LocalProcessLauncher(1).command("models/m/versions/v1/job.json", tmp_path)
-    assert single[1:3] == ["-m", "textft_services.trainer.worker"] and "--exit-on-stdin-eof" in single
+    assert single[1:3] == ["-m", "textft_services.trainer.job"] and "--exit-on-stdin-eof" in single
     ddp = LocalProcessLauncher(2).command("models/m/versions/v1/job.json", tmp_path)
     assert ddp[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    assert ddp[5:7] == ["-m", "textft_services.trainer.worker"]
+    assert ddp[5:7] == ["-m", "textft_services.trainer.job"]
     # Evaluation always runs as one process (the spec says it is one).
     evaluate = LocalProcessLauncher(2).command("k", tmp_path, distributed=False)
-    assert evaluate[1:3] == ["-m", "textft_services.trainer.worker"]
-    parsed = worker.parser().parse_args(evaluate[3:])  # the worker accepts exactly what the launcher passes
+    assert evaluate[1:3] == ["-m", "textft_services.trainer.job"]
+    parsed = job_main.parser().parse_args(evaluate[3:])  # the worker accepts exactly what the launcher passes
     assert parsed.job == "k"
 
 

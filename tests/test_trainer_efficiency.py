@@ -17,7 +17,8 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from textft_services.modeling import data
 from textft_services.modeling.collate import make_collator
-from textft_services.trainer import worker
+from textft_services.modeling.loading import load_base_model, load_tokenizer
+from textft_services.trainer.job.training import build_training_args, job_trainer
 from textft_services.trainer.templates import TEMPLATES
 
 pytestmark = pytest.mark.unit
@@ -36,7 +37,7 @@ def _padding_share(trainer: Trainer) -> tuple[float, set[str]]:
 
 
 def test_group_by_length_and_dynamic_padding_take_effect(tiny_model_dir: Path, tmp_path: Path) -> None:
-    tokenizer, max_length = worker.load_tokenizer({}, str(tiny_model_dir))
+    tokenizer, max_length = load_tokenizer({}, str(tiny_model_dir))
     rng = random.Random(0)
     texts = [" ".join(["fox"] * rng.randint(1, 100)) for _ in range(256)]
     rows = Dataset.from_dict(
@@ -50,15 +51,15 @@ def test_group_by_length_and_dynamic_padding_take_effect(tiny_model_dir: Path, t
     )
     lengths = data.text_lengths(rows, with_target=False)
     assert lengths.tolist() == [len(t) for t in texts]
-    model = worker.load_base_model(True, str(tiny_model_dir), {}, tokenizer, LABELS, False)
+    model = load_base_model(True, str(tiny_model_dir), {}, tokenizer, LABELS, False)
     collator = make_collator(True, tokenizer, max_length, LABELS, False)
     defaults = dict(TEMPLATES["gpt-neo-125m-lora-text-classification"].trainer_config)
     assert defaults["train_sampling_strategy"] == "group_by_length"
 
     def trainer_with(**overrides: object) -> Trainer:
-        args = worker.build_training_args({**defaults, **overrides}, tmp_path / "out")
+        args = build_training_args({**defaults, **overrides}, tmp_path / "out")
         assert args.remove_unused_columns is False
-        return worker.job_trainer(lengths)(model=model, args=args, train_dataset=rows, data_collator=collator)
+        return job_trainer(lengths)(model=model, args=args, train_dataset=rows, data_collator=collator)
 
     grouped = trainer_with()
     sampler = grouped._get_train_sampler()
@@ -69,6 +70,6 @@ def test_group_by_length_and_dynamic_padding_take_effect(tiny_model_dir: Path, t
 
     shuffled_share, _ = _padding_share(trainer_with(train_sampling_strategy="random"))
     assert grouped_share < 0.1 < shuffled_share, (grouped_share, shuffled_share)
-    args = worker.build_training_args({**defaults, "max_steps": 1}, tmp_path / "step")
-    trainer = worker.job_trainer(lengths)(model=model, args=args, train_dataset=rows, data_collator=collator)
+    args = build_training_args({**defaults, "max_steps": 1}, tmp_path / "step")
+    trainer = job_trainer(lengths)(model=model, args=args, train_dataset=rows, data_collator=collator)
     assert trainer.train().global_step == 1

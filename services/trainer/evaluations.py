@@ -20,22 +20,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
 from textft.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from textft.internal.v1 import job_pb2
-from textft.v1 import common_pb2, trainer_pb2
+from textft.v1 import common_pb2, dataset_pb2, trainer_pb2
 
 from ..common import names
+from ..common.config import Settings
 from ..common.protojson import now, to_dict
 from .events import parse_events
-from .records import MV, version_prefix
-
-if TYPE_CHECKING:
-    from .service import TrainerCore
+from .launcher import Launcher
+from .records import MV, Records, version_prefix
 
 log = logging.getLogger("textft.trainer")
 ME = trainer_pb2.ModelEvaluation
@@ -84,8 +83,19 @@ def _parse_evaluation(name: str) -> tuple[names.ModelVersionName, str]:
 class Evaluations:
     """The evaluations this replica runs, and the ones in the store."""
 
-    def __init__(self, core: TrainerCore) -> None:
-        self.core = core
+    def __init__(
+        self,
+        settings: Settings,
+        records: Records,
+        launcher: Launcher,
+        resolve_dataset: Callable[[str, int], tuple[dataset_pb2.DatasetVersion, list[common_pb2.RowIssue]]],
+        is_stopping: Callable[[], bool],
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.launcher = launcher
+        self.resolve_dataset = resolve_dataset
+        self.is_stopping = is_stopping
         self.runs: dict[str, EvaluationRun] = {}
 
     def stop(self) -> None:
@@ -99,7 +109,7 @@ class Evaluations:
         """Starts the evaluation job of a READY version on a dataset version
         and returns the evaluation, RUNNING; a thread follows the job (see
         _run)."""
-        version = self.core.get_version(name)
+        version = self.records.get_version(name)
         if version.state != MV.STATE_READY:
             raise FailedPrecondition(
                 f"model version {version.name} is {MV.State.Name(version.state)}; only READY versions can be evaluated",
@@ -107,12 +117,12 @@ class Evaluations:
             )
         if not dataset_version:
             raise InvalidArgument.for_field("dataset_version", "required: datasets/{dataset}/versions/{version}")
-        dataset, _ = self.core.resolve_dataset(dataset_version, version.task)
+        dataset, _ = self.resolve_dataset(dataset_version, version.task)
         parsed = names.parse_model_version(version.name)
         prefix = version_prefix(parsed)
         evaluation_id = f"e{time.time_ns()}"
         spec = json_format.ParseDict(
-            self.core.store.get_json(f"{prefix}/job.json"), job_pb2.TrainingJobSpec(), ignore_unknown_fields=True
+            self.records.store.get_json(f"{prefix}/job.json"), job_pb2.TrainingJobSpec(), ignore_unknown_fields=True
         )
         spec.evaluation.CopyFrom(
             job_pb2.EvaluationTarget(
@@ -127,9 +137,9 @@ class Evaluations:
             update_time=now(),
         )
         run = EvaluationRun(evaluation, f"{prefix}/evaluations/{evaluation_id}")
-        with self.core.lock:
+        with self.records.lock:
             running = sum(1 for r in self.runs.values() if r.evaluation.state == ME.STATE_RUNNING)
-            limit = self.core.settings.trainer_max_evaluations
+            limit = self.settings.trainer_max_evaluations
             if limit > 0 and running >= limit:
                 raise ResourceExhausted(
                     f"{running} evaluations are running, the most at once (TEXTFT_TRAINER_MAX_EVALUATIONS={limit}); "
@@ -138,14 +148,14 @@ class Evaluations:
                 )
             self.runs[evaluation.name] = run
         try:
-            self.core.store.put_json(f"{run.prefix}/job.json", to_dict(spec))
-            self.core.store.put_json(f"{run.prefix}/evaluation.json", to_dict(evaluation))
+            self.records.store.put_json(f"{run.prefix}/job.json", to_dict(spec))
+            self.records.store.put_json(f"{run.prefix}/evaluation.json", to_dict(evaluation))
         except BaseException:
-            with self.core.lock:
+            with self.records.lock:
                 self.runs.pop(evaluation.name, None)
             raise
         workdir = (
-            self.core.settings.trainer_workdir / names.app_prefix(parsed.app) / parsed.model / parsed.version
+            self.settings.trainer_workdir / names.app_prefix(parsed.app) / parsed.model / parsed.version
         ) / evaluation_id
         thread = threading.Thread(
             target=self._run, args=(run, version.name, prefix, workdir), name="evaluation", daemon=True
@@ -160,10 +170,10 @@ class Evaluations:
         code: int | None = None
         try:
             with run.cond:
-                if self.core.stopping:
+                if self.is_stopping():
                     raise RuntimeError("the trainer is shutting down")
-                env = self.core.settings.job_environment(dict(os.environ))
-                run.handle = self.core.launcher.start(f"{run.prefix}/job.json", workdir, env, distributed=False)
+                env = self.settings.job_environment(dict(os.environ))
+                run.handle = self.launcher.start(f"{run.prefix}/job.json", workdir, env, distributed=False)
             for event in parse_events(run.handle.lines()):
                 if event.HasField("progress"):
                     run.update(progress=event.progress.progress)
@@ -181,7 +191,7 @@ class Evaluations:
             run.update(state=ME.STATE_SUCCEEDED, result=evaluation)
         elif failure.reason == "EVALUATION_NO_USABLE_ROWS":
             run.update(state=ME.STATE_FAILED, failure=failure, error_code=grpc.StatusCode.FAILED_PRECONDITION.value[0])
-        elif self.core.stopping:
+        elif self.is_stopping():
             interrupted = common_pb2.Failure(
                 reason="EVALUATION_INTERRUPTED", message="the trainer shut down during the evaluation; start it again"
             )
@@ -193,20 +203,20 @@ class Evaluations:
             )
             run.update(state=ME.STATE_FAILED, failure=broken, error_code=grpc.StatusCode.INTERNAL.value[0])
         try:
-            self.core.store.put_json(f"{run.prefix}/evaluation.json", to_dict(run.snapshot()))
-            self.core.store.delete(f"{run.prefix}/job.json")
+            self.records.store.put_json(f"{run.prefix}/evaluation.json", to_dict(run.snapshot()))
+            self.records.store.delete(f"{run.prefix}/job.json")
         except Exception:
             log.exception("could not store evaluation %s; it is kept in memory", run.evaluation.name)
 
     def get(self, name: str) -> trainer_pb2.ModelEvaluation:
         parsed = _parse_evaluation(name)
-        with self.core.lock:
+        with self.records.lock:
             run = self.runs.get(name)
         if run is not None:
             return run.snapshot()
         prefix = version_prefix(parsed[0])
         try:
-            data = self.core.store.get_json(f"{prefix}/evaluations/{parsed[1]}/evaluation.json")
+            data = self.records.store.get_json(f"{prefix}/evaluations/{parsed[1]}/evaluation.json")
         except NotFound:
             raise NotFound(f"evaluation {name} not found", reason="EVALUATION_NOT_FOUND") from None
         evaluation = json_format.ParseDict(data, trainer_pb2.ModelEvaluation(), ignore_unknown_fields=True)
@@ -224,7 +234,7 @@ class Evaluations:
     def watch(self, name: str, is_active: Callable[[], bool]) -> Iterator[trainer_pb2.ModelEvaluation]:
         """The evaluation now, then after each change, until it is done or the client leaves."""
         _parse_evaluation(name)
-        with self.core.lock:
+        with self.records.lock:
             run = self.runs.get(name)
         if run is None:  # not of this process: as stored, already final
             yield self.get(name)
@@ -244,19 +254,19 @@ class Evaluations:
 
     def _store_result(self, name: str, prefix: str, evaluation: trainer_pb2.Evaluation) -> None:
         """Latest evaluation per dataset version, on the version and in metrics.json."""
-        with self.core.lock:
-            run = self.core.runs.get(name)
-            version = run.version if run is not None else self.core.get_version(name)
+        with self.records.lock:
+            run = self.records.runs.get(name)
+            version = run.version if run is not None else self.records.get_version(name)
             cond = run.cond if run is not None else threading.Condition()
             with cond:
                 kept = [e for e in version.evaluations if e.dataset_version != evaluation.dataset_version]
                 del version.evaluations[:]
                 version.evaluations.extend([*kept, evaluation])
                 snapshot = trainer_pb2.ModelVersion().FromString(version.SerializeToString())
-            self.core.save_version(snapshot)
+            self.records.save_version(snapshot)
             try:
-                metrics = self.core.store.get_json(f"{prefix}/metrics.json")
+                metrics = self.records.store.get_json(f"{prefix}/metrics.json")
             except NotFound:
                 metrics = {}
             metrics.setdefault("evaluations", {})[evaluation.dataset_version] = to_dict(evaluation)
-            self.core.store.put_json(f"{prefix}/metrics.json", metrics)
+            self.records.store.put_json(f"{prefix}/metrics.json", metrics)

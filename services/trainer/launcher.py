@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
-WORKER_MODULE = "textft_services.trainer.worker"
+WORKER_MODULE = "textft_services.trainer.job"
 
 
 def worker_command(python: str, job_key: str, workdir: Path, nproc: int = 1) -> list[str]:
@@ -105,7 +105,7 @@ class LocalProcessHandle(JobHandle):
 
 
 class LocalProcessLauncher(Launcher):
-    """Runs `python -m textft_services.trainer.worker` as a child process, or
+    """Runs `python -m textft_services.trainer.job` as a child process, or
     `python -m torch.distributed.run --nproc_per_node=N` around it."""
 
     def __init__(self, nproc: int = 1) -> None:

@@ -1,6 +1,6 @@
 """Training and evaluation jobs as tasks on a Ray cluster (TEXTFT_LAUNCHER=ray).
 
-Each job is one Ray task that reserves the resources a job asks for
+A job of one worker is one Ray task that reserves the resources a job asks for
 (TEXTFT_RAY_NUM_GPUS, TEXTFT_RAY_NUM_CPUS) and runs the same worker entry point
 as the local launcher, as a child process of the Ray worker: stdin a pipe (the
 lifeline: the job exits when the Ray worker dies), stdout read line by line
@@ -15,6 +15,16 @@ checkpoint in the store, and its events go to the same mailbox, so the run's
 watchers see it go on. Cancel is ray.cancel: the task stops its job (SIGTERM
 to the job's process group, SIGKILL after a grace) and, if the task itself
 lingers, a forced cancel kills its worker process, and the lifeline the job.
+
+A job of several workers (TEXTFT_TRAINER_NPROC=N) runs through Ray Train: the
+task is a driver that fits a TorchTrainer (ScalingConfig(num_workers=N), each
+worker reserving TEXTFT_RAY_NUM_CPUS and TEXTFT_RAY_NUM_GPUS, on any nodes);
+every worker runs the job's entry point in its own process, inside the torch
+process group Ray Train set up (gloo on CPU, NCCL on GPUs), where HF Trainer's
+DDP uses it. Rank 0 puts the job's events in the mailbox. A lost worker makes
+Ray Train restart the group (TEXTFT_RAY_MAX_RETRIES), which resumes from the
+job's last checkpoint; cancel stops the fit, and a forced cancel ends the
+driver task with the workers it owns.
 
 Ray is an optional dependency (pip install 'textft-services[ray]'), imported
 only here."""
@@ -60,6 +70,22 @@ _WORKDIR_PREFIX = "textft-job-"
 _OWNER = "ray-worker.pid"  # in a job's scratch directory: the Ray worker it belongs to
 # Characters of a failed job's stderr that reach the run's log.
 _STDERR_TAIL = 4000
+# What Ray Train sets on each of its workers (the process group's rendezvous,
+# the worker's place in it, its devices): the trainer's environment, which the
+# job gets too, must not override them.
+_RAY_TRAIN_OWNED = frozenset(
+    {
+        "RANK",
+        "LOCAL_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "NODE_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "CUDA_VISIBLE_DEVICES",
+        "ACCELERATE_TORCH_DEVICE",
+    }
+)
 
 
 class _Mailboxes:
@@ -108,7 +134,7 @@ class Channel:
         self.mailboxes.close.remote(self.key)
 
 
-def _run_job(lines: Channel, job_key: str, env: dict[str, str], nproc: int, kill_after: float) -> int:
+def _run_job(lines: Channel, job_key: str, env: dict[str, str], kill_after: float) -> int:
     """The Ray task: runs the job on this node until it exits; returns its exit
     code (negative for a signal)."""
     context = ray.get_runtime_context()
@@ -127,7 +153,7 @@ def _run_job(lines: Channel, job_key: str, env: dict[str, str], nproc: int, kill
     stderr = open(workdir / "job.log", "wb+")  # noqa: SIM115 - closed in finally
     try:
         proc = subprocess.Popen(
-            worker_command(sys.executable, job_key, workdir, nproc),
+            worker_command(sys.executable, job_key, workdir),
             env=env,
             stdin=subprocess.PIPE,  # the lifeline: the job exits when this process dies
             stdout=subprocess.PIPE,
@@ -161,6 +187,100 @@ def _run_job(lines: Channel, job_key: str, env: dict[str, str], nproc: int, kill
         if previous_sigint is not None:
             signal.signal(signal.SIGINT, previous_sigint)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _ChannelStream:
+    """A text stream into a job's mailbox: what rank 0's Emitter writes (one event a write)."""
+
+    def __init__(self, lines: Channel) -> None:
+        self.lines = lines
+
+    def write(self, text: str) -> int:
+        self.lines.put(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the job's entry point in this process, in the torch
+    process group Ray Train set up. Rank 0 puts the job's exit code in its
+    own box (metrics reported without a checkpoint are not kept by Ray Train)."""
+    from ray import train
+
+    from .job.main import main as job_main
+
+    os.environ.update({k: v for k, v in config["env"].items() if k not in _RAY_TRAIN_OWNED})
+    context = train.get_context()
+    rank = context.get_world_rank()
+    lines: Channel = config["lines"]
+    _sweep_workdirs()
+    workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
+    (workdir / _OWNER).write_text(str(os.getpid()))
+    if rank == 0:
+        started = {
+            "node": ray.util.get_node_ip_address(),
+            "pid": os.getpid(),
+            "worker_pid": os.getpid(),
+            "task": ray.get_runtime_context().get_task_id(),
+            "workdir": str(workdir),
+            "world_size": context.get_world_size(),
+        }
+        lines.put(_STARTED + json.dumps(started))
+    cwd = os.getcwd()
+    try:
+        code = job_main(
+            ["--job", config["job"], "--workdir", str(workdir)], _ChannelStream(lines) if rank == 0 else None
+        )
+    finally:
+        os.chdir(cwd)  # the job works in its directory, removed here
+        shutil.rmtree(workdir, ignore_errors=True)
+    if code != 0 and context.get_world_size() > 1:
+        # The other ranks may wait in a collective for this one: leaving the
+        # process group makes theirs fail instead of hanging.
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        config["exit"].put(str(code))
+
+
+def _run_distributed(
+    lines: Channel, job_key: str, env: dict[str, str], workers: int, num_cpus: float, num_gpus: float, retries: int
+) -> int:
+    """The Ray task of a job of several workers: the driver of a Ray Train
+    TorchTrainer fit; returns rank 0's exit code (negative for a signal)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    storage = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))  # Ray Train's run records; the job's are in the store
+    exit_box = Channel(lines.mailboxes, lines.key + ":exit")
+    resources = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"job": job_key, "env": env, "lines": lines, "exit": exit_box},
+        torch_config=TorchConfig(backend="nccl" if num_gpus else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=num_gpus > 0, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=f"textft-{uuid.uuid4().hex[:12]}",
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=retries),
+        ),
+    )
+    try:
+        trainer.fit()
+        codes = exit_box.take(0.0)  # one per attempt of the group: the last one's counts
+        return int(codes[-1]) if codes else 1
+    except KeyboardInterrupt:  # ray.cancel: the fit is stopped, and its workers with it
+        return -signal.SIGTERM
+    except Exception as exc:  # the group failed past its retries
+        lines.put(encode(job_pb2.JobEvent(log=f"Ray Train failed: {str(exc).splitlines()[0][:500]}")))
+        return 1
+    finally:
+        exit_box.close()
+        shutil.rmtree(storage, ignore_errors=True)
 
 
 def _sweep_workdirs() -> None:
@@ -261,6 +381,8 @@ class RayJobHandle(JobHandle):
             f"workdir {started['workdir']})"
         )
         message = f"ray task {self.task_id} attempt {self.attempts} {self.where}"
+        if started.get("world_size"):
+            message += f", Ray Train: {started['world_size']} workers"
         if self.attempts > 1:
             message += ": Ray reran the job after its worker was lost; it resumes from its last checkpoint"
         return encode(job_pb2.JobEvent(log=message))
@@ -341,6 +463,7 @@ class RayLauncher(Launcher):
             except ConnectionError as exc:
                 raise ValueError(f"TEXTFT_RAY_ADDRESS={address}: no Ray cluster answers there ({exc})") from None
         self._task = ray.remote(_run_job)
+        self._distributed = ray.remote(_run_distributed)
         # The mailboxes live on the trainer's node where it is part of the
         # cluster (soft: anywhere otherwise), so losing a worker node loses no
         # lines; they end with this trainer (not detached).
@@ -352,24 +475,32 @@ class RayLauncher(Launcher):
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
         self._mailboxes = ray.remote(_Mailboxes).options(**options).remote()
         log.info(
-            "jobs run on the Ray cluster at %s (%s GPU, %s CPU per job, %d retries)",
+            "jobs run on the Ray cluster at %s (%s GPU, %s CPU per worker, %d worker(s) per job, %d retries)",
             address,
             num_gpus,
             num_cpus,
+            self.nproc,
             max_retries,
         )
 
     def start(self, job_key: str, workdir: Path, env: dict[str, str], distributed: bool = True) -> JobHandle:
         # workdir is the trainer's; the job gets a temporary one on its node.
         lines = Channel(self._mailboxes, uuid.uuid4().hex)
-        nproc = self.nproc if distributed else 1
-        ref = self._task.options(
-            num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus,
-            max_retries=self.max_retries,
-            retry_exceptions=False,  # only a lost worker or node is retried; the job reports its own failures
-            name=f"textft-job:{job_key.removesuffix('/job.json')}",
-        ).remote(lines, job_key, env, nproc, self.kill_after)
+        name = f"textft-job:{job_key.removesuffix('/job.json')}"
+        if distributed and self.nproc > 1:
+            # The driver of the Ray Train fit reserves nothing: its workers do.
+            # Ray Train retries a lost worker itself; a lost driver is retried by Ray.
+            ref = self._distributed.options(num_cpus=0, max_retries=self.max_retries, name=name).remote(
+                lines, job_key, env, self.nproc, self.num_cpus, self.num_gpus, self.max_retries
+            )
+        else:
+            ref = self._task.options(
+                num_cpus=self.num_cpus,
+                num_gpus=self.num_gpus,
+                max_retries=self.max_retries,
+                retry_exceptions=False,  # only a lost worker or node is retried; the job reports its own failures
+                name=name,
+            ).remote(lines, job_key, env, self.kill_after)
         return RayJobHandle(ref, lines, self.max_retries, self.kill_after)
 
     def close(self) -> None:

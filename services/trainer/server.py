@@ -1,4 +1,4 @@
-"""Trainer service process: thin gRPC handlers over TrainerCore."""
+"""Trainer service process: thin gRPC handlers over TrainerCore's parts (service.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def ListTemplates(
         self, request: trainer_pb2.ListTemplatesRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ListTemplatesResponse:
-        page, token = paginate(self.core.list_templates(request.task), request.page_size, request.page_token)
+        page, token = paginate(self.core.catalog.list_templates(request.task), request.page_size, request.page_token)
         return trainer_pb2.ListTemplatesResponse(templates=page, next_page_token=token)
 
     def GetTemplate(
@@ -34,57 +34,59 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_pb2.GetTemplateResponse:
         from ..common.names import parse_template
 
-        return trainer_pb2.GetTemplateResponse(template=self.core.template_pb(parse_template(request.name, "name")))
+        return trainer_pb2.GetTemplateResponse(
+            template=self.core.catalog.template_pb(parse_template(request.name, "name"))
+        )
 
     def CreateModel(
         self, request: trainer_pb2.CreateModelRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.CreateModelResponse:
-        return trainer_pb2.CreateModelResponse(model=self.core.create_model(request))
+        return trainer_pb2.CreateModelResponse(model=self.core.catalog.create_model(request))
 
     def GetModel(
         self, request: trainer_pb2.GetModelRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.GetModelResponse:
-        return trainer_pb2.GetModelResponse(model=self.core.get_model(request.name))
+        return trainer_pb2.GetModelResponse(model=self.core.records.get_model(request.name))
 
     def ListModels(
         self, request: trainer_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ListModelsResponse:
         app = parse_parent_app(request.parent, caller_app())
-        page, token = paginate(self.core.list_models(app), request.page_size, request.page_token)
+        page, token = paginate(self.core.records.list_models(app), request.page_size, request.page_token)
         return trainer_pb2.ListModelsResponse(models=page, next_page_token=token)
 
     def DeleteModel(
         self, request: trainer_pb2.DeleteModelRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.DeleteModelResponse:
-        self.core.delete_model(request.name)
+        self.core.catalog.delete_model(request.name)
         return trainer_pb2.DeleteModelResponse()
 
     def CreateModelVersion(
         self, request: trainer_pb2.CreateModelVersionRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.CreateModelVersionResponse:
-        return trainer_pb2.CreateModelVersionResponse(model_version=self.core.create_version(request))
+        return trainer_pb2.CreateModelVersionResponse(model_version=self.core.catalog.create_version(request))
 
     def GetModelVersion(
         self, request: trainer_pb2.GetModelVersionRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.GetModelVersionResponse:
-        return trainer_pb2.GetModelVersionResponse(model_version=self.core.get_version(request.name))
+        return trainer_pb2.GetModelVersionResponse(model_version=self.core.records.get_version(request.name))
 
     def ListModelVersions(
         self, request: trainer_pb2.ListModelVersionsRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ListModelVersionsResponse:
-        page, token = paginate(self.core.list_versions(request.parent), request.page_size, request.page_token)
+        page, token = paginate(self.core.records.list_versions(request.parent), request.page_size, request.page_token)
         return trainer_pb2.ListModelVersionsResponse(model_versions=page, next_page_token=token)
 
     def WatchModelVersion(
         self, request: trainer_pb2.WatchModelVersionRequest, context: grpc.ServicerContext
     ) -> Iterator[trainer_pb2.WatchModelVersionResponse]:
-        for event in self.core.watch(request.name, request.from_sequence, context.is_active):
+        for event in self.core.runlog.watch(request.name, request.from_sequence, context.is_active):
             yield trainer_pb2.WatchModelVersionResponse(event=event)
 
     def CancelModelVersion(
         self, request: trainer_pb2.CancelModelVersionRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.CancelModelVersionResponse:
-        return trainer_pb2.CancelModelVersionResponse(model_version=self.core.cancel(request.name))
+        return trainer_pb2.CancelModelVersionResponse(model_version=self.core.scheduler.cancel(request.name))
 
     def EvaluateModelVersion(
         self, request: trainer_pb2.EvaluateModelVersionRequest, context: grpc.ServicerContext
