@@ -231,57 +231,49 @@ class Running:
 def sample(logits: Any, rows: list[Row]) -> tuple[Any, list[int]]:
     """One token per row, as a tensor on the logits' device and as a list (one
     host sync): argmax for greedy rows; temperature, top-k and top-p for
-    sampling rows, computed for all of them at once. Seeded rows draw from their
-    own generator (one multinomial each: a seed's text must not depend on its
-    neighbours), the others in one multinomial from the global RNG. EOS is
-    masked for rows that ignore it, as generate()'s min_new_tokens does."""
+    sampling rows, computed for the whole batch at once from one host-to-device
+    copy of the rows' settings. Seeded rows draw from their own generator (one
+    multinomial each: a seed's text must not depend on its neighbours), the
+    others in one multinomial from the global RNG. EOS is masked for rows that
+    ignore it, as generate()'s min_new_tokens does."""
     import torch
 
     logits = logits.float()
-    banned = [i for i, r in enumerate(rows) if r.eos is None]
+    eos_id = rows[0].tokenizer.eos_token_id if rows else None
+    banned = eos_id is not None and any(r.eos is None for r in rows)
+    sampled = any(r.temperature > 0 for r in rows)
+    if not banned and not sampled:
+        tokens = logits.argmax(dim=-1)
+        return tokens, tokens.tolist()
+    # Per row: temperature (1 for greedy rows, whose draw is discarded), top-k, top-p, greedy, EOS banned.
+    spec = torch.tensor(
+        [[r.temperature or 1.0, r.top_k, r.top_p, r.temperature <= 0, r.eos is None] for r in rows],
+        dtype=torch.float32,
+    ).to(logits.device)
     if banned:
-        eos_id = rows[banned[0]].tokenizer.eos_token_id
-        if eos_id is not None:
-            logits[banned, eos_id] = -float("inf")
+        logits[:, eos_id] = logits[:, eos_id].masked_fill(spec[:, 4] > 0, -float("inf"))
     tokens = logits.argmax(dim=-1)
-    sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
     if not sampled:
         return tokens, tokens.tolist()
-    device = logits.device
-    picked = [rows[i] for i in sampled]
-    index = torch.tensor(sampled, device=device) if len(sampled) < len(rows) else None
-    scores = logits if index is None else logits[index]
-    scores = scores / torch.tensor([r.temperature for r in picked], device=device).unsqueeze(1)
-    ks = [min(r.top_k, scores.shape[-1]) for r in picked]
+    scores = logits / spec[:, :1]
+    ks = [min(r.top_k, scores.shape[-1]) if r.temperature > 0 else 0 for r in rows]
     if any(ks):  # each row's k-th best score; rows without top-k keep everything
-        top = torch.topk(scores, max(ks), dim=-1).values
-        kth = top.gather(1, torch.tensor([max(k, 1) - 1 for k in ks], device=device).unsqueeze(1))
-        kth = kth.masked_fill(torch.tensor([k == 0 for k in ks], device=device).unsqueeze(1), -float("inf"))
+        k = spec[:, 1:2].long().clamp(1, scores.shape[-1])
+        kth = torch.topk(scores, max(ks), dim=-1).values.gather(1, k.clamp(max=max(ks)) - 1)
+        kth = kth.masked_fill(spec[:, 1:2] <= 0, -float("inf"))
         scores = scores.masked_fill(scores < kth, -float("inf"))
-    ps = [r.top_p if 0 < r.top_p < 1 else 1.0 for r in picked]
-    if any(p < 1 for p in ps):  # keep the smallest set of tokens reaching each row's top_p
+    if any(0 < r.top_p < 1 for r in rows if r.temperature > 0):  # the smallest set reaching each row's top_p
+        top_p = spec[:, 2:3]
         ordered, order = torch.sort(scores, dim=-1, descending=True)
         probs = ordered.softmax(-1)
-        drop = (probs.cumsum(-1) - probs) > torch.tensor(ps, device=device).unsqueeze(1)
-        drop &= torch.tensor([p < 1 for p in ps], device=device).unsqueeze(1)
+        drop = ((probs.cumsum(-1) - probs) > top_p) & (top_p > 0) & (top_p < 1)
         scores = scores.scatter(1, order, ordered.masked_fill(drop, -float("inf")))
     probs = scores.softmax(-1)
-    draws = torch.empty(len(picked), dtype=torch.long, device=device)
-    free = [j for j, r in enumerate(picked) if r.generator is None]
-    if free:
-        chosen = torch.tensor(free, device=device) if len(free) < len(picked) else None
-        draws_free = torch.multinomial(probs if chosen is None else probs[chosen], 1).squeeze(1)
-        if chosen is None:
-            draws = draws_free
-        else:
-            draws[chosen] = draws_free
-    for j, row in enumerate(picked):
-        if row.generator is not None:
-            draws[j] = torch.multinomial(probs[j], 1, generator=row.generator)[0]
-    if index is None:
-        tokens = draws
-    else:
-        tokens[index] = draws
+    draws = torch.multinomial(probs, 1).squeeze(1)  # the global RNG, for unseeded rows
+    for i, row in enumerate(rows):
+        if row.generator is not None and row.temperature > 0:
+            draws[i] = torch.multinomial(probs[i], 1, generator=row.generator)[0]
+    tokens = torch.where(spec[:, 3] > 0, tokens, draws)
     return tokens, tokens.tolist()
 
 
@@ -522,7 +514,6 @@ class ContinuousBatcher:
 
     def _take_tokens(self, batch: Running, logits: Any) -> Any:
         """Samples a token per row, hands text to streams, completes finished rows; returns the tokens (device)."""
-
         last, tokens = sample(logits, batch.rows)
         kept = 0
         for row, token in zip(batch.rows, tokens, strict=True):
