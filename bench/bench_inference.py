@@ -10,6 +10,8 @@ real trainer, store S3 over HTTP by default: a moto server in this process):
   adapters, against `transformers.pipeline(texts, batch_size=16)` per adapter
   in this process (the strongest plain-transformers way), and against the same
   server started with TEXTFT_INFERENCE_MAX_BATCH_SIZE=1; mixed vs one adapter;
+  the same texts again sent --cls-texts-per-request (8) a request, as a client
+  holding a list of texts (the pipeline's own situation) would;
 - generation (16 tokens) through Predict against a one-request-at-a-time
   pipeline; mixed vs one adapter;
 - adapter cold load: the first Predict of an adapter never loaded in that
