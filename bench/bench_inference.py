@@ -10,8 +10,6 @@ real trainer, store S3 over HTTP by default: a moto server in this process):
   adapters, against `transformers.pipeline(texts, batch_size=16)` per adapter
   in this process (the strongest plain-transformers way), and against the same
   server started with TEXTFT_INFERENCE_MAX_BATCH_SIZE=1; mixed vs one adapter;
-  the same texts again sent --cls-texts-per-request (8) a request, as a client
-  holding a list of texts (the pipeline's own situation) would;
 - generation (16 tokens) through Predict against a one-request-at-a-time
   pipeline; mixed vs one adapter;
 - adapter cold load: the first Predict of an adapter never loaded in that
@@ -104,37 +102,23 @@ def _train_adapters(client: Any, n: int, steps: int) -> tuple[list[str], list[st
 
 
 def _served(
-    addresses: dict[str, str],
-    api_key: str,
-    plan: list[tuple[str, str]],
-    clients: int,
-    gen: dict[str, Any] | None,
-    texts_per_request: int = 1,
+    addresses: dict[str, str], api_key: str, plan: list[tuple[str, str]], clients: int, gen: dict[str, Any] | None
 ) -> float:
-    """Sends `plan` (version, text) through Predict from `clients` threads, each
-    client's texts of one version up to `texts_per_request` a request; returns seconds."""
+    """Sends `plan` (version, text) through Predict from `clients` threads; returns seconds."""
     from textft import Client
 
     pool_clients = [
         Client(addresses["dataset"], addresses["trainer"], addresses["inference"], api_key=api_key, timeout=600)
         for _ in range(clients)
     ]
-    chunks: list[list[tuple[str, list[str]]]] = []
-    for i in range(clients):
-        requests: list[tuple[str, list[str]]] = []
-        for version, text in plan[i::clients]:
-            if requests and requests[-1][0] == version and len(requests[-1][1]) < texts_per_request:
-                requests[-1][1].append(text)
-            else:
-                requests.append((version, [text]))
-        chunks.append(requests)
+    chunks = [plan[i::clients] for i in range(clients)]
     barrier = threading.Barrier(clients + 1)
 
     def worker(i: int) -> None:
         c = pool_clients[i]
         barrier.wait()
-        for version, texts in chunks[i]:
-            c.predict(version, texts, **(gen or {}))
+        for version, text in chunks[i]:
+            c.predict(version, [text], **(gen or {}))
 
     with ThreadPoolExecutor(clients) as pool:
         futures = [pool.submit(worker, i) for i in range(clients)]
@@ -219,12 +203,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--gen-requests", type=int, default=64, help="generation requests per measurement")
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument(
-        "--cls-texts-per-request",
-        type=int,
-        default=8,
-        help="classification: texts a request in the second served case (the first sends one)",
-    )
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--hidden", type=int, default=256)
@@ -407,7 +385,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             _served(addresses, key, mixed_plan[: args.clients * 2], args.clients, None)
             before = parse(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode())
             _served(one_addresses, key, mixed_plan[: args.clients * 2], args.clients, None)
-            runs: dict[str, list[float]] = {"mixed": [], "single": [], "pipeline": [], "batch1": [], "multi": []}
+            runs: dict[str, list[float]] = {"mixed": [], "single": [], "pipeline": [], "batch1": []}
             server_cpu, client_cpu = [], []
             for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits all three alike
                 cpu0, own0 = _cpu_s(inference_pid), _cpu_s(os.getpid())
@@ -417,9 +395,6 @@ def main(argv: list[str]) -> dict[str, Any]:
                 runs["single"].append(_served(addresses, key, single_plan, args.clients, None))
                 runs["pipeline"].append(baseline.run(mixed_plan))
                 runs["batch1"].append(_served(one_addresses, key, mixed_plan, args.clients, None))
-                runs["multi"].append(
-                    _served(addresses, key, mixed_plan, args.clients, None, args.cls_texts_per_request)
-                )
             after = parse(urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode())
             served_mixed, served_single, base_s = (statistics.median(runs[k]) for k in ("mixed", "single", "pipeline"))
             passes = after["textft_inference_batch_rows_count"] - before["textft_inference_batch_rows_count"]
@@ -429,10 +404,6 @@ def main(argv: list[str]) -> dict[str, Any]:
             figures["cls_served_single_rps"] = round(n / served_single, 1)
             figures["cls_pipeline_rps"] = round(n / base_s, 1)
             figures["cls_speedup_vs_pipeline"] = round(base_s / served_mixed, 2)
-            served_multi = statistics.median(runs["multi"])
-            figures["cls_texts_per_request"] = args.cls_texts_per_request
-            figures["cls_served_multi_texts_s"] = round(n / served_multi, 1)
-            figures["cls_multi_speedup_vs_pipeline"] = round(base_s / served_multi, 2)
             batch1_s = statistics.median(runs["batch1"])
             figures["cls_served_batch1_rps"] = round(n / batch1_s, 1)
             figures["cls_speedup_vs_batch1"] = round(batch1_s / served_mixed, 2)
@@ -510,12 +481,6 @@ def _print(f: dict[str, Any]) -> None:
         ("classification, pipeline(texts, batch_size=16) per adapter (req/s)", f"{f['cls_pipeline_rps']}"),
         ("classification, same server with batch size 1 (req/s)", f"{f['cls_served_batch1_rps']}"),
         ("  speedup served/batched pipeline (goal >= 1.5)", f"{f['cls_speedup_vs_pipeline']}x"),
-        (
-            f"classification, {f['clients']} clients x {f['adapters']} adapters, "
-            f"{f['cls_texts_per_request']} texts a request (texts/s)",
-            f"{f['cls_served_multi_texts_s']}",
-        ),
-        ("  speedup served/batched pipeline", f"{f['cls_multi_speedup_vs_pipeline']}x"),
         ("  speedup served/batch size 1", f"{f['cls_speedup_vs_batch1']}x"),
         ("  mixed/single adapter (goal >= 0.8)", f"{f['cls_mixed_vs_single']}x"),
         ("  mean texts per forward pass", f"{f['cls_mean_batch_rows']}"),
