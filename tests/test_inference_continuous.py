@@ -380,3 +380,12 @@ def test_batched_sampler_respects_top_k_and_ignore_eos_without_seeds(model: Mode
     for _ in range(20):
         _, tokens = sample(logits.clone(), rows)
         assert set(tokens) <= {7, 9}
+
+
+def test_a_lone_row_of_another_adapter_runs_without_switching_the_active_one(model: Model, loop: Loop) -> None:
+    model.reference("a0", PROMPTS[0], 1)  # a0 is now the active adapter
+    got = texts_of(loop.submit(loop.work("a2", [PROMPTS[1]], max_new_tokens=6)))
+    # set_adapter walks every module; the per-row gathered path needs no active adapter.
+    assert model.peft.active_adapter == "a0"
+    assert loop.calls and all(c == ["a2"] for c in loop.calls)
+    assert got == [expected(model, "a2", PROMPTS[1], 6)]
