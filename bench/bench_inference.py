@@ -1,7 +1,7 @@
 """Inference benchmarks, every ratio measured side by side in one run.
 
-    python -m bench inference                          # everything (about 5 minutes on 2 CPUs)
-    python -m bench inference --part=generation        # continuous vs static batching only (about 2 minutes)
+    python -m bench inference                          # everything (about 9 minutes on 2 CPUs)
+    python -m bench inference --part=generation        # continuous vs static batching only (about 5 minutes)
     python -m bench inference --part=stack --requests=64
 
 Part "stack" (three service processes, adapters trained briefly through the
