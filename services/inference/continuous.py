@@ -19,7 +19,8 @@ iteration of the loop:
    context) and the left columns no remaining row uses
    (`CausalLMBatch.filter`).
 
-Text is detokenized incrementally per row (TGI's prefix/read offsets) and stop
+Text is detokenized incrementally (TGI's prefix/read offsets) for rows that
+stream or have stop strings, the others once when they finish; stop
 sequences are looked for only in the text that is new since the last token
 (plus the stop's length less one, so one that straddles two tokens is seen).
 Streams get text deltas as they are produced, holding back a tail that may
@@ -69,6 +70,7 @@ class Row:
     top_p: float = 0.0
     top_k: int = 0
     generator: Any = None  # a seeded torch.Generator, or None (the global RNG)
+    incremental: bool = True  # detokenize as tokens come (streams, stop strings); else once at the end
     ids: list[int] = field(default_factory=list)
     text: str = ""  # decoded so far (complete characters only)
     sent: int = 0  # characters of text already streamed
@@ -86,8 +88,23 @@ class Row:
     def done(self) -> bool:
         return self.finish != Gen.FINISH_REASON_UNSPECIFIED
 
+    @property
+    def cached(self) -> int:
+        """Columns of the KV cache this row uses (its last token is not in it yet)."""
+        return len(self.prompt) + len(self.ids) - 1
+
     def push(self, token: int) -> str:
         """Takes one generated token; returns the text a stream may send now."""
+        if not self.incremental:  # nobody reads the text before the end, no stop can cut it
+            if self.eos is not None and token == self.eos:
+                self.finish = Gen.FINISH_REASON_EOS
+            else:
+                self.ids.append(token)
+                if len(self.ids) >= self.max_new:
+                    self.finish = Gen.FINISH_REASON_LENGTH
+            if self.done:
+                self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            return ""
         if self.eos is not None and token == self.eos:
             self.finish = Gen.FINISH_REASON_EOS
             return self._flush()
@@ -203,45 +220,61 @@ class Running:
             self.last, self.mask = self.last[index], self.mask[index]
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[index], layer.values[index]
-        used = self.mask.any(dim=0).nonzero()
-        start = int(used[0]) if used.numel() else self.mask.shape[1]
+        # Rows are right-aligned: counted on the host, not by a reduction and a sync on the device.
+        start = self.mask.shape[1] - max(r.cached for r in self.rows)
         if start > 0:
             self.mask = self.mask[:, start:]
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
 
 
-def sample(logits: Any, rows: list[Row]) -> list[int]:
-    """One token per row: argmax for greedy rows; temperature, top-k and top-p
-    (then each row's own generator) for sampling rows. EOS is masked for rows
-    that ignore it, as generate()'s min_new_tokens does."""
+def sample(logits: Any, rows: list[Row]) -> tuple[Any, list[int]]:
+    """One token per row, as a tensor on the logits' device and as a list (one
+    host sync): argmax for greedy rows; temperature, top-k and top-p for
+    sampling rows, computed for the whole batch at once from one host-to-device
+    copy of the rows' settings. Seeded rows draw from their own generator (one
+    multinomial each: a seed's text must not depend on its neighbours), the
+    others in one multinomial from the global RNG. EOS is masked for rows that
+    ignore it, as generate()'s min_new_tokens does."""
     import torch
 
     logits = logits.float()
-    banned = [i for i, r in enumerate(rows) if r.eos is None]
+    eos_id = rows[0].tokenizer.eos_token_id if rows else None
+    banned = eos_id is not None and any(r.eos is None for r in rows)
+    sampled = any(r.temperature > 0 for r in rows)
+    if not banned and not sampled:
+        tokens = logits.argmax(dim=-1)
+        return tokens, tokens.tolist()
+    # Per row: temperature (1 for greedy rows, whose draw is discarded), top-k, top-p, greedy, EOS banned.
+    spec = torch.tensor(
+        [[r.temperature or 1.0, r.top_k, r.top_p, r.temperature <= 0, r.eos is None] for r in rows],
+        dtype=torch.float32,
+    ).to(logits.device)
     if banned:
-        eos_id = rows[banned[0]].tokenizer.eos_token_id
-        if eos_id is not None:
-            logits[banned, eos_id] = -float("inf")
+        logits[:, eos_id] = logits[:, eos_id].masked_fill(spec[:, 4] > 0, -float("inf"))
     tokens = logits.argmax(dim=-1)
-    sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
     if not sampled:
-        return tokens.tolist()
-    out = tokens.tolist()
-    for i in sampled:
-        row = rows[i]
-        scores = logits[i] / row.temperature
-        if row.top_k:
-            kth = torch.topk(scores, min(row.top_k, scores.shape[-1])).values[-1]
-            scores = scores.masked_fill(scores < kth, -float("inf"))
-        if 0 < row.top_p < 1:
-            ordered, order = torch.sort(scores, descending=True)
-            cumulative = ordered.softmax(-1).cumsum(-1)
-            drop = cumulative - ordered.softmax(-1) > row.top_p  # keep the smallest set reaching top_p
-            scores = scores.scatter(0, order, ordered.masked_fill(drop, -float("inf")))
-        probs = scores.softmax(-1)
-        out[i] = int(torch.multinomial(probs, 1, generator=row.generator))
-    return out
+        return tokens, tokens.tolist()
+    scores = logits / spec[:, :1]
+    ks = [min(r.top_k, scores.shape[-1]) if r.temperature > 0 else 0 for r in rows]
+    if any(ks):  # each row's k-th best score; rows without top-k keep everything
+        k = spec[:, 1:2].long().clamp(1, scores.shape[-1])
+        kth = torch.topk(scores, max(ks), dim=-1).values.gather(1, k.clamp(max=max(ks)) - 1)
+        kth = kth.masked_fill(spec[:, 1:2] <= 0, -float("inf"))
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if any(0 < r.top_p < 1 for r in rows if r.temperature > 0):  # the smallest set reaching each row's top_p
+        top_p = spec[:, 2:3]
+        ordered, order = torch.sort(scores, dim=-1, descending=True)
+        probs = ordered.softmax(-1)
+        drop = ((probs.cumsum(-1) - probs) > top_p) & (top_p > 0) & (top_p < 1)
+        scores = scores.scatter(1, order, ordered.masked_fill(drop, -float("inf")))
+    probs = scores.softmax(-1)
+    draws = torch.multinomial(probs, 1).squeeze(1)  # the global RNG, for unseeded rows
+    for i, row in enumerate(rows):
+        if row.generator is not None and row.temperature > 0:
+            draws[i] = torch.multinomial(probs[i], 1, generator=row.generator)[0]
+    tokens = torch.where(spec[:, 3] > 0, tokens, draws)
+    return tokens, tokens.tolist()
 
 
 class ContinuousBatcher:
@@ -481,9 +514,7 @@ class ContinuousBatcher:
 
     def _take_tokens(self, batch: Running, logits: Any) -> Any:
         """Samples a token per row, hands text to streams, completes finished rows; returns the tokens (device)."""
-        import torch
-
-        tokens = sample(logits, batch.rows)
+        last, tokens = sample(logits, batch.rows)
         kept = 0
         for row, token in zip(batch.rows, tokens, strict=True):
             before = len(row.ids)
@@ -495,7 +526,7 @@ class ContinuousBatcher:
             if row.done:
                 self._finish(row)
         self.metrics.generated_tokens.inc(kept)
-        return torch.tensor(tokens, dtype=torch.long, device=self.device)
+        return last
 
     def _finish(self, row: Row) -> None:
         work = row.work

@@ -174,12 +174,11 @@ class MixedLoRA:
         columns, span = {}, 0
         for i in used:
             columns[keys[i]], span = (span, span + a_list[i].shape[1]), span + a_list[i].shape[1]
-        # Built on the host and copied once: per-row writes on a GPU would each be a kernel launch.
-        mask = torch.zeros(len(self.names), 1, span, dtype=a_cat.dtype)
-        for row, name in enumerate(self.names):
-            if name in columns:
-                lo, hi = columns[name]
-                mask[row, 0, lo:hi] = 1
+        # Each row's [lo, hi) columns, compared with a column ramp: one op, not a write per row (on a GPU
+        # each would be a kernel launch). Rows whose adapter leaves this layer alone get an empty range.
+        bounds = torch.tensor([columns.get(name, (0, 0)) for name in self.names], dtype=torch.long)
+        ramp = torch.arange(span)
+        mask = ((ramp >= bounds[:, :1]) & (ramp < bounds[:, 1:])).unsqueeze(1).to(a_cat.dtype)
         return a_cat, b_cat, mask.to(a_cat.device, non_blocking=True)
 
     def _padded_stack(self, layer: Any) -> tuple[tuple[str, ...], Any, Any] | None:
