@@ -28,7 +28,7 @@ from textft.errors import InvalidArgument, NotFound, Unavailable
 from .config import StoreSettings
 
 _KEY_RE = re.compile(r"[A-Za-z0-9._\-=+@]+(/[A-Za-z0-9._\-=+@]+)*")
-PART_SIZE = 8 * 1024 * 1024  # multipart parts: 10,000 of them make 80 GiB; memory holds about four
+PART_SIZE = 8 * 1024 * 1024  # multipart parts: 10,000 of them make 80 GiB
 
 
 def check_key(key: str) -> str:
@@ -293,6 +293,10 @@ class S3Store(ObjectStore):
             length,
             content_type=content_type,
             part_size=PART_SIZE,
+            # One part in flight: the SDK's parallel uploads queue every part read
+            # ahead of them without bound, so a stream that reads faster than the
+            # store takes it (an upload's spool) would be held in memory.
+            num_parallel_uploads=1,
             key=key,
         )
 
