@@ -10,7 +10,7 @@ from typing import Any
 from ..client import Client
 from ..v1 import common_pb2
 from .args import CONFIG_SECTIONS, TASK_CHOICES, apply_set, dataset_version_name, model_version_name, parse_json_object
-from .output import all_pages, format_time, print_json, state_name, table, task_name, to_dict
+from .output import all_pages, format_time, print_json, show, state_name, table, task_name, to_dict
 from .runs import follow, print_version
 
 
@@ -65,14 +65,15 @@ def cmd_models_get(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(model)
         return 0
-    print(model.name)
-    print(f"  task                  {task_name(model.task)}")
-    if model.description:
-        print(f"  description           {model.description}")
-    print(f"  latest ready version  {model.latest_ready_version or '(none)'}")
-    created = format_time(model, "create_time")
-    if created:
-        print(f"  created               {created}")
+    show(
+        model.name,
+        [
+            ("task", task_name(model.task)),
+            ("description", model.description),
+            ("latest ready version", model.latest_ready_version or "(none)"),
+            ("created", format_time(model, "create_time")),
+        ],
+    )
     return 0
 
 

@@ -36,6 +36,17 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], out: IO[str]
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
+def show(name: str, fields: Sequence[tuple[str, object]], out: IO[str] | None = None) -> None:
+    """A resource as `get` prints it: its name, then a `label  value` line for
+    each field that is set (None or ""), aligned on the longest label."""
+    out = out or sys.stdout
+    width = max((len(label) for label, _ in fields), default=0)
+    out.write(f"{name}\n")
+    for label, value in fields:
+        if value is not None and value != "":
+            out.write(f"  {label.ljust(width)}  {value}\n")
+
+
 def task_name(task: int) -> str:
     return {
         common_pb2.TASK_TEXT_CLASSIFICATION: "classification",
