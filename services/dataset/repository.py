@@ -280,8 +280,9 @@ class _SpoolReader(io.RawIOBase):
         super().close()
 
 
-class DatasetRepository:
-    """The dataset service's domain: datasets, versions, rows and reports."""
+class DatasetCore:
+    """The dataset service's core (what TrainerCore is to the trainer): datasets,
+    versions, rows and reports."""
 
     def __init__(
         self, store: ObjectStore, settings: Settings, usage: UsageCheck | None = None, database: Database | None = None
