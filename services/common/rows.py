@@ -44,7 +44,7 @@ from .store import ObjectStore
 ROWS_SCHEMA_VERSION = 1
 PART_ROWS = 65536
 PART_BYTES = 8 << 20  # text and target (UTF-8) in one part: bounds an upload's memory
-ROW_GROUP_ROWS = 8192  # the unit a page read decodes
+ROW_GROUP_ROWS = 4096  # the unit a page read decodes
 QUEUED_BATCHES = 2  # batches waiting for the writer thread: the validator runs on while a part uploads
 HASH_BUFFER = 1 << 20
 COLUMNS = ("row", "text", "labels", "target", "id", "metadata", "split")

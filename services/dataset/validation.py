@@ -36,7 +36,7 @@ from .values import SPLITS, bad_unicode, bad_unicode_any, parse_labels, parse_me
 # check(row, the record's values (a CSV/TSV record's cells)) -> the normalised row, or None.
 Check = Callable[[int, Sequence[Any]], Row | None]
 # Valid rows reach the writer in lists of this many: a call per batch, not per row.
-ROW_BATCH = 2048
+ROW_BATCH = 1024
 
 
 class Validator:
