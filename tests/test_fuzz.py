@@ -80,9 +80,7 @@ def _check_rereads(
 ) -> None:
     """A stored version's rows read back from their Parquet encoding as the
     validator made them; and the shortcuts of ParseOptions.fast must change nothing."""
-    assert [
-        rows_store.to_row(r) for r in rows_store.rows_table([rows_store.row_tuple(r) for r in rows]).to_pylist()
-    ] == rows
+    assert [rows_store.to_row(r) for r in rows_store.rows_table(rows).to_pylist()] == rows
     slow, slow_rows, slow_issues = _parse(data, fmt, task, fast=False)
     assert slow is not None
     assert (slow, slow_rows, slow_issues) == (result, rows, issues)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -336,12 +336,9 @@ def validate(
     return prepare(source, options).run(write_rows, write_issue)
 
 
-def _rows(prepared: Validation, validator: Validator, write_rows: Callable[[list[Row]], None]) -> None:
-    """Checks every record, handing the valid rows to write_rows in batches
-    of ROW_BATCH (the checker emits the issues)."""
+def _rows(prepared: Validation, validator: Validator) -> Iterator[Row]:
+    """Checks every record: yields the valid rows (the checker emits the issues)."""
     reader, reject = prepared.reader, validator.reject
-    batch: list[Row] = []
-    keep = batch.append
     if isinstance(reader, DelimitedReader):
         resolved, header = validator.resolved, reader.columns
         at = {name: header.index(column) for name, column in resolved.items()}
@@ -350,30 +347,20 @@ def _rows(prepared: Validation, validator: Validator, write_rows: Callable[[list
             if type(record) is tuple:
                 normalised = check(*record)
                 if normalised is not None:
-                    keep(normalised)
-                    if len(batch) >= ROW_BATCH:
-                        write_rows(batch)
-                        batch = []
-                        keep = batch.append
+                    yield normalised
             else:
                 reject([record.issue])  # type: ignore[union-attr,list-item]
-    else:
-        for item in reader:
-            if item.values is None:
-                reject([item.issue])  # type: ignore[list-item]
-                continue
-            values = item.values
-            cols = validator.columns(values)
-            check = validator.checker(cols)
-            normalised = check(item.row, [values.get(column) for column in cols.values()])
-            if normalised is not None:
-                keep(normalised)
-                if len(batch) >= ROW_BATCH:
-                    write_rows(batch)
-                    batch = []
-                    keep = batch.append
-    if batch:
-        write_rows(batch)
+        return
+    for item in reader:
+        if item.values is None:
+            reject([item.issue])  # type: ignore[list-item]
+            continue
+        values = item.values
+        cols = validator.columns(values)
+        check = validator.checker(cols)
+        normalised = check(item.row, [values.get(column) for column in cols.values()])
+        if normalised is not None:
+            yield normalised
 
 
 def _run(
@@ -391,7 +378,14 @@ def _run(
     for column in unknown:
         validator.stats.warning_count += 1
         emit(Issue(0, WARNING, "UNKNOWN_COLUMN", f"column {column!r} is not used (ignored)", column))
-    _rows(prepared, validator, write_rows)
+    batch: list[Row] = []
+    for row in _rows(prepared, validator):
+        batch.append(row)
+        if len(batch) >= ROW_BATCH:
+            write_rows(batch)
+            batch = []
+    if batch:
+        write_rows(batch)
     if validator.stats.row_count == 0:
         raise InvalidArgument("the file has no data rows, only a header", reason="NO_DATA_ROWS")
     if validator.duplicates_partial:
