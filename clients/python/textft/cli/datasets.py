@@ -11,7 +11,7 @@ from ..client import Client
 from ..uploads import UploadProgress
 from ..v1 import common_pb2
 from .args import TASK_CHOICES, UsageError, dataset_version_name
-from .output import all_pages, format_time, human_bytes, next_page_hint, print_json, show, table, task_name, to_dict
+from .output import format_time, human_bytes, list_all, next_page_hint, print_json, show, table, task_name
 
 
 def _column_mapping(items: list[str] | None) -> dict[str, str]:
@@ -131,37 +131,30 @@ def cmd_datasets_get(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_datasets_list(client: Client, args: argparse.Namespace) -> int:
-    datasets, _ = all_pages(lambda token: client.list_datasets(page_size=1000, page_token=token), "datasets")
-    if args.json:
-        print_json({"datasets": [to_dict(d) for d in datasets]})
-        return 0
-    table(
+    list_all(
+        lambda token: client.list_datasets(page_size=1000, page_token=token),
+        "datasets",
+        args.json,
         ("NAME", "LATEST VERSION", "CREATED", "DESCRIPTION"),
-        ((d.name, d.latest_version, format_time(d, "create_time"), d.description) for d in datasets),
+        lambda d: (d.name, d.latest_version, format_time(d, "create_time"), d.description),
     )
     return 0
 
 
 def cmd_datasets_versions(client: Client, args: argparse.Namespace) -> int:
-    versions, _ = all_pages(
-        lambda token: client.list_dataset_versions(args.dataset, page_size=1000, page_token=token), "dataset_versions"
-    )
-    if args.json:
-        print_json({"dataset_versions": [to_dict(v) for v in versions]})
-        return 0
-    table(
+    list_all(
+        lambda token: client.list_dataset_versions(args.dataset, page_size=1000, page_token=token),
+        "dataset_versions",
+        args.json,
         ("NAME", "TASK", "ROWS", "VALID", "INVALID", "LABELS", "CREATED"),
-        (
-            (
-                v.name,
-                task_name(v.task),
-                v.stats.row_count,
-                v.stats.valid_row_count,
-                v.stats.invalid_row_count,
-                ",".join(v.label_names),
-                format_time(v, "create_time"),
-            )
-            for v in versions
+        lambda v: (
+            v.name,
+            task_name(v.task),
+            v.stats.row_count,
+            v.stats.valid_row_count,
+            v.stats.invalid_row_count,
+            ",".join(v.label_names),
+            format_time(v, "create_time"),
         ),
     )
     return 0

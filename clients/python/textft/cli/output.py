@@ -95,6 +95,22 @@ def all_pages(fetch: Callable[[str], Any], field: str) -> tuple[list[Any], Any]:
             return items, page
 
 
+def list_all(
+    fetch: Callable[[str], Any],
+    field: str,
+    as_json: bool,
+    headers: Sequence[str],
+    row: Callable[[Any], Sequence[object]],
+) -> None:
+    """A `list` command: every item of a paged List call (fetch(page_token)),
+    as JSON under `field` or as a table of row(item)."""
+    items, _ = all_pages(fetch, field)
+    if as_json:
+        print_json({field: [to_dict(item) for item in items]})
+    else:
+        table(headers, (row(item) for item in items))
+
+
 def next_page_hint(command: str, name: str, token: str) -> None:
     if token:
         sys.stderr.write(f"more: textft {command} {name} --page-token {token}\n")
