@@ -22,21 +22,10 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install 'textft-services[ray]'")
 
+import support
 from conftest import API_KEY, S3Endpoint, unique_bucket
 from reliability import record
-from support import (
-    BASE,
-    CLS_TEMPLATE,
-    EV,
-    MV,
-    TINY_BASE_KEY,
-    progressed,
-    states,
-    until,
-    upload_sentiment,
-    wait_exit,
-    wait_for,
-)
+from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, progressed, states, until, wait_exit, wait_for
 from support.rayhead import RAY_LOOPBACK, RayHead
 from support.rayhead import ray_head as start_ray_head
 
@@ -104,7 +93,7 @@ def ray_stack(
 
 @pytest.fixture(scope="module")
 def dataset_version(ray_stack: RayStack) -> str:
-    return upload_sentiment(ray_stack.client, "on-ray", seed=7)
+    return support.upload_sentiment(ray_stack.client, "on-ray", seed=7)
 
 
 def _attempts(events: list[EV]) -> list[tuple[int, str, int, int, str]]:

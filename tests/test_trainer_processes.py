@@ -19,21 +19,9 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+import support
 from conftest import API_KEY, S3Endpoint, unique_bucket
-from support import (
-    BASE,
-    CLS_TEMPLATE,
-    EV,
-    MV,
-    TINY_BASE_KEY,
-    job_pid,
-    progressed,
-    states,
-    until,
-    upload_sentiment,
-    wait_exit,
-    wait_for,
-)
+from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, job_pid, progressed, states, until, wait_exit, wait_for
 
 from textft import Client
 from textft_services.common.config import Settings
@@ -92,7 +80,7 @@ def private(
 @pytest.fixture(scope="module")
 def dataset_version(private: Private) -> str:
     with Client(private.dataset.address, api_key=API_KEY) as client:
-        return upload_sentiment(client, "resumable", seed=5)
+        return support.upload_sentiment(client, "resumable", seed=5)
 
 
 def test_killed_trainer_restarts_and_takes_runs_up_again(private: Private, dataset_version: str) -> None:
