@@ -15,7 +15,6 @@ Run: `make demo` (or `python -m textft_services.demo`).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -181,7 +180,7 @@ def run(home: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="textft-demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--home", default=os.environ.get("TEXTFT_DEMO_HOME", ".textft/demo"))
+    parser.add_argument("--home", default=str(Settings.from_env().home / "demo"), help="state directory")
     args = parser.parse_args(argv)
     run(Path(args.home).resolve())
     return 0

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from .common.bootstrap import READY_PREFIX
+from .common.config import Settings
 
 SERVICES = ("dataset", "trainer", "inference")
 DEFAULT_PORTS = {"dataset": 50051, "trainer": 50052, "inference": 50053}
@@ -191,7 +192,7 @@ def start_minio(home: Path, env: dict[str, str]) -> subprocess.Popen[bytes] | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="textft up", description="Start the store and the three textft services.")
-    parser.add_argument("--home", default=os.environ.get("TEXTFT_HOME", ".textft"), help="state directory")
+    parser.add_argument("--home", default=str(Settings.from_env().home), help="state directory (TEXTFT_HOME)")
     parser.add_argument("--host", default="127.0.0.1")
     for name in SERVICES:
         parser.add_argument(f"--{name}-port", type=int, default=DEFAULT_PORTS[name])
@@ -200,7 +201,6 @@ def main(argv: list[str] | None = None) -> int:
     env = local_env(home)
     minio = start_minio(home, env)
     if minio is not None:
-        from .common.config import Settings
         from .common.store import open_store
 
         open_store(Settings.from_env(env).store)  # waits for MinIO: the client retries the bucket check

@@ -162,6 +162,7 @@ def test_job_environment_is_an_allow_list() -> None:
     }
     settings = Settings.from_env(trainer)
     env = settings.job_environment(trainer)
+    assert settings.job_environment() == env  # by default, of the environment the settings were read from
     assert env["PATH"] == "/usr/bin" and env["CUDA_VISIBLE_DEVICES"] == "1" and env["NCCL_DEBUG"] == "INFO"
     assert env["HF_HOME"] == "/hf" and env["TEXTFT_HOME"] == "/state"
     assert env["MINIO_ENDPOINT"] == "minio.internal:9000" and env["TEXTFT_STORE"] == "s3"

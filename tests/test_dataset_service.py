@@ -359,9 +359,9 @@ def test_repository_on_both_backends_cleans_up_a_failed_write(store, tmp_path) -
     """The same domain code on the local directory and on S3; a store failure
     half-way through a version's writes leaves nothing behind."""
     from textft_services.common.config import Settings
-    from textft_services.dataset.repository import DatasetRepository, UploadSpec
+    from textft_services.dataset.repository import DatasetCore, UploadSpec
 
-    repo = DatasetRepository(store, Settings(home=tmp_path / "home"))
+    repo = DatasetCore(store, Settings(home=tmp_path / "home"))
     repo.create_dataset("reviews", "", {})
     spec = UploadSpec("reviews", dataset_pb2.DATASET_FORMAT_CSV)
     version = repo.upload(spec, iter([CSV[:10], CSV[10:]]))

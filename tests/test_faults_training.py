@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 from conftest import API_KEY, S3Endpoint, unique_bucket
 from netutil import TcpProxy
 from reliability import record
-from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, until
+from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, until, upload_sentiment
 
 from textft import Client
 from textft.errors import Unavailable
@@ -70,17 +69,9 @@ def outage(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory, ti
     dataset = start_service("dataset", env, log=log)
     env["TEXTFT_DATASET_ADDR"] = dataset.address
     running = Outage(proxy, direct, env, dataset, log)
-    rng = random.Random(7)
-    lines = ["text,label"]
-    for _ in range(60):
-        label = rng.choice(["pos", "neg"])
-        lines.append(f"the film was {rng.choice(['great', 'moving'] if label == 'pos' else ['dull', 'long'])},{label}")
     try:
         with Client(dataset.address, api_key=API_KEY) as client:
-            client.create_dataset("outage")
-            running.dataset_version = client.upload_dataset(
-                "outage", ("\n".join(lines) + "\n").encode(), task="classification", format="csv"
-            ).name
+            running.dataset_version = upload_sentiment(client, "outage", seed=7)
         yield running
     finally:
         proxy.restore()

@@ -6,7 +6,6 @@ for jobs (TEXTFT_JOB_STORE_*), not the trainer's."""
 
 from __future__ import annotations
 
-import random
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import API_KEY, S3Endpoint, unique_bucket
 from reliability import record
-from support import BASE, CLS_TEMPLATE, TINY_BASE_KEY, job_pid, progressed, states, until
+from support import BASE, CLS_TEMPLATE, TINY_BASE_KEY, job_pid, progressed, states, until, upload_sentiment
 
 from textft import Client
 from textft_services.common.config import Settings
@@ -59,16 +58,11 @@ def client(trainer_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 def test_a_job_environment_holds_no_service_secret(
     client: Client, trainer_env: dict[str, str], s3_endpoint: S3Endpoint
 ) -> None:
-    rng = random.Random(3)
-    lines = ["text,label"] + [f"row {i} was {rng.choice(['good', 'bad'])},{rng.choice(['p', 'n'])}" for i in range(40)]
-    client.create_dataset("contained")
-    version = client.upload_dataset(
-        "contained", ("\n".join(lines) + "\n").encode(), task="classification", format="csv"
-    )
+    version = upload_sentiment(client, "contained", 40, seed=3)
     client.create_model("contained", task="classification")
     run = client.train(
         "contained",
-        version.name,
+        version,
         CLS_TEMPLATE,
         model_config=BASE,
         trainer_config={"max_steps": 100_000, "per_device_train_batch_size": 4, "logging_steps": 1},

@@ -15,7 +15,7 @@ from typing import IO
 
 import pytest
 from conftest import API_KEY, S3Endpoint, unique_bucket
-from support import BASE, CLS_TEMPLATE, MV, TINY_BASE_KEY, error_of, progressed, until, wait_for
+from support import BASE, CLS_TEMPLATE, MV, TINY_BASE_KEY, error_of, progressed, until, upload_sentiment, wait_for
 
 from textft import Client
 from textft.errors import ResourceExhausted
@@ -50,11 +50,8 @@ def dataset(env: dict[str, str], log: IO[str]) -> Iterator[ServiceProcess]:
 
 @pytest.fixture(scope="module")
 def dataset_version(dataset: ServiceProcess) -> str:
-    rng = random.Random(5)
-    lines = ["text,label"] + [f"row {i} is {rng.choice(['fine', 'poor'])},{rng.choice('pn')}" for i in range(40)]
     with Client(dataset.address, api_key=API_KEY, retries=0) as client:
-        client.create_dataset("limited")
-        return client.upload_dataset("limited", ("\n".join(lines) + "\n").encode(), format="csv").name
+        return upload_sentiment(client, "limited", 40, seed=5)
 
 
 @pytest.fixture()

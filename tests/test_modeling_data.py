@@ -57,8 +57,7 @@ def test_open_rows_reads_the_stored_parts_memory_mapped(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     rows = make_rows(25)
     writer = stored_rows.RowsWriter(store, "d/", tmp_path, "datasets/d/versions/v1", part_rows=10)
-    for row in rows:
-        writer.write(row)
+    writer.write_rows([stored_rows.row_tuple(row) for row in rows])
     manifest = stored_rows.load_manifest(store, writer.finish(common_pb2.TASK_TEXT_CLASSIFICATION, ["a", "b"]))
     dataset = data.open_rows(store, manifest, tmp_path / "cache")
     assert dataset.column_names == data.TRAIN_COLUMNS

@@ -13,7 +13,6 @@ Skipped where Ray is not installed (pip install 'textft-services[ray]')."""
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import time
@@ -26,6 +25,7 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install 'textft-services[ray]'")
 
+import support
 from conftest import API_KEY, S3Endpoint, unique_bucket
 from reliability import record
 from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, progressed, states, until, wait_exit, wait_for
@@ -96,14 +96,7 @@ def ray_stack(
 
 @pytest.fixture(scope="module")
 def dataset_version(ray_stack: RayStack) -> str:
-    rng = random.Random(7)
-    lines = ["text,label"]
-    for _ in range(60):
-        label = rng.choice(["pos", "neg"])
-        lines.append(f"the soup was {rng.choice(['tasty', 'fresh'] if label == 'pos' else ['bland', 'cold'])},{label}")
-    ray_stack.client.create_dataset("on-ray")
-    data = ("\n".join(lines) + "\n").encode()
-    return ray_stack.client.upload_dataset("on-ray", data, task="classification", format="csv").name
+    return support.upload_sentiment(ray_stack.client, "on-ray", seed=7)
 
 
 def _attempts(events: list[EV]) -> list[tuple[int, str, int, int, str]]:

@@ -36,8 +36,8 @@ def make_rows(n: int) -> list[dict]:
 def write(store: ObjectStore, tmp_path: Path, rows: list[dict], **sizes: int) -> str:
     writer = stored_rows.RowsWriter(store, PREFIX, tmp_path, "datasets/d/versions/v1", **sizes)
     try:
-        for row in rows:
-            writer.write(row)
+        for start in range(0, len(rows), 3):  # batches that straddle parts and row groups
+            writer.write_rows([stored_rows.row_tuple(row) for row in rows[start : start + 3]])
         return writer.finish(common_pb2.TASK_TEXT_CLASSIFICATION, ["a", "b"])
     finally:
         writer.close()
@@ -77,7 +77,7 @@ def test_a_far_page_reads_only_its_part(store: ObjectStore, tmp_path: Path) -> N
 
 def test_parts_are_cut_by_characters_too(store: ObjectStore, tmp_path: Path) -> None:
     rows = make_rows(12)
-    manifest = stored_rows.load_manifest(store, write(store, tmp_path, rows, part_chars=30))
+    manifest = stored_rows.load_manifest(store, write(store, tmp_path, rows, part_bytes=30))
     assert len(manifest.parts) > 1 and sum(p.row_count for p in manifest.parts) == 12
     assert stored_rows.read_page(store, manifest, 0, 12) == rows
 

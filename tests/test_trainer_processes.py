@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+import support
 from conftest import API_KEY, S3Endpoint, unique_bucket
 from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, job_pid, progressed, states, until, wait_exit, wait_for
 
@@ -79,16 +79,8 @@ def private(
 
 @pytest.fixture(scope="module")
 def dataset_version(private: Private) -> str:
-    rng = random.Random(5)
-    lines = ["text,label"]
-    for _ in range(60):
-        label = rng.choice(["pos", "neg"])
-        lines.append(f"the meal was {rng.choice(['tasty', 'fresh'] if label == 'pos' else ['bland', 'cold'])},{label}")
     with Client(private.dataset.address, api_key=API_KEY) as client:
-        client.create_dataset("resumable")
-        return client.upload_dataset(
-            "resumable", ("\n".join(lines) + "\n").encode(), task="classification", format="csv"
-        ).name
+        return support.upload_sentiment(client, "resumable", seed=5)
 
 
 def test_killed_trainer_restarts_and_takes_runs_up_again(private: Private, dataset_version: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import API_KEY, S3Endpoint, unique_bucket
 from reliability import record
-from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, progressed, states, until, wait_for
+from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, progressed, states, until, upload_sentiment, wait_for
 from support.databases import fresh_postgres_database
 
 from textft import Client
@@ -62,11 +62,8 @@ def shared(
     with open(tmp_path_factory.mktemp("replicas-logs") / "services.log", "w") as log:
         dataset = start_service("dataset", env, log=log)
         env["TEXTFT_DATASET_ADDR"] = dataset.address
-        rng = random.Random(11)
-        rows = ["text,label"] + [f"review {i}: {rng.choice(['great', 'awful'])},{rng.choice('pn')}" for i in range(60)]
         with Client(dataset.address, api_key=API_KEY) as client:
-            client.create_dataset("shared")
-            version = client.upload_dataset("shared", ("\n".join(rows) + "\n").encode(), format="csv").name
+            version = upload_sentiment(client, "shared", seed=11)
         try:
             yield Shared(env, database, store, dataset, log, version)
         finally:

@@ -136,6 +136,10 @@ JOB_ENV_NAMES = frozenset(
 JOB_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "NCCL_", "TORCH_", "PYTORCH_", "MKL_", "KMP_", "GLOO_", "CUBLAS_")
 
 
+def _job_passthrough(environ: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k in JOB_ENV_NAMES or k.startswith(JOB_ENV_PREFIXES)}
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Where datasets, adapters and run records live."""
@@ -304,6 +308,9 @@ class Settings:
     metrics_port: int = 0
     # TLS of this service's server (TEXTFT_TLS_CERT/KEY, TEXTFT_TLS_CLIENT_CA).
     tls: TlsSettings = field(default_factory=TlsSettings)
+    # The part of this process's environment a job may inherit (JOB_ENV_NAMES,
+    # JOB_ENV_PREFIXES), taken here so no other module reads the environment.
+    job_passthrough: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -396,6 +403,7 @@ class Settings:
             inference_device=_device(env),
             inference_dtype=env.get("TEXTFT_INFERENCE_DTYPE", "auto").strip().lower() or "auto",
             metrics_port=_int(env, "TEXTFT_METRICS_PORT", 0),
+            job_passthrough=_job_passthrough(env),
         )
 
     @property
@@ -411,11 +419,12 @@ class Settings:
 
         return self.database_url or default_url(self.home)
 
-    def job_environment(self, environ: dict[str, str]) -> dict[str, str]:
+    def job_environment(self, environ: dict[str, str] | None = None) -> dict[str, str]:
         """The environment a training or evaluation job starts with: the allowed
-        part of `environ` (JOB_ENV_NAMES, JOB_ENV_PREFIXES) and the job's store
+        part (JOB_ENV_NAMES, JOB_ENV_PREFIXES) of `environ`, by default of the
+        environment these settings were read from, and the job's store
         credentials."""
-        env = {k: v for k, v in environ.items() if k in JOB_ENV_NAMES or k.startswith(JOB_ENV_PREFIXES)}
+        env = self.job_passthrough.copy() if environ is None else _job_passthrough(environ)
         store = self.store
         env.update(TEXTFT_STORE=store.kind, TEXTFT_BUCKET=store.bucket)
         if store.kind == "s3":

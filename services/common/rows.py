@@ -8,10 +8,13 @@ index. Readers (ReadRows, the training job, evaluation) go through the
 manifest only: nothing outside the dataset service parses a source file, and
 a page far into a version reads one part, not the rows before it.
 
-Memory while writing stays bounded: rows are gathered by column up to a part's
-size (PART_ROWS rows or PART_CHARS characters of text, whichever comes first),
-then one background thread encodes and uploads the part while the next one
-fills; a writer that is two parts ahead waits for it.
+The validator hands the writer its valid rows in batches of tuples (Row, in
+COLUMNS order: no dict per row). One background thread turns each batch into
+Arrow columns at once (the Python objects are freed as soon as they are
+converted), cuts parts of at most PART_ROWS rows or PART_BYTES bytes of text
+and target, writes each to a local file a row group at a time, then hashes and
+uploads it; memory stays bounded by one row group of Arrow data plus the few
+batches queued for that thread.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from google.protobuf import json_format
@@ -38,10 +43,13 @@ from .store import ObjectStore
 
 ROWS_SCHEMA_VERSION = 1
 PART_ROWS = 65536
-PART_CHARS = 8 << 20  # bounds an upload's memory: about three parts are held at once
-ROW_GROUP_ROWS = 8192  # the unit a page read decodes
+PART_BYTES = 8 << 20  # text and target (UTF-8) in one part: bounds an upload's memory
+ROW_GROUP_ROWS = 4096  # the unit a page read decodes
+QUEUED_BATCHES = 2  # batches waiting for the writer thread: the validator runs on while a part uploads
 HASH_BUFFER = 1 << 20
 COLUMNS = ("row", "text", "labels", "target", "id", "metadata", "split")
+# A normalised row as the validator makes it, in COLUMNS order.
+Row = tuple[int, str, list[str], str, str, dict[str, Any], str]
 SCHEMA = pa.schema(
     [
         pa.field("row", pa.int64(), nullable=False),
@@ -53,7 +61,17 @@ SCHEMA = pa.schema(
         pa.field("split", pa.string(), nullable=False),
     ]
 )
+# zstd: under a third of snappy's bytes on text for a little more CPU, which
+# the store's side (hashing, writing a third of the bytes) pays back. Dictionary pages only where values
+# repeat; text, ids and targets are mostly distinct, and trying costs a hash a
+# value. Statistics are read by nobody: pages are found by row offsets.
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": ["labels.list.element", "split"],
+    "write_statistics": False,
+}
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
+_EMPTY = pa.py_buffer(b"")
 
 
 def manifest_key(version_prefix: str) -> str:
@@ -69,32 +87,68 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _append(columns: dict[str, list[Any]], row: dict[str, Any]) -> int:
-    """Adds a normalised row to columns; returns its characters of text and target."""
-    columns["row"].append(row["row"])
-    text = row["text"]
-    columns["text"].append(text)
-    columns["labels"].append(row["labels"])
-    target = row["target"]
-    columns["target"].append(target)
-    columns["id"].append(row["id"])
-    metadata = row["metadata"]
-    columns["metadata"].append(_ENCODER.encode(metadata) if metadata else "")
-    columns["split"].append(row["split"])
-    return len(text) + len(target)
+def row_tuple(row: dict[str, Any]) -> Row:
+    """A normalised row dict (as validate() and read_page() give them) as a Row."""
+    return tuple(row[name] for name in COLUMNS)  # type: ignore[return-value]
 
 
-def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Normalised rows as the Arrow table a part holds (what RowsWriter encodes)."""
-    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
-    for row in rows:
-        _append(columns, row)
-    return pa.Table.from_pydict(columns, schema=SCHEMA)
+def _offsets(lengths: Iterator[int], count: int) -> pa.Array:
+    offsets = np.zeros(count + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(lengths, dtype=np.int64, count=count), out=offsets[1:], dtype=np.int32)
+    return pa.Array.from_buffers(pa.int32(), count + 1, [None, pa.py_buffer(offsets)])
+
+
+def _strings(values: Sequence[str]) -> pa.Array:
+    """A string column built from one joined buffer: C loops only, and no
+    pandas (pa.array() imports it to check its input, ~45 MB of the service's
+    memory). A batch's column stays far below int32 offsets' 2 GiB."""
+    if not any(values):  # all "" (target, id, metadata, split often are): nothing to copy
+        return pa.StringArray.from_buffers(len(values), pa.py_buffer(np.zeros(len(values) + 1, np.int32)), _EMPTY)
+    encoded = list(map(str.encode, values))  # strict: a valid row holds no lone surrogate
+    offsets = _offsets(map(len, encoded), len(encoded))
+    return pa.StringArray.from_buffers(len(encoded), offsets.buffers()[1], pa.py_buffer(b"".join(encoded)))
+
+
+def rows_batch(rows: Sequence[Row]) -> pa.RecordBatch:
+    """Normalised rows as the Arrow columns a part holds."""
+    count = len(rows)
+    if not count:
+        return pa.RecordBatch.from_pylist([], schema=SCHEMA)
+    numbers, texts, labels, targets, ids, metadata, splits = zip(*rows, strict=True)
+    row_numbers = np.fromiter(numbers, dtype=np.int64, count=count)
+    label_values = _strings(list(chain.from_iterable(labels)))
+    encoded = [_ENCODER.encode(m) if m else "" for m in metadata] if any(metadata) else [""] * count
+    columns = [
+        pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(row_numbers)]),
+        _strings(texts),
+        pa.ListArray.from_arrays(_offsets(map(len, labels), count), label_values, type=SCHEMA.field("labels").type),
+        _strings(targets),
+        _strings(ids),
+        _strings(encoded),
+        _strings(splits),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
+
+
+def rows_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Normalised row dicts as the Arrow table a part holds (tests, previews)."""
+    return pa.Table.from_batches([rows_batch([row_tuple(row) for row in rows])], schema=SCHEMA)
+
+
+def _lengths(strings: pa.Array) -> Any:
+    """The byte length of each value of a string column (a numpy array, from its offsets)."""
+    offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32, count=len(strings) + 1, offset=4 * strings.offset)
+    return np.diff(offsets)
+
+
+def _sizes(batch: pa.RecordBatch) -> Any:
+    """Bytes of text and target of each row of a batch."""
+    return _lengths(batch.column(1)).astype(np.int64) + _lengths(batch.column(3))
 
 
 class RowsWriter:
-    """Writes a version's rows (dicts as the validator normalises them) as
-    Parquet parts under `prefix` and, on finish(), the manifest."""
+    """Writes a version's rows (batches of Rows, as the validator hands them
+    over) as Parquet parts under `prefix` and, on finish(), the manifest."""
 
     def __init__(
         self,
@@ -103,70 +157,108 @@ class RowsWriter:
         workdir: Path,
         dataset_version: str,
         part_rows: int = PART_ROWS,
-        part_chars: int = PART_CHARS,
+        part_bytes: int = PART_BYTES,
         row_group_rows: int = ROW_GROUP_ROWS,
     ) -> None:
         self.store = store
         self.prefix = prefix
         self.workdir = workdir
         self.dataset_version = dataset_version
-        self.part_rows, self.part_chars, self.row_group_rows = part_rows, part_chars, row_group_rows
-        self.row_count = 0
+        self.part_rows, self.part_bytes, self.row_group_rows = part_rows, part_bytes, row_group_rows
+        self.row_count = 0  # rows in finished parts (the writer thread's)
         self._parts: list[rows_pb2.RowsPart] = []
-        self._columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
-        self._chars = 0
-        self._pending: queue.Queue[tuple[int, dict[str, list[Any]]] | None] = queue.Queue(maxsize=1)
+        self._file: pq.ParquetWriter | None = None  # the part being written, a row group at a time
+        self._group: list[pa.RecordBatch] = []  # the row group being filled
+        self._group_rows = self._part_rows = self._part_bytes = 0
+        self._pending: queue.Queue[Sequence[Row] | None] = queue.Queue(maxsize=QUEUED_BATCHES)
         self._error: BaseException | None = None
+        self._store_last = False  # set by finish(): the thread stores the part it was filling
         self._thread = threading.Thread(target=self._store_parts, name="dataset-store-rows", daemon=True)
         self._thread.start()
 
-    def write(self, row: dict[str, Any]) -> None:
-        self._chars += _append(self._columns, row)
-        if len(self._columns["row"]) >= self.part_rows or self._chars >= self.part_chars:
-            self._flush()
-
-    def _flush(self) -> None:
-        count = len(self._columns["row"])
-        if not count:
-            return
+    def write_rows(self, rows: Sequence[Row]) -> None:
+        """Queues a batch of rows (the writer keeps it: do not change it after)."""
         if self._error is not None:
             raise self._error
-        self._parts.append(rows_pb2.RowsPart(row_count=count, first_row=self.row_count))
-        self._pending.put((len(self._parts) - 1, self._columns))
-        self.row_count += count
-        self._columns = {name: [] for name in COLUMNS}
-        self._chars = 0
+        if rows:
+            self._pending.put(rows)
 
     def _store_parts(self) -> None:
-        while (item := self._pending.get()) is not None:
+        while (rows := self._pending.get()) is not None:
             if self._error is not None:
-                continue  # drain: the writer raises the first error
-            index, columns = item
+                continue  # drain: the writing thread raises the first error
             try:
-                self._store_part(index, columns)
+                self._add(rows_batch(rows))
             except BaseException as e:  # handed to the writing thread
                 self._error = e
+        if self._store_last and self._error is None:
+            try:
+                self._flush()
+            except BaseException as e:
+                self._error = e
 
-    def _store_part(self, index: int, columns: dict[str, list[Any]]) -> None:
-        table = pa.Table.from_pydict(columns, schema=SCHEMA)
-        path = self.workdir / f"part-{index:05d}.parquet"
-        pq.write_table(table, path, row_group_size=self.row_group_rows, compression="snappy")
-        del table
-        key = f"{self.prefix}rows/part-{index:05d}.parquet"
-        part = self._parts[index]
-        part.object, part.sha256, part.size_bytes = key, sha256_of(path), path.stat().st_size
+    def _add(self, batch: pa.RecordBatch) -> None:
+        """Appends a batch to the part being written, a row group at a time,
+        storing each part that fills up."""
+        sizes = _sizes(batch)
+        start = 0
+        while start < batch.num_rows:
+            room = min(self.part_rows - self._part_rows, self.row_group_rows - self._group_rows)
+            ends = np.cumsum(sizes[start : start + room]) + self._part_bytes
+            # The row that reaches the byte limit is the part's last, as is the part_rows-th.
+            take = min(int(np.searchsorted(ends, self.part_bytes)) + 1, len(ends))
+            self._group.append(batch.slice(start, take))
+            self._group_rows += take
+            self._part_rows += take
+            self._part_bytes = int(ends[take - 1])
+            start += take
+            if self._part_rows >= self.part_rows or self._part_bytes >= self.part_bytes:
+                self._flush()
+            elif self._group_rows >= self.row_group_rows:
+                self._write_group()
+
+    def _write_group(self) -> None:
+        if self._file is None:
+            self._file = pq.ParquetWriter(self._path(), SCHEMA, **PARQUET_OPTIONS)
+        self._file.write_table(pa.Table.from_batches(self._group, schema=SCHEMA), row_group_size=self.row_group_rows)
+        self._group, self._group_rows = [], 0
+
+    def _path(self) -> Path:
+        """The local file of the part being written."""
+        return self.workdir / f"part-{len(self._parts):05d}.parquet"
+
+    def _flush(self) -> None:
+        if not self._part_rows:
+            return
+        self._write_group()
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        path = self._path()
+        key = f"{self.prefix}rows/part-{len(self._parts):05d}.parquet"
+        part = rows_pb2.RowsPart(
+            object=key,
+            sha256=sha256_of(path),
+            size_bytes=path.stat().st_size,
+            row_count=self._part_rows,
+            first_row=self.row_count,
+        )
+        self._part_rows = self._part_bytes = 0
         self.store.put_file(key, path)
         path.unlink()
+        self._parts.append(part)
+        self.row_count += part.row_count
 
     def close(self) -> None:
-        """Stops the background thread (after finish(), or to abandon the rows)."""
+        """Stops the writer thread (after finish(), or to abandon the rows: no
+        part is stored once it returns)."""
         if self._thread.is_alive():
             self._pending.put(None)
             self._thread.join()
 
     def finish(self, task: int, label_names: list[str]) -> str:
         """Stores the last part and the manifest; returns the manifest's key."""
-        self._flush()
+        self._store_last = True
         self.close()
         if self._error is not None:
             raise self._error

@@ -23,7 +23,7 @@ thread appends the chunks to a local spool file (sha256 computed and size cap
 applied on the way in), while a second thread reads the spool as it grows,
 checks the header, reserves the version id, copies the source to the store
 (multipart, from a third reader of the spool) and validates the rows, whose
-valid ones a RowsWriter stores as Parquet parts as they come; the rows
+valid ones (in batches) a RowsWriter stores as Parquet parts as they come; the rows
 manifest and the report follow, the version's manifest last. A header problem ends the
 upload before the rest is received. Memory stays bounded whatever the file
 size (a few store parts in flight), a cut-off stream publishes nothing, and
@@ -290,8 +290,9 @@ class _SpoolReader(io.RawIOBase):
         super().close()
 
 
-class DatasetRepository:
-    """The dataset service's domain: datasets, versions, rows and reports."""
+class DatasetCore:
+    """The dataset service's core (what TrainerCore is to the trainer): datasets,
+    versions, rows and reports."""
 
     def __init__(
         self, store: ObjectStore, settings: Settings, usage: UsageCheck | None = None, database: Database | None = None
@@ -606,7 +607,7 @@ class DatasetRepository:
                 try:
                     with open(issues_path, "w", encoding="utf-8") as issues_out:
                         result = validation.run(
-                            rows.write, lambda issue: issues_out.write(_encode(issue.to_dict()) + "\n")
+                            rows.write_rows, lambda issue: issues_out.write(_encode(issue.to_dict()) + "\n")
                         )
                     rows_key = rows.finish(result.task, result.label_names)
                 finally:

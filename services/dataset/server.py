@@ -19,7 +19,7 @@ from ..common.names import parse_dataset, parse_dataset_version, parse_parent_ap
 from ..common.store import ObjectStore, open_store
 from .access import AccessServicer
 from .inuse import TrainerUsage, UsageCheck
-from .repository import DatasetRepository, UploadSpec
+from .repository import DatasetCore, UploadSpec
 
 
 def _spec(header: dataset_pb2.UploadHeader) -> UploadSpec:
@@ -54,31 +54,31 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
     def __init__(self, settings: Settings, store: ObjectStore | None = None, usage: UsageCheck | None = None) -> None:
         self.settings = settings
         self.usage = usage or TrainerUsage(settings)
-        self.repo = DatasetRepository(store or open_store(settings.store), settings, self.usage)
+        self.core = DatasetCore(store or open_store(settings.store), settings, self.usage)
 
     def CreateDataset(
         self, request: dataset_pb2.CreateDatasetRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.CreateDatasetResponse:
         app = parse_parent_app(request.parent, caller_app())
-        dataset = self.repo.create_dataset(request.dataset_id, request.description, dict(request.labels), app)
+        dataset = self.core.create_dataset(request.dataset_id, request.description, dict(request.labels), app)
         return dataset_pb2.CreateDatasetResponse(dataset=dataset)
 
     def GetDataset(
         self, request: dataset_pb2.GetDatasetRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.GetDatasetResponse:
-        return dataset_pb2.GetDatasetResponse(dataset=self.repo.get_dataset(parse_dataset(request.name)))
+        return dataset_pb2.GetDatasetResponse(dataset=self.core.get_dataset(parse_dataset(request.name)))
 
     def ListDatasets(
         self, request: dataset_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.ListDatasetsResponse:
         app = parse_parent_app(request.parent, caller_app())
-        datasets, token = self.repo.list_datasets(request.page_size, request.page_token, app)
+        datasets, token = self.core.list_datasets(request.page_size, request.page_token, app)
         return dataset_pb2.ListDatasetsResponse(datasets=datasets, next_page_token=token)
 
     def DeleteDataset(
         self, request: dataset_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.DeleteDatasetResponse:
-        self.repo.delete_dataset(parse_dataset(request.name), force=request.force)
+        self.core.delete_dataset(parse_dataset(request.name), force=request.force)
         return dataset_pb2.DeleteDatasetResponse()
 
     def UploadDatasetVersion(
@@ -89,40 +89,40 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             raise InvalidArgument.for_field(
                 "header", "the first message of an upload must be the header (parent, format, task, ...)"
             )
-        version = self.repo.upload(_spec(first.header), _chunks(request_iterator, context))
+        version = self.core.upload(_spec(first.header), _chunks(request_iterator, context))
         return dataset_pb2.UploadDatasetVersionResponse(dataset_version=version)
 
     def ImportDatasetVersion(
         self, request: dataset_pb2.ImportDatasetVersionRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.ImportDatasetVersionResponse:
-        version = self.repo.import_object(_spec(request.header), request.source_object)
+        version = self.core.import_object(_spec(request.header), request.source_object)
         return dataset_pb2.ImportDatasetVersionResponse(dataset_version=version)
 
     def GetDatasetVersion(
         self, request: dataset_pb2.GetDatasetVersionRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.GetDatasetVersionResponse:
         name = parse_dataset_version(request.name)
-        return dataset_pb2.GetDatasetVersionResponse(dataset_version=self.repo.get_version(name.parent, name.version))
+        return dataset_pb2.GetDatasetVersionResponse(dataset_version=self.core.get_version(name.parent, name.version))
 
     def ListDatasetVersions(
         self, request: dataset_pb2.ListDatasetVersionsRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.ListDatasetVersionsResponse:
         dataset = parse_dataset(request.parent, "parent")
-        versions, token = self.repo.list_versions(dataset, request.page_size, request.page_token)
+        versions, token = self.core.list_versions(dataset, request.page_size, request.page_token)
         return dataset_pb2.ListDatasetVersionsResponse(dataset_versions=versions, next_page_token=token)
 
     def ReadRows(
         self, request: dataset_pb2.ReadRowsRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.ReadRowsResponse:
         name = parse_dataset_version(request.name)
-        rows, token = self.repo.read_rows(name.parent, name.version, request.page_size, request.page_token)
+        rows, token = self.core.read_rows(name.parent, name.version, request.page_size, request.page_token)
         return dataset_pb2.ReadRowsResponse(rows=rows, next_page_token=token)
 
     def GetValidationReport(
         self, request: dataset_pb2.GetValidationReportRequest, context: grpc.ServicerContext
     ) -> dataset_pb2.GetValidationReportResponse:
         name = parse_dataset_version(request.name)
-        stats, issues, token = self.repo.validation_report(
+        stats, issues, token = self.core.validation_report(
             name.parent, name.version, request.page_size, request.page_token
         )
         return dataset_pb2.GetValidationReportResponse(stats=stats, issues=issues, next_page_token=token)
@@ -130,7 +130,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
 
 def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Callable[[], None]]:
     servicer = DatasetServicer(settings)
-    access = AccessServicer(open_database(settings), servicer.repo.store)
+    access = AccessServicer(open_database(settings), servicer.core.store)
 
     def register(server: grpc.Server) -> list[str]:
         dataset_pb2_grpc.add_DatasetServiceServicer_to_server(servicer, server)

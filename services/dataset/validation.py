@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from textft.errors import InvalidArgument
 
+from ..common.rows import COLUMNS, Row
 from .columns import ALIASES, COMMA_LABEL_COLUMNS, check_column_mapping, infer_task, resolve_columns
 from .digests import DUPLICATE_TRACK_LIMIT, DigestTable
 from .model import CLASSIFICATION, ERROR, GENERATION, JSONL, WARNING, Issue, ParseOptions, ParseResult, Stats
@@ -33,7 +34,9 @@ from .readers import DelimitedReader, Reader, open_reader
 from .values import SPLITS, bad_unicode, bad_unicode_any, parse_labels, parse_metadata, scalar
 
 # check(row, the record's values (a CSV/TSV record's cells)) -> the normalised row, or None.
-Check = Callable[[int, Sequence[Any]], dict[str, Any] | None]
+Check = Callable[[int, Sequence[Any]], Row | None]
+# Valid rows reach the writer in lists of this many: a call per batch, not per row.
+ROW_BATCH = 1024
 
 
 class Validator:
@@ -235,15 +238,7 @@ class Validator:
                 stats.split_eval_row_count += 1
             elif split == "train":
                 stats.split_train_row_count += 1
-            return {
-                "row": row,
-                "text": text,
-                "labels": labels,
-                "target": target,
-                "id": row_id,
-                "metadata": metadata,
-                "split": split,
-            }
+            return (row, text, labels, target, row_id, metadata, split)  # rows.COLUMNS order
 
         return check
 
@@ -302,8 +297,10 @@ class Validation:
     task: int
     options: ParseOptions
 
-    def run(self, write_row: Callable[[dict[str, Any]], None], write_issue: Callable[[Issue], None]) -> ParseResult:
-        return _run(self, write_row, write_issue)
+    def run(self, write_rows: Callable[[list[Row]], None], write_issue: Callable[[Issue], None]) -> ParseResult:
+        """Validates the rows, handing the valid ones to write_rows in batches
+        (tuples in rows.COLUMNS order) and every finding to write_issue."""
+        return _run(self, write_rows, write_issue)
 
 
 def prepare(source: BinaryIO, options: ParseOptions, jsonl_columns: list[str] | None = None) -> Validation:
@@ -331,10 +328,15 @@ def validate(
     write_row for each valid normalised row and write_issue for each finding.
     Raises InvalidArgument for file-level problems (empty, no text column,
     task that does not fit the columns, a CSV line over the byte cap)."""
-    return prepare(source, options).run(write_row, write_issue)
+
+    def write_rows(rows: list[Row]) -> None:
+        for row in rows:
+            write_row(dict(zip(COLUMNS, row, strict=True)))
+
+    return prepare(source, options).run(write_rows, write_issue)
 
 
-def _rows(prepared: Validation, validator: Validator) -> Iterator[dict[str, Any]]:
+def _rows(prepared: Validation, validator: Validator) -> Iterator[Row]:
     """Checks every record: yields the valid rows (the checker emits the issues)."""
     reader, reject = prepared.reader, validator.reject
     if isinstance(reader, DelimitedReader):
@@ -362,7 +364,7 @@ def _rows(prepared: Validation, validator: Validator) -> Iterator[dict[str, Any]
 
 
 def _run(
-    prepared: Validation, write_row: Callable[[dict[str, Any]], None], write_issue: Callable[[Issue], None]
+    prepared: Validation, write_rows: Callable[[list[Row]], None], write_issue: Callable[[Issue], None]
 ) -> ParseResult:
     resolved, unknown, task = prepared.resolved, prepared.unknown, prepared.task
     issue_count = 0
@@ -376,8 +378,14 @@ def _run(
     for column in unknown:
         validator.stats.warning_count += 1
         emit(Issue(0, WARNING, "UNKNOWN_COLUMN", f"column {column!r} is not used (ignored)", column))
+    batch: list[Row] = []
     for row in _rows(prepared, validator):
-        write_row(row)
+        batch.append(row)
+        if len(batch) >= ROW_BATCH:
+            write_rows(batch)
+            batch = []
+    if batch:
+        write_rows(batch)
     if validator.stats.row_count == 0:
         raise InvalidArgument("the file has no data rows, only a header", reason="NO_DATA_ROWS")
     if validator.duplicates_partial:

@@ -14,7 +14,6 @@ metrics.json.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -172,7 +171,7 @@ class Evaluations:
             with run.cond:
                 if self.is_stopping():
                     raise RuntimeError("the trainer is shutting down")
-                env = self.settings.job_environment(dict(os.environ))
+                env = self.settings.job_environment()
                 run.handle = self.launcher.start(f"{run.prefix}/job.json", workdir, env, distributed=False)
             for event in parse_events(run.handle.lines()):
                 if event.HasField("progress"):

@@ -15,7 +15,6 @@ flag on the job that the owner's heartbeat acts on, so any replica takes it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -270,7 +269,7 @@ class Scheduler:
         name = names.parse_model_version(run.version.name)
         prefix = version_prefix(name)
         workdir = self.settings.trainer_workdir / names.app_prefix(name.app) / name.model / name.version
-        env = self.settings.job_environment(dict(os.environ))
+        env = self.settings.job_environment()
         with run.cond:
             if run.cancel_requested or run.final or self.stopping:
                 return

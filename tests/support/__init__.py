@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from textft import Client
 from textft.errors import TextftError, from_rpc_error
 from textft.v1 import trainer_pb2
 from textft_services.common.config import Settings
@@ -46,6 +47,14 @@ def sentiment_csv(
         lines.append(f"{template.format(word=word)},{label}")
     lines += [",pos"] * bad_rows
     return ("\n".join(lines) + "\n").encode()
+
+
+def upload_sentiment(client: Client, dataset: str, n: int = 60, seed: int = 0, template: str = "") -> str:
+    """Creates `dataset` and uploads a small sentiment_csv to it, as the fixtures
+    of the trainer's tests need one; returns the version's name."""
+    data = sentiment_csv(n, seed, template=template) if template else sentiment_csv(n, seed)
+    client.create_dataset(dataset)
+    return client.upload_dataset(dataset, data, task="classification", format="csv").name
 
 
 def until(events: Iterator[EV], predicate: Callable[[EV], bool]) -> list[EV]:

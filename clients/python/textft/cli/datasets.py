@@ -11,7 +11,7 @@ from ..client import Client
 from ..uploads import UploadProgress
 from ..v1 import common_pb2
 from .args import TASK_CHOICES, UsageError, dataset_version_name
-from .output import all_pages, format_time, human_bytes, next_page_hint, print_json, table, task_name, to_dict
+from .output import format_time, human_bytes, list_all, next_page_hint, print_json, show, table, task_name
 
 
 def _column_mapping(items: list[str] | None) -> dict[str, str]:
@@ -35,29 +35,29 @@ def cmd_datasets_create(client: Client, args: argparse.Namespace) -> int:
 
 def _print_dataset_version(version: Any) -> None:
     s = version.stats
-    print(version.name)
-    print(f"  task        {task_name(version.task)}")
-    print(
-        f"  rows        {s.row_count}  (valid {s.valid_row_count}, invalid {s.invalid_row_count}, warnings {s.warning_count})"
+    show(
+        version.name,
+        [
+            ("task", task_name(version.task)),
+            (
+                "rows",
+                f"{s.row_count}  (valid {s.valid_row_count}, invalid {s.invalid_row_count}, warnings {s.warning_count})",
+            ),
+            ("labels", ", ".join(f"{k} {v}" for k, v in sorted(s.label_counts.items()))),
+            ("targets", s.target_count or None),
+            (
+                "text chars",
+                f"min {s.text_length_min}  p50 {s.text_length_p50}  mean {s.text_length_mean:.1f}"
+                f"  p95 {s.text_length_p95}  max {s.text_length_max}"
+                if s.valid_row_count
+                else None,
+            ),
+            ("source", f"{human_bytes(version.source_size_bytes)}  sha256 {version.source_sha256}"),
+            ("mapping", ", ".join(f"{k}={v}" for k, v in sorted(version.column_mapping.items()))),
+            ("description", version.description),
+            ("created", format_time(version, "create_time")),
+        ],
     )
-    if s.label_counts:
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(s.label_counts.items()))
-        print(f"  labels      {counts}")
-    if s.target_count:
-        print(f"  targets     {s.target_count}")
-    if s.valid_row_count:
-        print(
-            f"  text chars  min {s.text_length_min}  p50 {s.text_length_p50}  mean {s.text_length_mean:.1f}"
-            f"  p95 {s.text_length_p95}  max {s.text_length_max}"
-        )
-    print(f"  source      {human_bytes(version.source_size_bytes)}  sha256 {version.source_sha256}")
-    if version.column_mapping:
-        print(f"  mapping     {', '.join(f'{k}={v}' for k, v in sorted(version.column_mapping.items()))}")
-    if version.description:
-        print(f"  description {version.description}")
-    created = format_time(version, "create_time")
-    if created:
-        print(f"  created     {created}")
     if s.invalid_row_count or s.warning_count:
         print(f"  see `textft datasets report {version.name}` for the row-level findings")
 
@@ -118,50 +118,43 @@ def cmd_datasets_get(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(dataset)
         return 0
-    print(dataset.name)
-    if dataset.description:
-        print(f"  description     {dataset.description}")
-    if dataset.labels:
-        print(f"  labels          {', '.join(f'{k}={v}' for k, v in sorted(dataset.labels.items()))}")
-    print(f"  latest version  {dataset.latest_version or '(none)'}")
-    created = format_time(dataset, "create_time")
-    if created:
-        print(f"  created         {created}")
+    show(
+        dataset.name,
+        [
+            ("description", dataset.description),
+            ("labels", ", ".join(f"{k}={v}" for k, v in sorted(dataset.labels.items()))),
+            ("latest version", dataset.latest_version or "(none)"),
+            ("created", format_time(dataset, "create_time")),
+        ],
+    )
     return 0
 
 
 def cmd_datasets_list(client: Client, args: argparse.Namespace) -> int:
-    datasets, _ = all_pages(lambda token: client.list_datasets(page_size=1000, page_token=token), "datasets")
-    if args.json:
-        print_json({"datasets": [to_dict(d) for d in datasets]})
-        return 0
-    table(
+    list_all(
+        lambda token: client.list_datasets(page_size=1000, page_token=token),
+        "datasets",
+        args.json,
         ("NAME", "LATEST VERSION", "CREATED", "DESCRIPTION"),
-        ((d.name, d.latest_version, format_time(d, "create_time"), d.description) for d in datasets),
+        lambda d: (d.name, d.latest_version, format_time(d, "create_time"), d.description),
     )
     return 0
 
 
 def cmd_datasets_versions(client: Client, args: argparse.Namespace) -> int:
-    versions, _ = all_pages(
-        lambda token: client.list_dataset_versions(args.dataset, page_size=1000, page_token=token), "dataset_versions"
-    )
-    if args.json:
-        print_json({"dataset_versions": [to_dict(v) for v in versions]})
-        return 0
-    table(
+    list_all(
+        lambda token: client.list_dataset_versions(args.dataset, page_size=1000, page_token=token),
+        "dataset_versions",
+        args.json,
         ("NAME", "TASK", "ROWS", "VALID", "INVALID", "LABELS", "CREATED"),
-        (
-            (
-                v.name,
-                task_name(v.task),
-                v.stats.row_count,
-                v.stats.valid_row_count,
-                v.stats.invalid_row_count,
-                ",".join(v.label_names),
-                format_time(v, "create_time"),
-            )
-            for v in versions
+        lambda v: (
+            v.name,
+            task_name(v.task),
+            v.stats.row_count,
+            v.stats.valid_row_count,
+            v.stats.invalid_row_count,
+            ",".join(v.label_names),
+            format_time(v, "create_time"),
         ),
     )
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 from ..client import Client
 from ..v1 import common_pb2
 from .args import CONFIG_SECTIONS, TASK_CHOICES, apply_set, dataset_version_name, model_version_name, parse_json_object
-from .output import all_pages, format_time, print_json, state_name, table, task_name, to_dict
+from .output import format_time, list_all, print_json, show, state_name, table, task_name, to_dict
 from .runs import follow, print_version
 
 
@@ -39,16 +39,12 @@ def cmd_models_create(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(client: Client, args: argparse.Namespace) -> int:
-    models, _ = all_pages(lambda token: client.list_models(page_size=1000, page_token=token), "models")
-    if args.json:
-        print_json({"models": [to_dict(m) for m in models]})
-        return 0
-    table(
+    list_all(
+        lambda token: client.list_models(page_size=1000, page_token=token),
+        "models",
+        args.json,
         ("NAME", "TASK", "LATEST READY VERSION", "CREATED", "DESCRIPTION"),
-        (
-            (m.name, task_name(m.task), m.latest_ready_version, format_time(m, "create_time"), m.description)
-            for m in models
-        ),
+        lambda m: (m.name, task_name(m.task), m.latest_ready_version, format_time(m, "create_time"), m.description),
     )
     return 0
 
@@ -65,25 +61,19 @@ def cmd_models_get(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(model)
         return 0
-    print(model.name)
-    print(f"  task                  {task_name(model.task)}")
-    if model.description:
-        print(f"  description           {model.description}")
-    print(f"  latest ready version  {model.latest_ready_version or '(none)'}")
-    created = format_time(model, "create_time")
-    if created:
-        print(f"  created               {created}")
+    show(
+        model.name,
+        [
+            ("task", task_name(model.task)),
+            ("description", model.description),
+            ("latest ready version", model.latest_ready_version or "(none)"),
+            ("created", format_time(model, "create_time")),
+        ],
+    )
     return 0
 
 
 def cmd_models_versions(client: Client, args: argparse.Namespace) -> int:
-    versions, _ = all_pages(
-        lambda token: client.list_model_versions(args.model, page_size=1000, page_token=token), "model_versions"
-    )
-    if args.json:
-        print_json({"model_versions": [to_dict(v) for v in versions]})
-        return 0
-
     def headline(v: Any) -> str:
         m = v.evaluation.metrics
         for key in ("accuracy", "macro_f1", "exact_match", "loss"):
@@ -91,19 +81,19 @@ def cmd_models_versions(client: Client, args: argparse.Namespace) -> int:
                 return f"{key} {m[key]:.4g}"
         return v.failure.reason
 
-    table(
+    list_all(
+        lambda token: client.list_model_versions(args.model, page_size=1000, page_token=token),
+        "model_versions",
+        args.json,
         ("NAME", "STATE", "PROGRESS", "DATASET VERSION", "TEMPLATE", "RESULT", "CREATED"),
-        (
-            (
-                v.name,
-                state_name(v.state),
-                f"{v.progress.percent_completed:.0f}%",
-                v.dataset_version,
-                v.template.removeprefix("templates/"),
-                headline(v),
-                format_time(v, "create_time"),
-            )
-            for v in versions
+        lambda v: (
+            v.name,
+            state_name(v.state),
+            f"{v.progress.percent_completed:.0f}%",
+            v.dataset_version,
+            v.template.removeprefix("templates/"),
+            headline(v),
+            format_time(v, "create_time"),
         ),
     )
     return 0

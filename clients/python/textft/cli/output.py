@@ -36,6 +36,17 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], out: IO[str]
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
+def show(name: str, fields: Sequence[tuple[str, object]], out: IO[str] | None = None) -> None:
+    """A resource as `get` prints it: its name, then a `label  value` line for
+    each field that is set (None or ""), aligned on the longest label."""
+    out = out or sys.stdout
+    width = max((len(label) for label, _ in fields), default=0)
+    out.write(f"{name}\n")
+    for label, value in fields:
+        if value is not None and value != "":
+            out.write(f"  {label.ljust(width)}  {value}\n")
+
+
 def task_name(task: int) -> str:
     return {
         common_pb2.TASK_TEXT_CLASSIFICATION: "classification",
@@ -82,6 +93,22 @@ def all_pages(fetch: Callable[[str], Any], field: str) -> tuple[list[Any], Any]:
         token = page.next_page_token
         if not token:
             return items, page
+
+
+def list_all(
+    fetch: Callable[[str], Any],
+    field: str,
+    as_json: bool,
+    headers: Sequence[str],
+    row: Callable[[Any], Sequence[object]],
+) -> None:
+    """A `list` command: every item of a paged List call (fetch(page_token)),
+    as JSON under `field` or as a table of row(item)."""
+    items, _ = all_pages(fetch, field)
+    if as_json:
+        print_json({field: [to_dict(item) for item in items]})
+    else:
+        table(headers, (row(item) for item in items))
 
 
 def next_page_hint(command: str, name: str, token: str) -> None:

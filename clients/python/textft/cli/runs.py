@@ -10,7 +10,7 @@ from google.protobuf import json_format
 
 from ..client import Client
 from ..v1 import common_pb2, trainer_pb2
-from .output import duration, format_time, metrics_text, print_json, state_name, task_name
+from .output import duration, format_time, metrics_text, print_json, show, state_name, task_name
 
 ModelVersion = trainer_pb2.ModelVersion
 ModelVersionEvent = trainer_pb2.ModelVersionEvent
@@ -93,13 +93,6 @@ class RunRenderer:
 
 
 def print_version(version: trainer_pb2.ModelVersion, out: IO[str] | None = None) -> None:
-    out = out or sys.stdout
-    w = out.write
-    w(f"{version.name}\n")
-    w(f"  state            {state_name(version.state)}\n")
-    w(f"  task             {task_name(version.task)}\n")
-    w(f"  dataset version  {version.dataset_version}\n")
-    w(f"  template         {version.template}\n")
     p = version.progress
     progress = f"{p.percent_completed:.1f}%  step {p.step}/{p.total_steps}  epoch {p.epoch:.2f}"
     if p.HasField("time_remaining") and version.state not in (
@@ -108,39 +101,32 @@ def print_version(version: trainer_pb2.ModelVersion, out: IO[str] | None = None)
         ModelVersion.STATE_CANCELLED,
     ):
         progress += f"  ETA {duration(p.time_remaining.ToTimedelta().total_seconds())}"
-    w(f"  progress         {progress}\n")
-    if version.train_row_count or version.eval_row_count:
-        w(
-            f"  rows             train {version.train_row_count}  eval {version.eval_row_count}"
-            f"  skipped {version.skipped_row_count}\n"
-        )
-    if version.label_names:
-        w(f"  labels           {', '.join(version.label_names)}\n")
-    if version.evaluation.metrics:
-        w(f"  metrics          {metrics_text(version.evaluation.metrics)}\n")
-    if version.evaluation.roc_auc_per_label:
-        w(f"  roc auc / label  {metrics_text(version.evaluation.roc_auc_per_label)}\n")
-    if version.adapter_uri:
-        w(f"  adapter          {version.adapter_uri}\n")
-    if version.lineage.base_model:
-        w(f"  base model       {version.lineage.base_model}\n")
-    if version.HasField("failure") and version.failure.reason:
-        _print_failure(version.failure, out)
-    created, updated = format_time(version, "create_time"), format_time(version, "update_time")
-    if created:
-        w(f"  created          {created}\n")
-    if updated:
-        w(f"  updated          {updated}\n")
-
-
-def _print_failure(failure: common_pb2.Failure, out: IO[str]) -> None:
-    out.write(f"  failure          {failure.reason}\n")
-    if failure.message:
-        out.write(f"  message          {failure.message}\n")
-    if failure.field:
-        out.write(f"  field            {failure.field}\n")
-    if failure.rows:
-        out.write(f"  rows             {', '.join(str(r) for r in failure.rows)}\n")
+    rows = f"train {version.train_row_count}  eval {version.eval_row_count}  skipped {version.skipped_row_count}"
+    failure = version.failure if version.HasField("failure") and version.failure.reason else common_pb2.Failure()
+    evaluation = version.evaluation
+    show(
+        version.name,
+        [
+            ("state", state_name(version.state)),
+            ("task", task_name(version.task)),
+            ("dataset version", version.dataset_version),
+            ("template", version.template),
+            ("progress", progress),
+            ("rows", rows if version.train_row_count or version.eval_row_count else None),
+            ("labels", ", ".join(version.label_names)),
+            ("metrics", metrics_text(evaluation.metrics) if evaluation.metrics else None),
+            ("roc auc / label", metrics_text(evaluation.roc_auc_per_label) if evaluation.roc_auc_per_label else None),
+            ("adapter", version.adapter_uri),
+            ("base model", version.lineage.base_model),
+            ("failure", failure.reason),
+            ("message", failure.message),
+            ("field", failure.field),
+            ("rows", ", ".join(str(r) for r in failure.rows)),
+            ("created", format_time(version, "create_time")),
+            ("updated", format_time(version, "update_time")),
+        ],
+        out,
+    )
 
 
 def follow(client: Client, name: str, as_json: bool, stream_events: bool) -> int:
