@@ -87,7 +87,9 @@ def test_versions_and_events_are_the_same_on_every_replica(records: Records, db:
         records.save_run(_version(name, MV.STATE_TRAINING), _events("c", start=2))  # only the new ones
         assert [e.message for e in other.stored_events(name)] == ["a", "b", "c"]
         assert [e.message for e in other.stored_events(name, from_sequence=1)] == ["b", "c"]
-        # A replica that took the run over writes from where it read: its event wins.
+        # The replaced owner wrote one more before it noticed the takeover; the
+        # new owner writes from where it read (after "b"): its history wins, tail included.
+        records.save_run(_version(name, MV.STATE_TRAINING), _events("d", start=3))
         other.save_run(_version(name, MV.STATE_TRAINING), _events("c taken over", start=2))
         assert [e.message for e in records.stored_events(name)] == ["a", "b", "c taken over"]
 

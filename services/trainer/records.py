@@ -171,8 +171,9 @@ class Records:
         latest_ready: bool = False,
     ) -> None:
         """The version's record, events (upserted by sequence: after a takeover
-        the newest owner's write wins) and, when asked, the model's
-        latest_ready_version, in one transaction. NotFound when the model is gone."""
+        the newest owner's write wins, tail included) and, when asked, the
+        model's latest_ready_version, in one transaction. NotFound when the
+        model is gone."""
         with _database():
             try:
                 with self.db.write() as conn:
@@ -210,6 +211,8 @@ class Records:
                 index_elements=[t.c.version_name, t.c.sequence], set_={"record": stmt.excluded.record}
             )
         )
+        # Events past these are a replaced owner's, written after the takeover: the history is the writer's.
+        conn.execute(t.delete().where(t.c.version_name == name, t.c.sequence > events[-1].sequence))
 
     def _set_latest_ready(self, conn: sa.Connection, version_name: str) -> None:
         t = schema.models
