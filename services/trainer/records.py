@@ -9,6 +9,7 @@ of a run another replica owns. The database being away is a hard failure
 Store layout (artifacts only):
     models/{model}/versions/{version}/job.json       what the job runs (TrainingJobSpec)
     models/{model}/versions/{version}/metrics.json   evaluation (+ "evaluations": per dataset version)
+    models/{model}/versions/{version}/evaluations/{evaluation}/evaluation.json   (evaluations.py)
     models/{model}/versions/{version}/adapter/       PEFT save_pretrained layout + tokenizer + textft.json
     models/{model}/versions/{version}/checkpoints/step-{n}/   Trainer checkpoints (see checkpoints.py)
 (apps/{app}/models/... outside the default app). Stores from before this

@@ -84,8 +84,7 @@ class Scheduler:
 
     def enqueue(self, run: Run, job_key: str) -> None:
         """Queues a new run's job. The run stays in memory until a replica
-        claims it: this one runs it from memory;
-        another one drops it (heartbeat)."""
+        claims it: this one runs it from memory; another one drops it (heartbeat)."""
         self.jobs.enqueue(run.version.name, job_key, run.app)
         self._wakeup.set()
 
