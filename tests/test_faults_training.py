@@ -3,18 +3,18 @@ the services and the store; the store keeps its data).
 
 - Cut mid-training and restored: the job retries its store writes (checkpoint
   uploads) and reports each retry as a log event, the service keeps serving
-  the run from memory (GetModelVersion, WatchModelVersion), a new version is
-  refused with UNAVAILABLE, and once the store is back the run ends READY with
-  its adapter, version.json and the whole event history in the store.
+  the run (GetModelVersion, WatchModelVersion), a new version is refused with
+  UNAVAILABLE, and once the store is back the run ends READY with its adapter
+  in the store and its record and whole event history in the database.
 - Cut for longer than TEXTFT_STORE_RETRY_SECONDS: the job FAILS with
-  MODEL_TRAINING_STORE_UNAVAILABLE; the service never fails a run by itself and
-  writes the final records once the store returns.
+  MODEL_TRAINING_STORE_UNAVAILABLE; the service never fails a run by itself.
+  The records live in the metadata database, which the outage does not touch:
+  they are complete while the store is still away.
 
 Everything waits on events (watch streams), never on sleeps."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,8 +29,10 @@ from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, until, upload_sen
 
 from textft import Client
 from textft.errors import Unavailable
+from textft_services.common.db import Database, default_url
 from textft_services.common.store import S3Store
 from textft_services.stack import ServiceProcess, start_service
+from textft_services.trainer.records import Records
 
 pytestmark = pytest.mark.reliability
 RETRY_MARK = "object store unavailable"
@@ -43,6 +45,7 @@ class Outage:
     proxy: TcpProxy
     direct: S3Store  # the test's own view of the store, not through the proxy
     env: dict[str, str]
+    home: Path
     dataset: ServiceProcess
     log: IO[str]
     dataset_version: str = ""
@@ -68,7 +71,7 @@ def outage(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory, ti
     log = open(home / "services.log", "w")  # noqa: SIM115 - closed at teardown
     dataset = start_service("dataset", env, log=log)
     env["TEXTFT_DATASET_ADDR"] = dataset.address
-    running = Outage(proxy, direct, env, dataset, log)
+    running = Outage(proxy, direct, env, home, dataset, log)
     try:
         with Client(dataset.address, api_key=API_KEY) as client:
             running.dataset_version = upload_sentiment(client, "outage", seed=7)
@@ -92,8 +95,13 @@ def _is_retry(e: EV) -> bool:
     return e.kind == EV.KIND_LOG and RETRY_MARK in e.message and "retrying" in e.message
 
 
-def _stored_events(store: S3Store, name: str) -> list[dict]:
-    return [json.loads(line) for line in store.get_bytes(f"{name}/events.jsonl").decode().splitlines() if line]
+def _records(outage: Outage) -> Iterator[Records]:
+    """The trainer's records as its database holds them (read directly, not through the service)."""
+    database = Database(default_url(outage.home))
+    try:
+        yield Records(outage.direct, database)
+    finally:
+        database.close()
 
 
 def test_training_survives_store_outage(outage: Outage) -> None:
@@ -148,18 +156,19 @@ def test_training_survives_store_outage(outage: Outage) -> None:
         retries = sum(1 for e in seen if _is_retry(e))
         assert any("object store available again" in e.message for e in seen if e.kind == EV.KIND_LOG)
 
-        # The store holds the whole run (read directly, not through the proxy).
+        # The store holds the artifacts (read directly, not through the proxy), the database the records.
         store = outage.direct
         assert store.exists(f"{run.name}/adapter/adapter_model.safetensors")
         assert store.exists(f"{run.name}/adapter/adapter_config.json")
         assert store.exists(f"{run.name}/metrics.json")
-        version = store.get_json(f"{run.name}/version.json")
-        assert version["state"] == "STATE_READY" and version["adapter_uri"] == f"{run.name}/adapter"
-        stored = _stored_events(store, run.name)
-        assert [int(e.get("sequence", 0)) for e in stored] == [e.sequence for e in seen]
-        assert [e.get("message", "") for e in stored] == [e.message for e in seen]
-        assert stored[-1]["state"] == "STATE_READY"
-        assert store.get_json("models/survivor/model.json")["latest_ready_version"] == run.name
+        for records in _records(outage):
+            version = records.load_version(run.name)
+            assert version.state == MV.STATE_READY and version.adapter_uri == f"{run.name}/adapter"
+            stored = records.stored_events(run.name)
+            assert [e.sequence for e in stored] == [e.sequence for e in seen]
+            assert [e.message for e in stored] == [e.message for e in seen]
+            assert stored[-1].state == MV.STATE_READY
+            assert records.get_model("models/survivor").latest_ready_version == run.name
         record("store outage", "training run cut mid-training", f"READY after restore, {retries} retries")
     finally:
         trainer.stop()
@@ -196,6 +205,14 @@ def test_training_fails_when_store_stays_away(outage: Outage) -> None:
             assert client.get_model_version(blocker.name).state == MV.STATE_CANCELLED
             seen = list(client.watch(run.name, timeout=120))
             failed = client.get_model_version(run.name)
+            # The records are complete while the store is still away: they live in the database.
+            for records in _records(outage):
+                stored = records.stored_events(run.name)
+                assert [e.sequence for e in stored] == [e.sequence for e in seen]
+                assert stored[-1].failure.reason == "MODEL_TRAINING_STORE_UNAVAILABLE"
+                assert records.load_version(run.name).state == MV.STATE_FAILED
+                assert records.load_version(blocker.name).state == MV.STATE_CANCELLED
+                assert [e.sequence for e in records.stored_events(blocker.name)] == [e.sequence for e in seen_blocker]
         finally:
             outage.proxy.restore()
         assert failed.state == MV.STATE_FAILED
@@ -205,21 +222,11 @@ def test_training_fails_when_store_stays_away(outage: Outage) -> None:
         retries = sum(1 for e in seen if _is_retry(e))
         assert retries >= 1
     finally:
-        trainer.stop()  # a last write of the records the store missed, now that it is back
-
-    store = outage.direct
-    stored = _stored_events(store, run.name)
-    assert [int(e.get("sequence", 0)) for e in stored] == [e.sequence for e in seen]
-    assert stored[-1]["failure"]["reason"] == "MODEL_TRAINING_STORE_UNAVAILABLE"
-    assert store.get_json(f"{run.name}/version.json")["state"] == "STATE_FAILED"
-    assert store.get_json(f"{blocker.name}/version.json")["state"] == "STATE_CANCELLED"
-    assert [int(e.get("sequence", 0)) for e in _stored_events(store, blocker.name)] == [
-        e.sequence for e in seen_blocker
-    ]
+        trainer.stop()
     record(
         "store outage",
         "training run, store away past TEXTFT_STORE_RETRY_SECONDS=3",
-        f"FAILED MODEL_TRAINING_STORE_UNAVAILABLE after {retries} retries; records written after restore",
+        f"FAILED MODEL_TRAINING_STORE_UNAVAILABLE after {retries} retries; records complete during the outage",
     )
 
 

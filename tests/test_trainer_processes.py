@@ -10,7 +10,6 @@ reconfigure the trainer."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -25,9 +24,11 @@ from support import BASE, CLS_TEMPLATE, EV, MV, TINY_BASE_KEY, job_pid, progress
 
 from textft import Client
 from textft_services.common.config import Settings
+from textft_services.common.db import Database
 from textft_services.common.store import S3Store
 from textft_services.stack import ServiceProcess, start_service
 from textft_services.trainer.checkpoints import CHECKPOINT_MARKER, complete_steps
+from textft_services.trainer.records import Records
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +120,11 @@ def test_killed_trainer_restarts_and_takes_runs_up_again(private: Private, datas
     # process keeps training and uploading beside the resumed run.
     assert wait_exit(x_pid, 60) and wait_exit(y_pid, 60)
     x_prefix = x.name
-    assert json.loads(private.store.get_bytes(f"{x_prefix}/version.json"))["state"] == "STATE_TRAINING"
+    database = Database(Settings.from_env(private.env).database)  # the crashed trainer's record of X
+    try:
+        assert Records(private.store, database).load_version(x_prefix).state == MV.STATE_TRAINING
+    finally:
+        database.close()
     assert private.store.exists(f"{x_prefix}/checkpoints/step-10/{CHECKPOINT_MARKER}")
     assert private.store.exists(f"{x_prefix}/checkpoints/step-10/adapter_model.safetensors")
 

@@ -111,6 +111,10 @@ class Database:
         )
         return int(conn.execute(stmt).scalar_one())
 
+    def insert(self, table: sa.Table) -> Any:
+        """INSERT with this dialect's ON CONFLICT clauses (upserts)."""
+        return _insert(self.dialect)(table)
+
     def now_expr(self) -> sa.ColumnElement[float]:
         """The database's clock in epoch seconds: leases are compared on one clock,
         not on each replica's."""

@@ -14,10 +14,10 @@ Conventions:
 - `record` columns hold the resource's public proto as JSON (json_format), so
   Get and List answer from one column; the other columns are what queries,
   constraints and locks need.
-- Datasets and models carry a `uid` that is never reused: a resource deleted and
-  created again under the same name is another uid, and caches and lineage key
-  on it. Version numbers come from `id_counters`, which deletes never touch, so a
-  re-created model does not get v1 back.
+- Datasets carry a `uid` that is never reused: a resource deleted and created
+  again under the same name is another uid. Models are keyed by name. Version
+  numbers come from `id_counters`, which deletes never touch, so a re-created
+  model does not get v1 back (caches and lineage key on version names).
 """
 
 from __future__ import annotations
@@ -87,28 +87,34 @@ dataset_versions = sa.Table(
     sa.Index(None, "dataset_uid", "sha256"),
 )
 
+# Models, their versions and the versions' events, keyed by full name
+# (models/{model}, apps/{app}/models/{model}, .../versions/{version}): the
+# trainer's records (services/trainer/records.py). `app` is for listing.
+NAME = sa.String(255)
+
 models = sa.Table(
     "models",
     metadata,
-    sa.Column("uid", UID, primary_key=True),
+    sa.Column("name", NAME, primary_key=True),
     sa.Column("app", ID, nullable=False, server_default=DEFAULT_APP),
-    sa.Column("model_id", ID, nullable=False),
     sa.Column("record", sa.Text, nullable=False),  # textft.v1.Model
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("app", "model_id"),
+    sa.Index(None, "app", "name"),
 )
 
 model_versions = sa.Table(
     "model_versions",
     metadata,
     sa.Column("pk", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("model_uid", UID, sa.ForeignKey("models.uid", ondelete="CASCADE"), nullable=False),
-    sa.Column("number", sa.BigInteger, nullable=False),
+    sa.Column("name", NAME, nullable=False, unique=True),
+    sa.Column("app", ID, nullable=False, server_default=DEFAULT_APP),
+    sa.Column("model_name", NAME, sa.ForeignKey("models.name", ondelete="CASCADE"), nullable=False),
+    sa.Column("number", sa.BigInteger, nullable=False),  # names.version_sort_key: v3 is 3
     sa.Column("state", sa.Integer, nullable=False),  # textft.v1.ModelVersion.State
     sa.Column("record", sa.Text, nullable=False),  # textft.v1.ModelVersion
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("model_uid", "number"),
+    sa.Index(None, "model_name", "number"),
     sa.Index(None, "state"),
 )
 
@@ -117,11 +123,11 @@ model_version_events = sa.Table(
     "model_version_events",
     metadata,
     sa.Column("pk", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("version_pk", sa.BigInteger, sa.ForeignKey("model_versions.pk", ondelete="CASCADE"), nullable=False),
+    sa.Column("version_name", NAME, sa.ForeignKey("model_versions.name", ondelete="CASCADE"), nullable=False),
     sa.Column("sequence", sa.BigInteger, nullable=False),
     sa.Column("record", sa.Text, nullable=False),  # textft.v1.ModelVersionEvent
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("version_pk", "sequence"),
+    sa.UniqueConstraint("version_name", "sequence"),
 )
 
 model_evaluations = sa.Table(

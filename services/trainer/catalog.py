@@ -10,7 +10,6 @@ from google.protobuf import json_format, struct_pb2
 
 from textft import Client
 from textft.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -91,19 +90,14 @@ class Catalog:
         model_name = names.ModelName(names.check_id(request.model_id, "model_id"), app)
         if request.task not in TASK_NAMES:
             raise InvalidArgument.for_field("task", "must be TASK_TEXT_CLASSIFICATION or TASK_TEXT_GENERATION")
-        key = f"{model_prefix(model_name)}/model.json"
-        store = self.records.store
-        with self.records.lock:
-            if store.exists(key):
-                raise AlreadyExists(f"model {model_name} already exists", reason="MODEL_EXISTS")
-            model = trainer_pb2.Model(
-                name=str(model_name),
-                task=request.task,
-                description=request.description,
-                labels=dict(request.labels),
-                create_time=now(),
-            )
-            store.put_json(key, to_dict(model))
+        model = trainer_pb2.Model(
+            name=str(model_name),
+            task=request.task,
+            description=request.description,
+            labels=dict(request.labels),
+            create_time=now(),
+        )
+        self.records.create_model(model)  # ALREADY_EXISTS: the name is the row's key, on every replica
         return model
 
     def delete_model(self, name: str) -> None:
@@ -117,6 +111,7 @@ class Catalog:
             if run_name.startswith(model.name + "/"):
                 with run.persist_lock:  # a write in progress ends first; none starts after (see RunLog.persist)
                     runs.pop(run_name, None)
+        self.records.delete_model(model.name)  # rows first: the name is gone on every replica at once
         self.records.store.delete_prefix(model_prefix(parsed) + "/")
         self.stored.forget(parsed.app, str(parsed))
 
@@ -124,12 +119,9 @@ class Catalog:
         """The next version id, from the metadata database: never handed out
         twice, even after the model is deleted and created anew, so the
         inference cache and lineage, keyed by version name, never mistake a new
-        v1 for an old one. The store's ids are the floor, for versions written
-        before the database kept count."""
-        versions = f"{model_prefix(model)}/versions/"
-        existing = [k for k in self.records.store.list(versions) if k.endswith("/version.json")]
-        numbers = [names.version_sort_key(k[len(versions) :].split("/")[0])[0] for k in existing]
-        floor = max([n for n in numbers if n < 1 << 62] or [0])
+        v1 for an old one. The versions' rows are the floor, for versions
+        imported from a store from before the database kept count."""
+        floor = self.records.highest_number(str(model))
         with self.database.write() as conn:
             return f"v{self.database.allocate(conn, 'model_version', model.model, app=model.app, floor=floor)}"
 

@@ -1,38 +1,37 @@
 """A run's event history: appended here, published to watchers, and written
-behind to the store.
+to the metadata database.
 
-Store outages: a live run's record (version.json, events.jsonl, the model's
-latest_ready_version) is written through persist, which never raises. When the
-store is unavailable the truth stays in memory (GetModelVersion and
-WatchModelVersion serve live runs from memory), the run is marked dirty, and
-it is written again on its next event and by a background flusher (capped
-exponential backoff) until the store takes it or the service stops. An outage
-never fails a run on the service side: only the job decides that (it retries
-for TEXTFT_STORE_RETRY_SECONDS, then FAILS with
-MODEL_TRAINING_STORE_UNAVAILABLE).
+A live run's record (its version row, new events, the model's
+latest_ready_version) is written in one transaction by persist, which never
+raises. The store plays no part in records: a store outage only concerns the
+job's artifacts (the job retries for TEXTFT_STORE_RETRY_SECONDS, then FAILS
+with MODEL_TRAINING_STORE_UNAVAILABLE). When the database is unavailable the
+run's truth stays in memory (GetModelVersion and WatchModelVersion serve live
+runs from memory; everything else answers UNAVAILABLE), the run is marked
+dirty, and it is written again on its next event and by a background flusher
+(capped exponential backoff) until the database takes it or the service stops.
 
 Watchers of a run this replica holds follow it in memory; watchers of a run
-another replica owns follow its events in the store, where the owner writes
-them.
+another replica owns follow its events in the database, where the owner
+writes them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from textft.errors import TextftError, Unavailable
+from textft.errors import NotFound, TextftError, Unavailable
 from textft.v1 import common_pb2, trainer_pb2
 
 from ..common import names
-from ..common.protojson import now, to_dict
+from ..common.protojson import now
 from ..common.usage import StoredBytes
 from .jobqueue import JobQueue
-from .records import FINAL, MV, Records, Run, version_prefix
+from .records import FINAL, MV, Records, Run
 
 log = logging.getLogger("textft.trainer")
 FLUSH_FIRST_DELAY = 0.5  # seconds before the flusher retries a failed write; doubles up to FLUSH_MAX_DELAY
@@ -47,14 +46,14 @@ class RunLog:
         self.stored = stored
         self.stopped = threading.Event()
         self._flush_wakeup = threading.Event()
-        self._flusher = threading.Thread(target=self._flush_loop, name="store-flusher", daemon=True)
+        self._flusher = threading.Thread(target=self._flush_loop, name="records-flusher", daemon=True)
 
     def start(self) -> None:
         self._flusher.start()
 
     def close(self, deadline: float) -> None:
         """Stops the flusher (by the monotonic deadline) and tries once more to
-        write what the store has not taken yet."""
+        write what the database has not taken yet."""
         self.stopped.set()
         self._flush_wakeup.set()
         if self._flusher.is_alive():
@@ -62,7 +61,7 @@ class RunLog:
         for run in list(self.records.runs.values()):
             if run.dirty and not self.persist(run):
                 log.error(
-                    "run %s: the store is still unavailable at shutdown; it holds an older record of this run "
+                    "run %s: the database is still unavailable at shutdown; it holds an older record of this run "
                     "(state %s in memory)",
                     run.version.name,
                     MV.State.Name(run.version.state),
@@ -101,17 +100,13 @@ class RunLog:
         self.publish(run, event, persist=True)
 
     def finish(self, run: Run, state: int, failure: common_pb2.Failure | None = None) -> None:
-        if state == MV.STATE_READY:
-            # model.json first, before the run is final (the write is retried
-            # with the run's record when the store is unavailable).
-            with run.cond:
-                run.latest_ready_pending = True
-            self._flush_latest_ready(run)
         with run.cond:
             if run.final:
                 return
             run.version.state = state
             run.version.update_time.CopyFrom(now())
+            # READY sets the model's latest_ready_version in the same write.
+            run.latest_ready_pending = state == MV.STATE_READY
             if failure is not None:
                 run.version.failure.CopyFrom(failure)
             # State and event together: a watcher never sees a final run without its final event.
@@ -130,38 +125,37 @@ class RunLog:
         except Exception:  # the record says final; a claim of the row finds that and drops it
             log.exception("run %s: could not mark its job done in the database", run.version.name)
 
-    # ---- writing behind ----
+    # ---- writing to the database ----
     def persist(self, run: Run) -> bool:
-        """Writes the run's record (and a pending latest_ready_version) to the
-        store. Never raises: when the store is unavailable the run is marked
-        dirty and the flusher tries again. True when the store is up to date."""
+        """Writes the run's record, its events not written yet (and a pending
+        latest_ready_version) in one transaction. Never raises: when the
+        database is unavailable the run is marked dirty and the flusher tries
+        again. True when the database is up to date."""
         with run.persist_lock:
             if self.records.runs.get(run.version.name) is not run:  # deleted meanwhile: nothing to write back
                 return True
             if run.lease_lost:  # another replica owns the run now: its writes are the truth
                 return True
             with run.cond:
-                lines = [json.dumps(to_dict(e)) for e in run.events]
+                events = list(run.events[run.stored :])
                 version = trainer_pb2.ModelVersion().FromString(run.version.SerializeToString())
                 latest_ready = run.latest_ready_pending
-            prefix = version_prefix(names.parse_model_version(version.name))
             try:
-                if latest_ready:
-                    self.records.write_latest_ready(version.name)
-                self.records.store.put_bytes(
-                    f"{prefix}/events.jsonl", ("\n".join(lines) + "\n").encode(), "application/x-ndjson"
-                )
-                self.records.save_version(version)
+                self.records.save_run(version, events, latest_ready)
+            except NotFound:  # the model was deleted meanwhile: nothing to write back
+                log.info("run %s: its model is gone; its record is not written", version.name)
+                return True
             except (Unavailable, OSError) as exc:
                 self._persist_failed(run, exc)
                 return False
             with run.cond:
+                run.stored = max(run.stored, events[-1].sequence + 1) if events else run.stored
                 if latest_ready:
                     run.latest_ready_pending = False
                 was_dirty, failures = run.dirty, run.failed_writes
                 run.dirty, run.failed_writes = False, 0
             if was_dirty:
-                log.info("run %s: record written to the store again after %d failed writes", version.name, failures)
+                log.info("run %s: record written to the database again after %d failed writes", version.name, failures)
             return True
 
     def _persist_failed(self, run: Run, exc: Exception) -> None:
@@ -173,8 +167,8 @@ class RunLog:
         detail = exc.message if isinstance(exc, TextftError) else f"{type(exc).__name__}: {exc}"
         if first:
             log.warning(
-                "run %s (%s): could not write its record to the store (%s); kept in memory, retrying until the "
-                "store takes it",
+                "run %s (%s): could not write its record to the database (%s); kept in memory, retrying until "
+                "the database takes it",
                 run.version.name,
                 state,
                 detail,
@@ -183,7 +177,7 @@ class RunLog:
 
     def _flush_loop(self) -> None:
         """Writes dirty runs again, with capped exponential backoff, until the
-        store takes them or the service stops."""
+        database takes them or the service stops."""
         delay = FLUSH_FIRST_DELAY
         while not self.stopped.is_set():
             self._flush_wakeup.wait()
@@ -198,26 +192,15 @@ class RunLog:
                 results = [self.persist(r) for r in dirty]
                 delay = FLUSH_FIRST_DELAY if all(results) else min(delay * 2, FLUSH_MAX_DELAY)
 
-    def _flush_latest_ready(self, run: Run) -> None:
-        with run.persist_lock:
-            try:
-                self.records.write_latest_ready(run.version.name)
-            except (Unavailable, OSError) as exc:
-                self._persist_failed(run, exc)
-                return
-            with run.cond:
-                run.latest_ready_pending = False
-
     # ---- watching ----
     def watch(
         self, name: str, from_sequence: int, is_active: Callable[[], bool]
     ) -> Iterator[trainer_pb2.ModelVersionEvent]:
         """History first, then live events until the run is final or the client
         leaves: from memory while this replica owns the run, else from the
-        store, where the owner persists them."""
+        database, where the owner persists them."""
         version = self.records.get_version(name)
         index = max(0, from_sequence)
-        prefix = version_prefix(names.parse_model_version(version.name))
         while True:
             with self.records.lock:
                 run = self.records.runs.get(version.name)
@@ -225,13 +208,13 @@ class RunLog:
                 index = yield from self._watch_run(run, index, is_active)
                 if index < 0:
                     return
-                continue  # the run left this replica's memory: follow it in the store
-            events = self.records.stored_events(prefix)
-            yield from events[index:]
-            index = max(index, len(events))
-            if self.records.get_version(version.name).state in FINAL:
-                final = self.records.stored_events(prefix)  # the final event is written before the final record
-                yield from final[index:]
+                continue  # the run left this replica's memory: follow it in the database
+            final = self.records.get_version(version.name).state in FINAL
+            # Read after the state: the final record and its final event are one transaction.
+            events = self.records.stored_events(version.name, index)
+            yield from events
+            index = events[-1].sequence + 1 if events else index
+            if final:
                 return
             if not is_active() or self.stopped.wait(WATCH_POLL_SECONDS):
                 return

@@ -4,7 +4,7 @@ job's events into its run, cancelling, and taking runs up after a restart.
 Replicas and restarts: the queue lives in the metadata database
 (jobqueue.py), shared by every trainer replica on it. A replica claims a job,
 holds a lease it renews while the job runs, and keeps the run in memory only
-while it owns it; the others serve the run from the store (GetModelVersion,
+while it owns it; the others serve the run from the database (GetModelVersion,
 and WatchModelVersion by polling its events). When a replica dies its leases
 expire and another one takes the runs up: QUEUED or PREPARING_DATA ones start
 afresh (nothing was trained), later ones resume from their newest checkpoint,
@@ -33,7 +33,7 @@ from .runlog import RunLog
 
 log = logging.getLogger("textft.trainer")
 CLAIM_POLL_SECONDS = 1.0  # how often an idle worker asks the database for a job (sooner when woken)
-PROGRESS_PERSIST_SECONDS = 5.0  # progress events are written to the store at most this often
+PROGRESS_PERSIST_SECONDS = 5.0  # progress events are written to the database at most this often
 
 
 class Scheduler:
@@ -66,7 +66,7 @@ class Scheduler:
             t.start()
 
     def stop(self) -> None:
-        """Stops running jobs (their versions stay as they are in the store,
+        """Stops running jobs (their versions stay as they are in the database,
         for the next start to resume or fail them) and claims no more."""
         self.stopping = True
         for run in list(self.records.runs.values()):
@@ -83,28 +83,21 @@ class Scheduler:
 
     def enqueue(self, run: Run, job_key: str) -> None:
         """Queues a new run's job. The run stays in memory until a replica
-        claims it: this one runs it from memory (the store may be away);
-        another one drops it (heartbeat)."""
+        claims it: this one runs it from memory; another one drops it (heartbeat)."""
         self.jobs.enqueue(run.version.name, job_key, run.app)
         self._wakeup.set()
 
     def _adopt(self) -> None:
-        """Job rows for unfinished versions the store holds from before the
-        queue lived in the database (an upgrade); a no-op afterwards."""
-        pending = []
-        for key in self.records.store.list("models/"):
-            if key.endswith("/version.json") and key.count("/") == 4:
-                version = self.records.load_version(key)
-                if version.state not in FINAL:
-                    pending.append(version)
-        pending.sort(key=lambda v: (v.create_time.seconds, v.create_time.nanos))
+        """Records and job rows for unfinished versions a store holds from
+        before the database held them (an upgrade); a no-op afterwards."""
+        pending = self.records.import_store()
         added = self.jobs.adopt([(v.name, f"{v.name}/job.json") for v in pending])
         if added:
-            log.info("queued %d unfinished versions found in the store", added)
+            log.info("queued %d unfinished versions imported from the store", added)
 
     def _take_up(self, claim: Claim) -> Run | None:
         """The run of a job this replica has just claimed: the one in memory
-        when it was queued here, else its record from the store, resumed from
+        when it was queued here, else its record from the database, resumed from
         its newest checkpoint when an earlier attempt had started training."""
         with self.records.lock:
             run = self.records.runs.get(claim.target)
@@ -112,16 +105,16 @@ class Scheduler:
             run.claimed = True
             return run
         try:
-            version = self.records.load_version(f"{claim.target}/version.json")
+            version = self.records.load_version(claim.target)
         except NotFound:
-            log.warning("job %s has no model version in the store (deleted?); dropping it", claim.target)
+            log.warning("job %s has no model version in the database (deleted?); dropping it", claim.target)
             self.jobs.finish(claim.target)
             return None
         if version.state in FINAL:
             self.jobs.finish(claim.target)
             return None
         prefix = version_prefix(names.parse_model_version(version.name))
-        run = Run(version, events=self.records.stored_events(prefix), app=claim.app, claimed=True)
+        run = Run(version, events=self.records.stored_events(version.name), app=claim.app, claimed=True)
         with self.records.lock:
             self.records.runs[version.name] = run
         if claim.previous_owner is None and version.state == MV.STATE_QUEUED:
@@ -350,7 +343,7 @@ class Scheduler:
                     self.records.runs.pop(run.version.name)
             return
         if self.stopping and not run.cancel_requested:
-            # Not the job's fault: the version stays as it is in the store and
+            # Not the job's fault: the version stays as it is in the database and
             # the next replica to claim it resumes it from its last checkpoint.
             self.runlog.event(
                 run,

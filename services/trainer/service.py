@@ -1,16 +1,16 @@
-"""The trainer service's parts, put together: the store holds the truth,
-memory holds live runs.
+"""The trainer service's parts, put together: the metadata database holds
+the records, the store the artifacts, memory the live runs.
 
-    records.py     the store layout, model and version records, live runs
-    runlog.py      a run's events: appended, published to watchers, written behind to the store
+    records.py     model and version records and events (database), the store layout, live runs
+    runlog.py      a run's events: appended, published to watchers, written to the database
     scheduler.py   the queue: claims, leases, recovery, cancel, following a job to its end
     catalog.py     templates, models, creating (admitting, queueing) versions
     evaluations.py evaluations of READY versions, a long-running operation
     server.py      the gRPC handlers over these
 
-Calls that need the store itself (creating a version, listing) answer
-UNAVAILABLE while it is unavailable, which clients may retry; a live run
-rides an outage out in memory (runlog.py).
+Calls that need the store (creating a version: its job.json) or the
+database answer UNAVAILABLE while it is unavailable, which clients may retry;
+a live run rides a database outage out in memory (runlog.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class TrainerCore:
         database = database or open_database(settings)
         datasets = datasets or Client(dataset_target=settings.dataset_addr, api_key=settings.service_key)
         jobs = JobQueue(database, replica_id(), settings.trainer_lease_seconds)
-        self.records = Records(store)
+        self.records = Records(store, database)
         stored = StoredBytes(database)
         self.runlog = RunLog(self.records, jobs, stored)
         self.scheduler = Scheduler(settings, self.records, self.runlog, jobs, launcher)
@@ -64,7 +64,7 @@ class TrainerCore:
 
     def shutdown(self, timeout: float = 20.0) -> None:
         """Stops running jobs and leaves their versions as they are in the
-        store, for the next start to resume (or fail) them."""
+        database, for the next start to resume (or fail) them."""
         deadline = time.monotonic() + timeout
         self.scheduler.stop()
         self.evaluations.stop()
