@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from textft_services.common import schema
 from textft_services.common.db import Database
-from textft_services.trainer.jobqueue import JobQueue
+from textft_services.trainer.jobqueue import JobQueue, QueueFull
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +114,30 @@ def test_adopt_adds_each_unfinished_version_once(db: Database) -> None:
         added = list(pool.map(lambda q: q.adopt(targets), [a, b]))
     assert sorted(added) == [0, 5]
     assert a.counts("default") == (5, 5)
+
+
+def test_replicas_enqueueing_at_once_never_pass_the_bound_or_the_quota(db: Database) -> None:
+    """The bound and the app quota are counted in the enqueue's own serialised
+    transaction: 24 concurrent enqueues on two replicas, a bound of 5 (and, in
+    a second round, an app quota of 3), and exactly that many get in."""
+    other = Database(db.url)
+    replicas = [JobQueue(db, "host-a:1:x", 30.0), JobQueue(other, "host-b:2:y", 30.0)]
+    barrier = threading.Barrier(24)
+
+    def attempt(i: int, app: str, max_queued: int, quota: int) -> str:
+        barrier.wait()
+        try:
+            replicas[i % 2].enqueue(f"models/{app}/versions/v{i + 1}", "spec", app, max_queued, quota)
+        except QueueFull as full:
+            return full.bound
+        return "queued"
+
+    with ThreadPoolExecutor(24) as pool:
+        outcomes = list(pool.map(lambda i: attempt(i, "a", 5, 0), range(24)))
+    assert outcomes.count("queued") == 5 and outcomes.count("queue") == 19
+    assert replicas[0].counts("a") == (5, 5)
+    with ThreadPoolExecutor(24) as pool:
+        outcomes = list(pool.map(lambda i: attempt(i, "b", 0, 3), range(24)))
+    other.close()
+    assert outcomes.count("queued") == 3 and outcomes.count("app") == 21
+    assert replicas[0].counts("b") == (8, 3)

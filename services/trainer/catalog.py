@@ -28,7 +28,7 @@ from ..common.protojson import now, to_dict
 from ..common.rows import require_rows
 from ..common.usage import StoredBytes, exceeded
 from . import configs
-from .jobqueue import JobQueue
+from .jobqueue import JobQueue, QueueFull
 from .records import FINAL, MV, Records, Run, model_prefix, version_prefix
 from .runlog import RunLog
 from .scheduler import Scheduler
@@ -218,30 +218,46 @@ class Catalog:
             self.records.save_version(version)
             run = Run(version, app=app)
             self.records.runs[str(name)] = run
-        self.runlog.event(run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=MV.STATE_QUEUED, message="queued")
-        self.scheduler.enqueue(run, f"{prefix}/job.json")
+            self.runlog.event(
+                run, kind=trainer_pb2.ModelVersionEvent.KIND_STATE, state=MV.STATE_QUEUED, message="queued"
+            )
+            try:
+                self.scheduler.enqueue(
+                    run, f"{prefix}/job.json", self.settings.trainer_max_queued, self.settings.quota_jobs
+                )
+            except QueueFull as full:  # another replica took the last place: this version never was
+                with run.persist_lock:  # a write behind in progress ends first; none starts after
+                    self.records.runs.pop(str(name), None)
+                self.records.delete_version(str(name))
+                store.delete_prefix(prefix + "/")
+                raise _queue_full(full, app) from None
         return self.records.get_version(str(name))
 
     def _admit(self, app: str) -> None:
-        """The queue's bound and the app's quota, counted in the database, under
-        the records' lock so two requests to this replica cannot both take the
-        last place (two replicas can, by one)."""
+        """Refuses early, before anything is written, when the queue's bound or
+        an app quota is reached. The bound and the jobs quota are checked again
+        exactly where the job is enqueued (JobQueue.enqueue), so replicas
+        admitting at once never pass them."""
         queued, mine = self.jobs.counts(app)  # every replica's jobs
-        limit = self.settings.trainer_max_queued
-        if limit > 0 and queued >= limit:
-            raise ResourceExhausted(
-                f"the training queue is full: {queued} versions wait to start (TEXTFT_TRAINER_MAX_QUEUED={limit}); "
-                "retry later, or cancel queued versions",
-                reason="TRAINER_QUEUE_FULL",
-            )
+        if self.settings.trainer_max_queued > 0 and queued >= self.settings.trainer_max_queued:
+            raise _queue_full(QueueFull("queue", queued, self.settings.trainer_max_queued), app)
         stored_quota = self.settings.quota_stored_bytes
         if stored_quota > 0:  # a run adds an adapter and checkpoints: none starts once the app is full
             stored = self.stored.used(app)
             if stored >= stored_quota:
                 raise exceeded(app, stored_quota, stored)
-        quota = self.settings.quota_jobs
-        if quota > 0 and mine >= quota:
-            raise ResourceExhausted(
-                f"app {app} has {mine} queued or running training jobs; its quota (TEXTFT_QUOTA_JOBS) is {quota}",
-                reason="QUOTA_JOBS",
-            )
+        if self.settings.quota_jobs > 0 and mine >= self.settings.quota_jobs:
+            raise _queue_full(QueueFull("app", mine, self.settings.quota_jobs), app)
+
+
+def _queue_full(full: QueueFull, app: str) -> ResourceExhausted:
+    if full.bound == "queue":
+        return ResourceExhausted(
+            f"the training queue is full: {full.count} versions wait to start "
+            f"(TEXTFT_TRAINER_MAX_QUEUED={full.limit}); retry later, or cancel queued versions",
+            reason="TRAINER_QUEUE_FULL",
+        )
+    return ResourceExhausted(
+        f"app {app} has {full.count} queued or running training jobs; its quota (TEXTFT_QUOTA_JOBS) is {full.limit}",
+        reason="QUOTA_JOBS",
+    )

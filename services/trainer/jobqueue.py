@@ -56,9 +56,22 @@ class JobQueue:
         self.owner = owner
         self.lease_seconds = lease_seconds
 
-    def enqueue(self, target: str, spec_key: str, app: str = schema.DEFAULT_APP) -> None:
+    def enqueue(
+        self, target: str, spec_key: str, app: str = schema.DEFAULT_APP, max_queued: int = 0, app_quota: int = 0
+    ) -> None:
+        """Adds the job, counting the queue's bound (jobs waiting, every app)
+        and the app's quota (its queued + running jobs) in the same serialised
+        transaction, so replicas admitting at once never pass either; 0: no
+        bound. QueueFull when one is reached."""
         t = schema.jobs
         with self.db.write() as conn:
+            if max_queued > 0 or app_quota > 0:
+                self._serialise(conn, ENQUEUE_LOCK)
+                queued, live = self._counts(conn, app)
+                if max_queued > 0 and queued >= max_queued:
+                    raise QueueFull("queue", queued, max_queued)
+                if app_quota > 0 and live >= app_quota:
+                    raise QueueFull("app", live, app_quota)
             now = self.db.now(conn)
             conn.execute(
                 t.insert().values(
@@ -73,7 +86,7 @@ class JobQueue:
         t = schema.jobs
         added = 0
         with self.db.write() as conn:
-            self._serialise(conn)
+            self._serialise(conn, ADOPT_LOCK)
             known = {row.target for row in conn.execute(sa.select(t.c.target).where(t.c.kind == KIND))}
             now = self.db.now(conn)
             for target, spec_key in targets:
@@ -188,20 +201,34 @@ class JobQueue:
 
     def counts(self, app: str) -> tuple[int, int]:
         """(jobs waiting to start, everywhere; the app's queued + running jobs)."""
-        t = schema.jobs
         with self.db.read() as conn:
-            queued = conn.execute(sa.select(sa.func.count()).where(t.c.kind == KIND, t.c.state == QUEUED)).scalar_one()
-            live = conn.execute(
-                sa.select(sa.func.count()).where(t.c.kind == KIND, t.c.state != DONE, t.c.app == app)
-            ).scalar_one()
+            return self._counts(conn, app)
+
+    @staticmethod
+    def _counts(conn: sa.Connection, app: str) -> tuple[int, int]:
+        t = schema.jobs
+        queued = conn.execute(sa.select(sa.func.count()).where(t.c.kind == KIND, t.c.state == QUEUED)).scalar_one()
+        live = conn.execute(
+            sa.select(sa.func.count()).where(t.c.kind == KIND, t.c.state != DONE, t.c.app == app)
+        ).scalar_one()
         return int(queued), int(live)
 
-    def _serialise(self, conn: sa.Connection) -> None:
+    def _serialise(self, conn: sa.Connection, key: int) -> None:
+        """PostgreSQL: a transaction-scoped advisory lock (SQLite's write lock already serialises)."""
         if self.db.dialect == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADOPT_LOCK})
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 ADOPT_LOCK = 0x7465787466740002
+ENQUEUE_LOCK = 0x7465787466740003
+
+
+class QueueFull(Exception):
+    """enqueue refused: `bound` is "queue" (TEXTFT_TRAINER_MAX_QUEUED) or "app" (TEXTFT_QUOTA_JOBS)."""
+
+    def __init__(self, bound: str, count: int, limit: int) -> None:
+        super().__init__(f"{bound}: {count} >= {limit}")
+        self.bound, self.count, self.limit = bound, count, limit
 
 
 def _alive(owner: str | None) -> bool:

@@ -162,6 +162,12 @@ class Records:
             raise NotFound(f"model version {name} not found", reason="MODEL_VERSION_NOT_FOUND")
         return _parse(trainer_pb2.ModelVersion(), record)
 
+    def delete_version(self, name: str) -> None:
+        """Its row and events (a version refused at the last moment)."""
+        t = schema.model_versions
+        with _database(), self.db.write() as conn:
+            conn.execute(t.delete().where(t.c.name == name))
+
     def save_version(self, version: trainer_pb2.ModelVersion) -> None:
         self.save_run(version, [])
 

@@ -81,10 +81,11 @@ class Scheduler:
                 t.join(max(0.0, deadline - time.monotonic()))
         self._stopped.set()
 
-    def enqueue(self, run: Run, job_key: str) -> None:
-        """Queues a new run's job. The run stays in memory until a replica
-        claims it: this one runs it from memory; another one drops it (heartbeat)."""
-        self.jobs.enqueue(run.version.name, job_key, run.app)
+    def enqueue(self, run: Run, job_key: str, max_queued: int = 0, app_quota: int = 0) -> None:
+        """Queues a new run's job (QueueFull past the bounds). The run stays in
+        memory until a replica claims it: this one runs it from memory; another
+        one drops it (heartbeat)."""
+        self.jobs.enqueue(run.version.name, job_key, run.app, max_queued, app_quota)
         self._wakeup.set()
 
     def _adopt(self) -> None:
