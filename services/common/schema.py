@@ -60,31 +60,34 @@ id_counters = sa.Table(
     sa.Column("last", sa.BigInteger, nullable=False),
 )
 
+# A dataset and its versions, keyed by their full names (names.py: `datasets/x`,
+# `apps/{app}/datasets/x`), which are also their store prefixes; `app` serves listings.
+NAME = sa.String(255)
 datasets = sa.Table(
     "datasets",
     metadata,
-    sa.Column("uid", UID, primary_key=True),
-    sa.Column("app", ID, nullable=False, server_default=DEFAULT_APP),
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("app", ID, nullable=False),
     sa.Column("dataset_id", ID, nullable=False),
-    sa.Column("record", sa.Text, nullable=False),  # textft.v1.Dataset
+    sa.Column("record", sa.Text, nullable=False),  # textft.v1.Dataset (latest_version is computed)
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("app", "dataset_id"),
+    sa.Index(None, "app", "dataset_id"),
 )
 
 dataset_versions = sa.Table(
     "dataset_versions",
     metadata,
-    sa.Column("pk", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("dataset_uid", UID, sa.ForeignKey("datasets.uid", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("app", ID, nullable=False),
+    sa.Column("dataset", NAME, sa.ForeignKey("datasets.name", ondelete="CASCADE"), nullable=False),
     sa.Column("number", sa.BigInteger, nullable=False),
-    # UPLOADING (allocated, objects being written), PUBLISHED (visible), FAILED (objects removed).
+    # UPLOADING: reserved, its objects are being written; PUBLISHED: visible (Get, List), never changed.
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("sha256", sa.String(64), nullable=True),
-    sa.Column("size_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("record", sa.Text, nullable=True),  # textft.v1.DatasetVersion once PUBLISHED
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("dataset_uid", "number"),
-    sa.Index(None, "dataset_uid", "sha256"),
+    sa.UniqueConstraint("dataset", "number"),
+    sa.Index(None, "dataset", "sha256"),
 )
 
 models = sa.Table(
