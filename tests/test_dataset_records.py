@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import S3Endpoint, unique_bucket
 
+from textft.errors import AlreadyExists, InvalidArgument, NotFound
 from textft_services.common import schema
 from textft_services.common.config import Settings
 from textft_services.common.db import Database
@@ -100,3 +101,42 @@ def test_records_of_an_earlier_release_are_imported_once(
     again = replicas[1].upload(UploadSpec(default, filename="d.csv"), [CSV])
     assert again.name == f"{default}/versions/v8"
     assert again.duplicate_of == first
+
+
+def _rows(core: DatasetCore) -> list[tuple[str, str]]:
+    versions = schema.dataset_versions
+    with core.database.read() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(versions.c.name, versions.c.state).order_by(versions.c.name))]
+
+
+def test_only_published_versions_are_visible(s3_store: ObjectStore, tmp_path: Path, database_url: str) -> None:
+    """A reserved version's row (UPLOADING) is invisible; a failed upload removes
+    its row and objects, a delete removes every row, published or not."""
+    core = _core(s3_store, tmp_path, database_url)
+    name = DatasetName("pending")
+    core.create_dataset(name.dataset, "", {})
+    assert core._reserve(name) == "v1"  # an upload in progress, on this or another replica
+    assert _rows(core) == [(f"{name}/versions/v1", "UPLOADING")]
+    assert core.get_dataset(name).latest_version == ""
+    assert core.list_versions(name, 0, "")[0] == []
+    with pytest.raises(NotFound) as info:
+        core.get_version(name, "v1")
+    assert info.value.reason == "DATASET_VERSION_NOT_FOUND"
+
+    with pytest.raises(InvalidArgument):  # a header, then no row: fails after v2 is reserved
+        core.upload(UploadSpec(name, filename="d.csv"), [b"text,label\n\n"])
+    assert _rows(core) == [(f"{name}/versions/v1", "UPLOADING")]
+    assert list(s3_store.list(f"{name}/versions/v2/")) == []
+
+    published = _upload(core, name, CSV)
+    assert published == f"{name}/versions/v3"
+    assert core.get_dataset(name).latest_version == published
+    assert [v.name for v in core.list_versions(name, 0, "")[0]] == [published]
+    with pytest.raises(AlreadyExists):
+        core.create_dataset(name.dataset, "", {})
+
+    core.delete_dataset(name)
+    assert _rows(core) == []
+    assert list(s3_store.list(f"{name}/")) == []
+    with pytest.raises(NotFound):
+        core.get_dataset(name)
