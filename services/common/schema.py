@@ -14,10 +14,11 @@ Conventions:
 - `record` columns hold the resource's public proto as JSON (json_format), so
   Get and List answer from one column; the other columns are what queries,
   constraints and locks need.
-- Datasets and models carry a `uid` that is never reused: a resource deleted and
+- Models carry a `uid` that is never reused: a resource deleted and
   created again under the same name is another uid, and caches and lineage key
   on it. Version numbers come from `id_counters`, which deletes never touch, so a
-  re-created model does not get v1 back.
+  re-created model or dataset does not get v1 back (dataset versions are keyed by
+  name, which is therefore never reused either).
 """
 
 from __future__ import annotations
