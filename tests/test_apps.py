@@ -318,6 +318,14 @@ def test_only_platform_admins_manage_apps(stack, world: World) -> None:
         scratch = platform.create_app(f"s-{RUN}", admin_principal="s-admin")
         with app_client(stack, scratch.admin_secret, f"s-{RUN}") as s:
             assert s.whoami().role == access_pb2.ROLE_ADMIN
+            s.create_dataset("empty")  # a row in the database, no object in the store
+            refused = error_of(lambda: platform.delete_app(f"s-{RUN}"))
+            assert isinstance(refused, FailedPrecondition) and refused.reason == "APP_NOT_EMPTY"
+            s.call(s.datasets.DeleteDataset, dataset_pb2.DeleteDatasetRequest(name=f"apps/s-{RUN}/datasets/empty"))
+            s.create_model("empty", task="classification")  # a row too
+            refused = error_of(lambda: platform.delete_app(f"s-{RUN}"))
+            assert isinstance(refused, FailedPrecondition) and refused.reason == "APP_NOT_EMPTY"
+            s.call(s.trainer.DeleteModel, trainer_pb2.DeleteModelRequest(name=f"apps/s-{RUN}/models/empty"))
             platform.delete_app(f"s-{RUN}")
 
             # Its keys are revoked with it (every service, within the key cache's seconds).

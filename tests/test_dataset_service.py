@@ -11,13 +11,16 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from support import error_of
 
 from textft import Client
 from textft.errors import FailedPrecondition, InvalidArgument, NotFound
 from textft.v1 import common_pb2, dataset_pb2
 from textft_services.common import rows as stored_rows
-from textft_services.dataset.repository import manifest_key
+from textft_services.common import schema
+from textft_services.common.config import Settings
+from textft_services.common.db import Database
 from textft_services.stack import start_service
 
 pytestmark = pytest.mark.integration
@@ -180,9 +183,16 @@ def test_a_version_without_a_rows_manifest_asks_for_a_re_upload(client: Client, 
         (5, "great film", ["pos"]),
         (7, "fine", ["neg", "pos"]),
     ]
-    stored = stack.store.get_json(manifest_key(ds, "v1"))
-    del stored["rows_manifest_object"]
-    stack.store.put_json(manifest_key(ds, "v1"), stored)
+    # The record as such a release wrote it (imported from its manifest.json): no rows manifest.
+    database = Database(Settings.from_env(stack.env).database)
+    with database.write() as conn:
+        versions = schema.dataset_versions
+        stored = json.loads(
+            conn.execute(sa.select(versions.c.record).where(versions.c.name == version.name)).scalar_one()
+        )
+        del stored["rows_manifest_object"]
+        conn.execute(sa.update(versions).where(versions.c.name == version.name).values(record=json.dumps(stored)))
+    database.close()
     err = error_of(lambda: client.read_rows(version.name, page_size=10))
     assert isinstance(err, FailedPrecondition) and err.reason == "DATASET_VERSION_NOT_MATERIALIZED"
 

@@ -28,7 +28,7 @@ def db(database_url: str) -> Database:
 
 
 def test_migrations_build_exactly_the_schema(db: Database) -> None:
-    assert db.revision() == "0003"
+    assert db.revision() == "0004"
     with db.read() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), schema.metadata)
     assert diff == [], f"services/common/schema.py and the migrations differ: {diff}"
@@ -44,7 +44,7 @@ def test_replicas_starting_together_migrate_once(database_url: str) -> None:
 
     with ThreadPoolExecutor(len(replicas)) as pool:
         revisions = list(pool.map(start, replicas))
-    assert revisions == ["0003"] * 3
+    assert revisions == ["0004"] * 3
     with replicas[0].read() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
     for database in replicas:

@@ -71,16 +71,21 @@ def test_upload_during_store_outage(outage: tuple[TcpProxy, ServiceProcess, S3St
 
 
 def test_reads_during_store_outage_are_retryable(outage: tuple[TcpProxy, ServiceProcess, S3Store, Client]) -> None:
+    """Records come from the database and are served while the store is down;
+    reads of a version's artifacts (rows, report) answer UNAVAILABLE."""
     proxy, _service, _direct, client = outage
     client.create_dataset("reads")
+    version = client.upload_dataset("reads", CSV[:4000], format="csv", task="classification")
     proxy.cut()
     try:
+        assert client.get_dataset("reads").latest_version == version.name
+        assert [d.name for d in client.list_datasets().datasets if d.name == "datasets/reads"] == ["datasets/reads"]
         with pytest.raises(Unavailable) as info:
-            client.get_dataset("reads")
+            client.read_rows(version.name)
         assert info.value.retryable
         with pytest.raises(Unavailable):
-            client.list_datasets()
+            client.get_validation_report(version.name)
     finally:
         proxy.restore()
-    assert client.get_dataset("reads").name == "datasets/reads"
-    record("store outage", "reads while down", "UNAVAILABLE (retryable), served again after restore")
+    assert client.read_rows(version.name).rows
+    record("store outage", "reads while down", "records served, artifacts UNAVAILABLE (retryable), then served")

@@ -68,7 +68,7 @@ def test_an_apps_stored_bytes_are_capped_per_app(dataset: ServiceProcess, env: d
         assert stored.used(q1) == measured > first.source_size_bytes  # source, rows and report
 
         one.create_dataset("big")
-        big = csv(55_000, "b")  # ~1.9 MB, two chunks: the quota is passed on the way
+        big = csv(56_000, "b")  # ~1.7 MB, two chunks: the quota is passed on the way
         assert len(big) + measured > QUOTA > len(big) * 1.3
         over = error_of(lambda: one.upload_dataset("big", big, format="csv"))
         assert isinstance(over, ResourceExhausted) and over.reason == "QUOTA_STORED_BYTES"

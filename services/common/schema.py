@@ -14,10 +14,10 @@ Conventions:
 - `record` columns hold the resource's public proto as JSON (json_format), so
   Get and List answer from one column; the other columns are what queries,
   constraints and locks need.
-- Datasets carry a `uid` that is never reused: a resource deleted and created
-  again under the same name is another uid. Models are keyed by name. Version
+- Datasets and models, and their versions, are keyed by full name. Version
   numbers come from `id_counters`, which deletes never touch, so a re-created
-  model does not get v1 back (caches and lineage key on version names).
+  dataset or model does not get v1 back and a version name is never reused
+  (caches and lineage key on version names).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ metadata = sa.MetaData(
 
 ID = sa.String(63)  # [a-z0-9][a-z0-9-]{0,62}, see names.check_id
 UID = sa.String(32)  # uuid4().hex
+NAME = sa.String(255)  # a resource's full name (names.py)
 DEFAULT_APP = "default"
 
 apps = sa.Table(
@@ -60,37 +61,38 @@ id_counters = sa.Table(
     sa.Column("last", sa.BigInteger, nullable=False),
 )
 
+# A dataset and its versions, keyed by their full names (names.py: `datasets/x`,
+# `apps/{app}/datasets/x`), which are also their store prefixes; `app` serves listings.
 datasets = sa.Table(
     "datasets",
     metadata,
-    sa.Column("uid", UID, primary_key=True),
-    sa.Column("app", ID, nullable=False, server_default=DEFAULT_APP),
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("app", ID, nullable=False),
     sa.Column("dataset_id", ID, nullable=False),
-    sa.Column("record", sa.Text, nullable=False),  # textft.v1.Dataset
+    sa.Column("record", sa.Text, nullable=False),  # textft.v1.Dataset (latest_version is computed)
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("app", "dataset_id"),
+    sa.Index(None, "app", "dataset_id"),
 )
 
 dataset_versions = sa.Table(
     "dataset_versions",
     metadata,
-    sa.Column("pk", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("dataset_uid", UID, sa.ForeignKey("datasets.uid", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("app", ID, nullable=False),
+    sa.Column("dataset", NAME, sa.ForeignKey("datasets.name", ondelete="CASCADE"), nullable=False),
     sa.Column("number", sa.BigInteger, nullable=False),
-    # UPLOADING (allocated, objects being written), PUBLISHED (visible), FAILED (objects removed).
+    # UPLOADING: reserved, its objects are being written; PUBLISHED: visible (Get, List), never changed.
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("sha256", sa.String(64), nullable=True),
-    sa.Column("size_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("record", sa.Text, nullable=True),  # textft.v1.DatasetVersion once PUBLISHED
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("dataset_uid", "number"),
-    sa.Index(None, "dataset_uid", "sha256"),
+    sa.UniqueConstraint("dataset", "number"),
+    sa.Index(None, "dataset", "sha256"),
 )
 
 # Models, their versions and the versions' events, keyed by full name
 # (models/{model}, apps/{app}/models/{model}, .../versions/{version}): the
 # trainer's records (services/trainer/records.py). `app` is for listing.
-NAME = sa.String(255)
 
 models = sa.Table(
     "models",

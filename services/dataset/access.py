@@ -9,6 +9,7 @@ has already been answered NOT_FOUND."""
 from __future__ import annotations
 
 import grpc
+import sqlalchemy as sa
 
 from textft.errors import FailedPrecondition
 from textft.v1 import access_pb2, access_pb2_grpc
@@ -33,6 +34,15 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
         self.audit = AuditLog(db)
         self.apps = Apps(db)
         self.store = store
+        self.db = db
+
+    def _has_records(self, app: str) -> bool:
+        """Datasets and models are rows (an empty one has no object in the store)."""
+        with self.db.read() as conn:
+            for table in (schema.datasets, schema.models):
+                if conn.execute(sa.select(table.c.name).where(table.c.app == app).limit(1)).first() is not None:
+                    return True
+        return False
 
     def CreateApiKey(
         self, request: access_pb2.CreateApiKeyRequest, context: grpc.ServicerContext
@@ -91,7 +101,7 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     ) -> access_pb2.DeleteAppResponse:
         app = parse_app(request.name).app
         self.apps.get(app)
-        if app != schema.DEFAULT_APP and next(iter(self.store.list(app_prefix(app))), None) is not None:
+        if app != schema.DEFAULT_APP and (self._has_records(app) or next(iter(self.store.list(app_prefix(app))), None)):
             raise FailedPrecondition(
                 f"app apps/{app} still holds objects (datasets, models or imports): delete them first",
                 reason="APP_NOT_EMPTY",

@@ -1,22 +1,24 @@
-"""Datasets and their versions in the object store.
+"""Datasets and their versions: records in the metadata database, bytes in the
+object store.
 
-Layout (under the app's prefix: `apps/{app}/`, nothing for the default app; a
-dataset's prefix is its name, see names.py):
-    datasets/{dataset}/dataset.json                     the Dataset
+The database (schema.datasets, schema.dataset_versions) holds every Dataset and
+DatasetVersion record, keyed by its full name; Get and List answer from it. A
+version's row is inserted UPLOADING when its id is allocated (one transaction,
+so no two uploads on any replica share an id, and ids are never handed out
+again) and turns PUBLISHED, with its record, only once its objects are in the
+store; only published versions are visible and they never change.
+
+Store layout (under the app's prefix: `apps/{app}/`, nothing for the default app; a
+dataset's prefix is its name, see names.py), artifacts only:
     datasets/{dataset}/versions/{version}/source.{ext}  the uploaded bytes as they came
     datasets/{dataset}/versions/{version}/rows/         the valid rows, normalised: Parquet parts and
                                                         their manifest.json (services/common/rows.py)
     datasets/{dataset}/versions/{version}/report.json   stats and every issue (see write_report)
-    datasets/{dataset}/versions/{version}/manifest.json the DatasetVersion, written LAST
-    datasets/{dataset}/by-sha256/{sha256}.json          first finished version with those source bytes
 
-A version without manifest.json is unfinished and invisible; versions are never
-changed once published. Version ids are v1, v2, ...; an id is reserved (in this
-process) once the file's header has been checked and is reused if the upload
-fails. One lock per dataset in this process serialises the id reservation and
-the manifest write. Several dataset service replicas writing versions of the
-same dataset at once are not coordinated: run one writer per dataset, or one
-replica.
+Stores written by earlier releases also hold datasets/{dataset}/dataset.json and
+versions/{version}/manifest.json (the records, the manifest written last as the
+publish marker): they are imported into the database once, when the first
+service on that database starts (import_store_records), and are left in place.
 
 An upload is received, validated and stored at the same time: the receiving
 thread appends the chunks to a local spool file (sha256 computed and size cap
@@ -24,10 +26,10 @@ applied on the way in), while a second thread reads the spool as it grows,
 checks the header, reserves the version id, copies the source to the store
 (multipart, from a third reader of the spool) and validates the rows, whose
 valid ones (in batches) a RowsWriter stores as Parquet parts as they come; the rows
-manifest and the report follow, the version's manifest last. A header problem ends the
+manifest and the report follow, the version's row is published last. A header problem ends the
 upload before the rest is received. Memory stays bounded whatever the file
 size (a few store parts in flight), a cut-off stream publishes nothing, and
-any failure removes everything under the version's prefix.
+any failure removes everything under the version's prefix and its row.
 
 Rows are materialised once, here: ReadRows and the trainer read the Parquet
 parts through the rows manifest (DatasetVersion.rows_manifest_object) and never
@@ -53,12 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+import sqlalchemy as sa
 from google.protobuf import json_format, struct_pb2
 
 from textft.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from textft.v1 import common_pb2, dataset_pb2
 
-from ..common import names
+from ..common import names, schema
 from ..common import rows as stored_rows
 from ..common.config import Settings
 from ..common.db import Database, open_database
@@ -73,6 +76,11 @@ log = logging.getLogger("textft.dataset")
 COPY_BUFFER = 1024 * 1024
 # ImportDatasetVersion reads only objects under this prefix of the bucket.
 IMPORTS_PREFIX = "imports/"
+DATASETS, VERSIONS, COUNTERS = schema.datasets, schema.dataset_versions, schema.id_counters
+UPLOADING, PUBLISHED = "UPLOADING", "PUBLISHED"
+# import_store_records: its id_counters marker, and its pg_advisory_xact_lock key.
+IMPORT_KIND = "store_import:datasets"
+IMPORT_LOCK = 0x7465787466740002
 _SEVERITY = {parsing.ERROR: common_pb2.RowIssue.SEVERITY_ERROR, parsing.WARNING: common_pb2.RowIssue.SEVERITY_WARNING}
 
 
@@ -101,6 +109,7 @@ def dataset_prefix(dataset: DatasetName | str) -> str:
 
 
 def dataset_key(dataset: DatasetName | str) -> str:
+    """Where earlier releases kept the Dataset record (imported, see import_store_records)."""
     return f"{dataset_name(dataset)}/dataset.json"
 
 
@@ -110,12 +119,8 @@ def version_prefix(dataset: DatasetName | str, version: str) -> str:
 
 
 def manifest_key(dataset: DatasetName | str, version: str) -> str:
+    """Where earlier releases kept the DatasetVersion record, written last."""
     return version_prefix(dataset, version) + "manifest.json"
-
-
-def sha256_key(dataset: DatasetName | str, sha256: str) -> str:
-    """Index: the first finished version of a dataset with these source bytes."""
-    return f"{dataset_name(dataset)}/by-sha256/{sha256}.json"
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps(..., ensure_ascii=False) builds one per call
@@ -302,100 +307,91 @@ class DatasetCore:
         # Version numbers come from the metadata database, shared by every replica.
         self.database = database or open_database(settings)
         self.usage = usage  # who uses a dataset (the trainer); None: nobody is asked
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
         self._tmp_root = Path(settings.home) / "tmp" / "dataset"
         self._uploads: dict[str, int] = {}  # uploads in progress per app (TEXTFT_QUOTA_UPLOADS)
         self._uploads_lock = threading.Lock()
         self.stored = StoredBytes(self.database)
-
-    def _lock(self, dataset: DatasetName) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(str(dataset), threading.Lock())
+        self.import_store_records()
 
     # ------------------------------------------------------------ datasets
     def create_dataset(
         self, dataset_id: str, description: str, labels: dict[str, str], app: str = names.DEFAULT_APP
     ) -> dataset_pb2.Dataset:
         name = DatasetName(check_id(dataset_id, "dataset_id"), app)
-        with self._lock(name):
-            if self.store.exists(dataset_key(name)):
-                raise AlreadyExists(f"dataset {name} already exists", reason="DATASET_EXISTS")
-            # Leftovers of an interrupted delete must not resurface as versions of the new dataset.
-            self.store.delete_prefix(dataset_prefix(name))
-            dataset = dataset_pb2.Dataset(name=str(name), description=description, labels=labels, create_time=now())
-            self.store.put_json(dataset_key(name), to_dict(dataset))
-        return dataset
-
-    def _load_dataset(self, dataset_id: DatasetName, latest: str = "") -> dataset_pb2.Dataset:
+        dataset = dataset_pb2.Dataset(name=str(name), description=description, labels=labels, create_time=now())
         try:
-            data = self.store.get_json(dataset_key(dataset_id))
-        except NotFound:
-            raise names.not_found(str(dataset_id)) from None
-        dataset = json_format.ParseDict(data, dataset_pb2.Dataset(), ignore_unknown_fields=True)
-        dataset.latest_version = latest
+            with self.database.write() as conn:
+                conn.execute(
+                    sa.insert(DATASETS).values(
+                        name=str(name),
+                        app=app,
+                        dataset_id=name.dataset,
+                        record=_encode(to_dict(dataset)),
+                        created_at=time.time(),
+                    )
+                )
+                # Leftovers of an interrupted delete must not resurface as versions of the new
+                # dataset; removed before the row is visible, so no upload of it has begun.
+                self.store.delete_prefix(dataset_prefix(name))
+        except sa.exc.IntegrityError:
+            raise AlreadyExists(f"dataset {name} already exists", reason="DATASET_EXISTS") from None
         return dataset
-
-    def require_any(self, dataset_id: DatasetName | str) -> None:
-        """NotFound unless some object of the dataset is left (even a half-deleted one)."""
-        dataset_id = dataset_name(dataset_id)
-        if next(iter(self.store.list(dataset_prefix(dataset_id))), None) is None:
-            raise names.not_found(str(dataset_id))
 
     def require_dataset(self, dataset_id: DatasetName | str) -> None:
         dataset_id = dataset_name(dataset_id)
-        if not self.store.exists(dataset_key(dataset_id)):
-            raise names.not_found(str(dataset_id))
-
-    def _version_ids(self, dataset_id: DatasetName) -> list[str]:
-        """Finished versions (with a manifest), newest first."""
-        prefix = f"{dataset_id}/versions/"
-        ids = [
-            key[len(prefix) : -len("/manifest.json")]
-            for key in self.store.list(prefix)
-            if key.endswith("/manifest.json") and key.count("/", len(prefix)) == 1
-        ]
-        return sorted(ids, key=version_sort_key, reverse=True)
-
-    def _latest(self, dataset_id: DatasetName) -> str:
-        ids = self._version_ids(dataset_id)
-        return f"{dataset_id}/versions/{ids[0]}" if ids else ""
+        with self.database.read() as conn:
+            if not _dataset_exists(conn, dataset_id):
+                raise names.not_found(str(dataset_id))
 
     def get_dataset(self, dataset_id: DatasetName | str) -> dataset_pb2.Dataset:
         dataset_id = dataset_name(dataset_id)
-        self.require_dataset(dataset_id)
-        return self._load_dataset(dataset_id, self._latest(dataset_id))
+        with self.database.read() as conn:
+            row = conn.execute(sa.select(DATASETS.c.record).where(DATASETS.c.name == str(dataset_id))).first()
+            if row is None:
+                raise names.not_found(str(dataset_id))
+            latest = conn.execute(
+                sa.select(sa.func.max(VERSIONS.c.number)).where(
+                    VERSIONS.c.dataset == str(dataset_id), VERSIONS.c.state == PUBLISHED
+                )
+            ).scalar_one()
+        return _dataset_record(row.record, f"{dataset_id}/versions/v{latest}" if latest else "")
 
     def list_datasets(
         self, page_size: int, page_token: str, app: str = names.DEFAULT_APP
     ) -> tuple[list[dataset_pb2.Dataset], str]:
-        ids: list[str] = []
-        newest: dict[str, str] = {}
-        root = app_prefix(app) + "datasets/"
-        for key in self.store.list(root):  # one listing gives datasets and their finished versions
-            parts = ["datasets", *key[len(root) :].split("/")]
-            if len(parts) == 3 and parts[2] == "dataset.json":
-                ids.append(parts[1])
-            elif len(parts) == 5 and parts[2] == "versions" and parts[4] == "manifest.json":
-                current = newest.get(parts[1])
-                if current is None or version_sort_key(parts[3]) > version_sort_key(current):
-                    newest[parts[1]] = parts[3]
-        page, token = paginate(sorted(ids), page_size, page_token)
-        datasets = []
-        for dataset_id in page:
-            name = DatasetName(dataset_id, app)
-            try:
-                latest = f"{name}/versions/{newest[dataset_id]}" if dataset_id in newest else ""
-                datasets.append(self._load_dataset(name, latest))
-            except NotFound:  # deleted since the listing
-                continue
-        return datasets, token
+        with self.database.read() as conn:
+            ids = list(
+                conn.execute(
+                    sa.select(DATASETS.c.dataset_id).where(DATASETS.c.app == app).order_by(DATASETS.c.dataset_id)
+                ).scalars()
+            )
+            page, token = paginate(ids, page_size, page_token)
+            wanted = [str(DatasetName(dataset_id, app)) for dataset_id in page]
+            newest = sa.select(VERSIONS.c.dataset, sa.func.max(VERSIONS.c.number).label("number")).where(
+                VERSIONS.c.dataset.in_(wanted), VERSIONS.c.state == PUBLISHED
+            )
+            latest = dict(conn.execute(newest.group_by(VERSIONS.c.dataset)).tuples().all())
+            records = dict(
+                conn.execute(sa.select(DATASETS.c.name, DATASETS.c.record).where(DATASETS.c.name.in_(wanted)))
+                .tuples()
+                .all()
+            )
+        return [
+            _dataset_record(records[name], f"{name}/versions/v{latest[name]}" if name in latest else "")
+            for name in wanted
+            if name in records
+        ], token
 
     def delete_dataset(self, dataset_id: DatasetName | str, force: bool = False) -> None:
-        """Removes every object of the dataset. Unless force, refuses while
-        unfinished model versions use it (as the trainer reports them)."""
+        """Removes the dataset's rows, then every object under its prefix.
+        Unless force, refuses while unfinished model versions use it (as the
+        trainer reports them). A dataset whose rows are gone but whose objects
+        are left (an interrupted delete) can be deleted again."""
         dataset_id = dataset_name(dataset_id)
-        self.require_any(dataset_id)
+        with self.database.read() as conn:
+            exists = _dataset_exists(conn, dataset_id)
+        if not exists and next(iter(self.store.list(dataset_prefix(dataset_id))), None) is None:
+            raise names.not_found(str(dataset_id))
         users = None if force or self.usage is None else self.usage.in_use(dataset_id)
         if users:
             shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
@@ -406,41 +402,45 @@ class DatasetCore:
                 reason="DATASET_IN_USE",
                 metadata={"model_versions": ",".join(users[:50])},
             )
-        with self._lock(dataset_id):
-            keys = list(self.store.list(dataset_prefix(dataset_id)))
-            if not keys:
-                raise names.not_found(str(dataset_id))
-            # Manifests first (versions vanish at once), dataset.json last (an
-            # interrupted delete stays visible and can be retried).
-            ordered = sorted(keys, key=lambda k: (not k.endswith("/manifest.json"), k.endswith("/dataset.json"), k))
-            for key in ordered:
-                self.store.delete(key)
+        # The rows first, in one transaction: the dataset and its versions vanish at once, and an
+        # upload still writing (its row deleted with them) fails at publish and removes its objects.
+        with self.database.write() as conn:
+            conn.execute(sa.delete(VERSIONS).where(VERSIONS.c.dataset == str(dataset_id)))
+            conn.execute(sa.delete(DATASETS).where(DATASETS.c.name == str(dataset_id)))
+        self.store.delete_prefix(dataset_prefix(dataset_id))
         self.stored.forget(dataset_id.app, str(dataset_id))
 
     # ------------------------------------------------------------ versions
     def get_version(self, dataset_id: DatasetName | str, version_id: str) -> dataset_pb2.DatasetVersion:
         dataset_id = dataset_name(dataset_id)
-        try:
-            data = self.store.get_json(manifest_key(dataset_id, version_id))
-        except NotFound:
-            if not self.store.exists(dataset_key(dataset_id)):
-                raise names.not_found(str(dataset_id)) from None
-            raise names.not_found(version_prefix(dataset_id, version_id)[:-1]) from None
-        return json_format.ParseDict(data, dataset_pb2.DatasetVersion(), ignore_unknown_fields=True)
+        name = version_prefix(dataset_id, version_id)[:-1]
+        with self.database.read() as conn:
+            record = conn.execute(
+                sa.select(VERSIONS.c.record).where(VERSIONS.c.name == name, VERSIONS.c.state == PUBLISHED)
+            ).scalar_one_or_none()
+            if record is None:
+                raise names.not_found(name if _dataset_exists(conn, dataset_id) else str(dataset_id))
+        return _version_record(record)
 
     def list_versions(
         self, dataset_id: DatasetName | str, page_size: int, page_token: str
     ) -> tuple[list[dataset_pb2.DatasetVersion], str]:
+        """Published versions, newest first."""
         dataset_id = dataset_name(dataset_id)
-        self.require_dataset(dataset_id)
-        page, token = paginate(self._version_ids(dataset_id), page_size, page_token)
-        versions = []
-        for version_id in page:
-            try:
-                versions.append(self.get_version(dataset_id, version_id))
-            except NotFound:  # deleted since the listing
-                continue
-        return versions, token
+        with self.database.read() as conn:
+            if not _dataset_exists(conn, dataset_id):
+                raise names.not_found(str(dataset_id))
+            published = (VERSIONS.c.dataset == str(dataset_id)) & (VERSIONS.c.state == PUBLISHED)
+            count = conn.execute(sa.select(sa.func.count()).where(published)).scalar_one()
+            window, token = paginate(range(count), page_size, page_token)
+            records = conn.execute(
+                sa.select(VERSIONS.c.record)
+                .where(published)
+                .order_by(VERSIONS.c.number.desc())
+                .offset(window.start)
+                .limit(len(window))
+            ).scalars()
+            return [_version_record(record) for record in records], token
 
     def read_rows(
         self, dataset_id: DatasetName | str, version_id: str, page_size: int, page_token: str
@@ -622,38 +622,30 @@ class DatasetCore:
                 with open(report_path, "w", encoding="utf-8") as out, open(issues_path, encoding="utf-8") as issues:
                     write_report(out, stats, result.issue_count, issues)
                 self.store.put_file(prefix + "report.json", report_path)
-                with self._lock(dataset):
-                    self.require_dataset(dataset)  # deleted while we parsed?
-                    earlier = self._same_source(dataset, sha256)
-                    version = dataset_pb2.DatasetVersion(
-                        name=prefix[:-1],
-                        task=result.task,
-                        format=options.format,
-                        stats=stats_to_proto(stats),
-                        label_names=result.label_names,
-                        source_sha256=sha256,
-                        source_size_bytes=size,
-                        source_object=source_key,
-                        description=spec.description,
-                        create_time=now(),
-                        column_mapping=result.column_mapping,
-                        duplicate_of=earlier,
-                        split_source=(
-                            dataset_pb2.SPLIT_SOURCE_COLUMN
-                            if result.stats.split_eval_row_count
-                            else dataset_pb2.SPLIT_SOURCE_SEEDED
-                        ),
-                        rows_manifest_object=rows_key,
-                    )
-                    self.store.put_json(prefix + "manifest.json", to_dict(version))
+                version = dataset_pb2.DatasetVersion(
+                    name=prefix[:-1],
+                    task=result.task,
+                    format=options.format,
+                    stats=stats_to_proto(stats),
+                    label_names=result.label_names,
+                    source_sha256=sha256,
+                    source_size_bytes=size,
+                    source_object=source_key,
+                    description=spec.description,
+                    create_time=now(),
+                    column_mapping=result.column_mapping,
+                    split_source=(
+                        dataset_pb2.SPLIT_SOURCE_COLUMN
+                        if result.stats.split_eval_row_count
+                        else dataset_pb2.SPLIT_SOURCE_SEEDED
+                    ),
+                    rows_manifest_object=rows_key,
+                )
+                self._publish(dataset, version)
             except BaseException:
-                self._discard(prefix)  # only this upload's objects: no other upload has its id
+                self._discard(prefix)  # only this upload's objects and row: no other upload has its id
                 raise
-        if not earlier:
-            try:  # after the manifest: an index entry always names a finished version
-                self.store.put_json(sha256_key(dataset, sha256), {"version": version_id})
-            except Exception:
-                log.exception("could not record the sha256 of %s; re-uploads of it will not be flagged", version.name)
+        earlier = version.duplicate_of
         log.info(
             "created %s: %d rows, %d valid, %d invalid%s; %d bytes in %.1fs (validated after %.1fs, source stored "
             "%.1fs later)",
@@ -674,40 +666,183 @@ class DatasetCore:
             self.store.put_stream(key, source, -1)
 
     def _reserve(self, dataset: DatasetName) -> str:
-        """The next version id, allocated in the metadata database: unique across
-        every replica on that database, and never handed out again, even after
-        the version fails or the dataset is deleted and created anew (caches and
-        lineage keyed by a version name never see two versions under one name).
-        The store's ids are the floor, for versions written before the database
-        kept count."""
-        with self._lock(dataset):
-            self.require_dataset(dataset)
-            versions = f"{dataset}/versions/"
-            existing = {key[len(versions) :].split("/")[0] for key in self.store.list(versions)}
-            numbers = [version_sort_key(v)[0] for v in existing if version_sort_key(v)[1] == ""]
-            with self.database.write() as conn:
-                number = self.database.allocate(
-                    conn, "dataset_version", dataset.dataset, app=dataset.app, floor=max(numbers, default=0)
-                )
-            return f"v{number}"
-
-    def _same_source(self, dataset: DatasetName, sha256: str) -> str:
-        """The finished version of this dataset with these source bytes, or ""."""
+        """The next version id and its UPLOADING row, in one transaction: unique
+        across every replica on the database, and never handed out again, even
+        after the version fails or the dataset is deleted and created anew
+        (caches and lineage keyed by a version name never see two versions
+        under one name)."""
         try:
-            earlier = self.store.get_json(sha256_key(dataset, sha256))["version"]
-        except (NotFound, KeyError, TypeError, ValueError):
-            return ""
-        if not self.store.exists(manifest_key(dataset, earlier)):
-            return ""
-        return version_prefix(dataset, earlier)[:-1]
+            with self.database.write() as conn:
+                if not _dataset_exists(conn, dataset):
+                    raise names.not_found(str(dataset))
+                number = self.database.allocate(conn, "dataset_version", dataset.dataset, app=dataset.app)
+                conn.execute(
+                    sa.insert(VERSIONS).values(
+                        name=str(DatasetVersionName(dataset.dataset, f"v{number}", dataset.app)),
+                        app=dataset.app,
+                        dataset=str(dataset),
+                        number=number,
+                        state=UPLOADING,
+                        created_at=time.time(),
+                    )
+                )
+        except sa.exc.IntegrityError:  # PostgreSQL: the dataset was deleted since the check
+            raise names.not_found(str(dataset)) from None
+        return f"v{number}"
+
+    def _publish(self, dataset: DatasetName, version: dataset_pb2.DatasetVersion) -> None:
+        """Makes the version visible, its objects being in the store. Sets
+        duplicate_of to the first published version with the same source bytes."""
+        with self.database.write() as conn:
+            version.duplicate_of = (
+                conn.execute(
+                    sa.select(VERSIONS.c.name)
+                    .where(
+                        VERSIONS.c.dataset == str(dataset),
+                        VERSIONS.c.sha256 == version.source_sha256,
+                        VERSIONS.c.state == PUBLISHED,
+                    )
+                    .order_by(VERSIONS.c.number)
+                    .limit(1)
+                ).scalar_one_or_none()
+                or ""
+            )
+            published = conn.execute(
+                sa.update(VERSIONS)
+                .where(VERSIONS.c.name == version.name, VERSIONS.c.state == UPLOADING)
+                .values(state=PUBLISHED, sha256=version.source_sha256, record=_encode(to_dict(version)))
+            )
+            if published.rowcount != 1:  # the dataset was deleted while we parsed (its rows with it)
+                raise names.not_found(str(dataset))
 
     def _discard(self, prefix: str) -> None:
-        """Best effort: a failed write must not leave a half version behind."""
+        """Best effort: a failed upload must not leave a half version behind.
+        An UPLOADING row left (the database was unreachable) stays invisible."""
         try:
-            self.store.delete(prefix + "manifest.json")
             self.store.delete_prefix(prefix)
         except Exception:
-            log.exception("could not clean up %s; it has no manifest, so it stays invisible", prefix)
+            log.exception("could not clean up %s; it is not published, so it stays invisible", prefix)
+        try:
+            with self.database.write() as conn:
+                conn.execute(sa.delete(VERSIONS).where(VERSIONS.c.name == prefix[:-1], VERSIONS.c.state == UPLOADING))
+        except Exception:
+            log.exception("could not remove the row of %s; it is not published, so it stays invisible", prefix[:-1])
+
+    # ------------------------------------------------------------ earlier releases
+    def import_store_records(self) -> int:
+        """Copies the records earlier releases kept in the store (dataset.json,
+        versions/*/manifest.json) into the database, once per database: the
+        first service to start does it, holding the write lock (PostgreSQL: an
+        advisory lock) so replicas starting together take turns, and marks it
+        done; rows already there are kept. Raises each dataset's version counter
+        past every version id the store holds, finished or not, so no new
+        upload writes under an old version's prefix. Returns the rows added."""
+        added = 0
+        with self.database.write() as conn:
+            if self.database.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": IMPORT_LOCK})
+            done = sa.select(COUNTERS.c.last).where(
+                COUNTERS.c.app == names.DEFAULT_APP, COUNTERS.c.kind == IMPORT_KIND, COUNTERS.c.parent == IMPORT_KIND
+            )
+            if conn.execute(done).first() is not None:
+                return 0
+            apps = [names.DEFAULT_APP, *conn.execute(sa.select(schema.apps.c.app_id)).scalars()]
+            for app in dict.fromkeys(apps):
+                added += self._import_app(conn, app)
+            conn.execute(
+                sa.insert(COUNTERS).values(app=names.DEFAULT_APP, kind=IMPORT_KIND, parent=IMPORT_KIND, last=1)
+            )
+        if added:
+            log.info("imported %d dataset records from the store into the database", added)
+        return added
+
+    def _import_app(self, conn: sa.Connection, app: str) -> int:
+        root = app_prefix(app) + "datasets/"
+        datasets: set[str] = set()
+        versions: dict[str, set[str]] = {}  # every version id with objects, per dataset
+        manifests: list[tuple[str, str]] = []
+        for key in self.store.list(root):
+            parts = key[len(root) :].split("/")
+            if len(parts) == 2 and parts[1] == "dataset.json":
+                datasets.add(parts[0])
+            elif len(parts) >= 4 and parts[1] == "versions":
+                versions.setdefault(parts[0], set()).add(parts[2])
+                if len(parts) == 4 and parts[3] == "manifest.json":
+                    manifests.append((parts[0], parts[2]))
+        added = 0
+        for dataset_id in sorted(datasets):
+            name = DatasetName(dataset_id, app)
+            if _dataset_exists(conn, name):
+                continue
+            record = self.store.get_json(dataset_key(name))
+            dataset = json_format.ParseDict(record, dataset_pb2.Dataset(), ignore_unknown_fields=True)
+            conn.execute(
+                sa.insert(DATASETS).values(
+                    name=str(name),
+                    app=app,
+                    dataset_id=dataset_id,
+                    record=_encode(to_dict(dataset)),
+                    created_at=time.time(),
+                )
+            )
+            added += 1
+            numbers = [version_sort_key(v)[0] for v in versions.get(dataset_id, ()) if version_sort_key(v)[1] == ""]
+            if numbers:
+                self._raise_counter(conn, name, max(numbers))
+        for dataset_id, version_id in sorted(manifests, key=lambda m: (m[0], version_sort_key(m[1]))):
+            number, rest = version_sort_key(version_id)
+            name = DatasetName(dataset_id, app)
+            if dataset_id not in datasets or rest or not _dataset_exists(conn, name):
+                continue  # a half-deleted dataset's version, or an id this release never writes
+            version_name = str(DatasetVersionName(dataset_id, version_id, app))
+            if conn.execute(sa.select(VERSIONS.c.name).where(VERSIONS.c.name == version_name)).first() is not None:
+                continue
+            record = self.store.get_json(manifest_key(name, version_id))
+            version = json_format.ParseDict(record, dataset_pb2.DatasetVersion(), ignore_unknown_fields=True)
+            conn.execute(
+                sa.insert(VERSIONS).values(
+                    name=version_name,
+                    app=app,
+                    dataset=str(name),
+                    number=number,
+                    state=PUBLISHED,
+                    sha256=version.source_sha256 or None,
+                    record=_encode(to_dict(version)),
+                    created_at=time.time(),
+                )
+            )
+            added += 1
+        return added
+
+    def _raise_counter(self, conn: sa.Connection, dataset: DatasetName, last: int) -> None:
+        """The dataset's version counter to at least `last` (without taking a number)."""
+        if self.database.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        key = {"app": dataset.app, "kind": "dataset_version", "parent": dataset.dataset}
+        conn.execute(
+            insert(COUNTERS)
+            .values(**key, last=last)
+            .on_conflict_do_update(
+                index_elements=[COUNTERS.c.app, COUNTERS.c.kind, COUNTERS.c.parent],
+                set_={"last": sa.case((COUNTERS.c.last < last, last), else_=COUNTERS.c.last)},
+            )
+        )
+
+
+def _dataset_exists(conn: sa.Connection, dataset: DatasetName) -> bool:
+    return conn.execute(sa.select(DATASETS.c.name).where(DATASETS.c.name == str(dataset))).first() is not None
+
+
+def _dataset_record(record: str, latest: str) -> dataset_pb2.Dataset:
+    dataset = json_format.Parse(record, dataset_pb2.Dataset(), ignore_unknown_fields=True)
+    dataset.latest_version = latest
+    return dataset
+
+
+def _version_record(record: str) -> dataset_pb2.DatasetVersion:
+    return json_format.Parse(record, dataset_pb2.DatasetVersion(), ignore_unknown_fields=True)
 
 
 class _Background:
