@@ -8,7 +8,10 @@ endpoint, measured side by side in one run; and the dataset service's peak RSS.
 The S3 endpoint is real MinIO when MINIO_ENDPOINT is set, else moto's server
 started as a separate process (`moto_server`). The dataset service is a real
 process (the same start-up path as `textft up`); its peak RSS is VmHWM from
-/proc/<pid>/status, read after the upload. Goals (issue 3): ratio >= 0.5,
+/proc/<pid>/status, read after the upload, and the bench also samples
+/proc/<pid>/smaps_rollup during it to say how much of the peak is anonymous
+memory (heap, buffers) and how much file-backed (shared libraries' pages,
+which vary with the page cache: compare runs with one venv). Goals (issue 3): ratio >= 0.5,
 service peak RSS < 300 MB.
 """
 
@@ -137,6 +140,54 @@ def _vm(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+class _RssSampler:
+    """Polls the service's /proc/<pid>/smaps_rollup while the upload runs and
+    keeps the sample with the most RSS: where the peak is (anonymous memory,
+    the heap and thread stacks, against file-backed pages such as shared
+    libraries) and when, which VmHWM alone does not say."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        import threading
+
+        self.pid, self.interval_s = pid, interval_s
+        self.peak: dict[str, int] = {"Rss": 0}
+        self.peak_at = 0.0
+        self._start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> dict[str, int]:
+        figures = {}
+        for line in Path(f"/proc/{self.pid}/smaps_rollup").read_text().splitlines()[1:]:
+            name, value = line.split(":", 1)
+            figures[name] = int(value.split()[0]) * 1024
+        figures["Threads"] = int(_vm(self.pid, "Threads") // 1024)
+        return figures
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                sample = self._sample()
+            except (OSError, ValueError, KeyError):
+                return
+            if sample["Rss"] > self.peak["Rss"]:
+                self.peak, self.peak_at = sample, time.perf_counter() - self._start
+
+    def stop(self, sample: bool = False) -> dict[str, Any]:
+        """The peak's figures (with sample: the current ones)."""
+        self._stop.set()
+        self._thread.join()
+        peak = self._sample() if sample else self.peak
+        return {
+            "rss_mb": round(peak["Rss"] / 1e6, 1),
+            "anon_mb": round(peak.get("Anonymous", 0) / 1e6, 1),
+            "file_mb": round((peak["Rss"] - peak.get("Anonymous", 0)) / 1e6, 1),
+            "threads": peak.get("Threads", 0),
+            "at_s": round(self.peak_at, 1),
+        }
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -210,6 +261,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         service = start_service("dataset", env)
         pid = service.proc.pid
         idle_rss = _vm(pid, "VmRSS")
+        idle = _RssSampler(pid).stop(sample=True)
         profiler = None
         if args.profile:
             fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
@@ -218,6 +270,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         with Client(service.address, api_key=api_key) as client:
             client.create_dataset("bench")
+            sampler = _RssSampler(pid)
             cpu = (time.process_time(), _cpu_s(s3_pid) if s3_pid else 0.0, _cpu_s(pid))
             t = time.perf_counter()
             version = client.upload_dataset("bench", csv_path, format="csv", timeout=3600)
@@ -227,6 +280,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                 (_cpu_s(s3_pid) - cpu[1]) if s3_pid else 0.0,
                 _cpu_s(pid) - cpu[2],
             )
+        at_peak = sampler.stop()
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             profiler.wait(60)
@@ -254,6 +308,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             "service_idle_rss_mb": round(idle_rss / 1e6, 1),
             "service_peak_rss_mb": round(peak / 1e6, 1),
             "rss_goal_mb": GOAL_RSS_MB,
+            "service_idle": idle,
+            "service_at_peak": at_peak,
         }
         print()
         print(f"{'figure':<34}{'value':>14}")
@@ -270,6 +326,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         print(f"{'ratio RPC / raw (goal >= 0.5)':<34}{f'{ratio:.2f} {verdict}':>14}")
         verdict = "ok" if peak / 1e6 < GOAL_RSS_MB else "MISSED"
         print(f"{'service peak RSS MB (goal < 300)':<34}{f'{peak / 1e6:.0f} {verdict}':>14}")
+        shown = f"{idle['anon_mb']:.0f}/{idle['file_mb']:.0f}"
+        print(f"{'idle: anon/file MB':<34}{shown:>14}")
+        shown = f"{at_peak['anon_mb']:.0f}/{at_peak['file_mb']:.0f}, {at_peak['at_s']:.0f}"
+        print(f"{'at peak: anon/file MB, at s':<34}{shown:>14}")
         return figures
     finally:
         if service is not None:

@@ -45,6 +45,30 @@ class Running:
         self.server.stop(grace).wait()
 
 
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt() parameter numbers (malloc.h)
+
+
+def tune_malloc(arenas: int, mmap_threshold: int) -> bool:
+    """Caps glibc's malloc arenas and fixes its mmap threshold for this process
+    (what MALLOC_ARENA_MAX and MALLOC_MMAP_THRESHOLD_ do), before any worker
+    thread allocates. glibc gives each thread that allocates under contention
+    an arena of its own, up to 8 per core, and raises the mmap threshold to the
+    largest block freed (up to 32 MiB), after which megabyte buffers come from
+    the arenas, which rarely give their high-water mark back: an upload's
+    receiving, validating and storing threads each kept tens of MB of freed
+    chunks and parts (bench/bench_upload.py). With a fixed threshold blocks
+    that large are mapped and unmapped each time. False where malloc is not
+    glibc's."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas)) and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+    except (OSError, AttributeError):  # musl, macOS: no mallopt
+        return False
+
+
 def parse_args(service: str, default_port: int, argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"textft-{service}", description=f"textft {service} service")
     parser.add_argument("--host", default=None, help="address to bind (env TEXTFT_HOST, default 127.0.0.1)")

@@ -33,14 +33,18 @@ PART_SIZE = 8 * 1024 * 1024  # multipart parts: 10,000 of them make 80 GiB
 PARALLEL_PARTS = 2  # parts of one upload in flight; memory holds one more, the one being read
 
 
-def _read_part(stream: BinaryIO) -> bytes:
-    """Up to PART_SIZE bytes: fewer only at the end of the stream."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < PART_SIZE and (chunk := stream.read(PART_SIZE - size)):
-        chunks.append(chunk)
-        size += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _read_part(stream: BinaryIO, limit: int = PART_SIZE) -> bytearray:
+    """Up to limit bytes: fewer only at the end of the stream. Read in place
+    into one buffer: joining the pieces a growing spool gives would hold the
+    part twice."""
+    part = bytearray(limit)
+    view, size = memoryview(part), 0
+    while size < limit and (n := stream.readinto(view[size:])):  # type: ignore[attr-defined]
+        size += n
+    view.release()
+    if size < limit:
+        del part[size:]
+    return part
 
 
 def check_key(key: str) -> str:
@@ -298,13 +302,13 @@ class S3Store(ObjectStore):
         self, key: str, stream: BinaryIO, length: int = -1, content_type: str = "application/octet-stream"
     ) -> None:
         check_key(key)
-        first = _read_part(stream)
+        first = _read_part(stream, PART_SIZE if length < 0 else min(length + 1, PART_SIZE))
         if len(first) < PART_SIZE:  # all of it: one PUT
             self._call(self.client.put_object, self.bucket, key, io.BytesIO(first), len(first), content_type, key=key)
             return
         self._call(self._put_parts, key, first, stream, content_type, key=key)
 
-    def _put_parts(self, key: str, first: bytes, stream: BinaryIO, content_type: str) -> None:
+    def _put_parts(self, key: str, first: bytearray, stream: BinaryIO, content_type: str) -> None:
         """A multipart upload with PARALLEL_PARTS parts in flight and none
         queued: the SDK's own parallel upload queues every part it reads ahead
         without bound, so a stream read faster than the store takes it (an
