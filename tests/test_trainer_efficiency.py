@@ -72,6 +72,10 @@ def test_group_by_length_and_dynamic_padding_take_effect(tiny_model_dir: Path, t
 
     shuffled_share, _ = _padding_share(trainer_with(train_sampling_strategy="random"))
     assert grouped_share < 0.1 < shuffled_share, (grouped_share, shuffled_share)
+    generation = make_collator(False, tokenizer, max_length, [], False)
+    pairs = {"text": ["the quick fox", "a"], "target": ["jumps over", "b c d"]}
+    batch = generation([{"text": t, "target": g} for t, g in zip(pairs["text"], pairs["target"], strict=True)])
+    assert generation.lengths(pairs).tolist() == batch["attention_mask"].sum(dim=1).tolist()
     args = build_training_args({**defaults, "max_steps": 1}, tmp_path / "step")
     trainer = job_trainer(collator)(model=model, args=args, train_dataset=rows, data_collator=collator)
     assert trainer.train().global_step == 1

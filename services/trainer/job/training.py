@@ -58,7 +58,9 @@ def job_trainer(collator: Any) -> Any:
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             if self.args.train_sampling_strategy == "group_by_length":
                 size = self.args.train_batch_size * self.args.gradient_accumulation_steps
-                return token_length_sampler(train_dataset or self.train_dataset, size, collator)
+                return token_length_sampler(
+                    self.train_dataset if train_dataset is None else train_dataset, size, collator
+                )
             return super()._get_train_sampler(train_dataset)
 
     return JobTrainer
