@@ -252,7 +252,6 @@ def child_padding(spec: dict[str, Any]) -> dict[str, Any]:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import Trainer, default_data_collator
 
-    from textft_services.modeling import data
     from textft_services.modeling.collate import make_collator
     from textft_services.modeling.loading import load_base_model, load_tokenizer
     from textft_services.trainer.job.training import build_training_args, job_trainer
@@ -273,9 +272,7 @@ def child_padding(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["variant"] == "defaults":  # the job's own path: rows as stored, tokenised per batch
         dataset = Dataset.from_dict({"text": [r["text"] for r in rows], "labels": [r["labels"] for r in rows]})
         collator = make_collator(True, tokenizer, max_length, labels, False)
-        trainer = job_trainer(data.text_lengths(dataset, with_target=False))(
-            model=model, args=args, train_dataset=dataset, data_collator=collator
-        )
+        trainer = job_trainer(collator)(model=model, args=args, train_dataset=dataset, data_collator=collator)
     else:
         config["train_sampling_strategy"] = "random"
         args = build_training_args(config, Path(spec["out_dir"]))

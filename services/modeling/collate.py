@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 PROMPT_TEMPLATE = "{text}\n"  # generation: the model sees the text, then learns to continue with the target
 IGNORE_INDEX = -100  # labels the loss skips
 
@@ -38,6 +40,11 @@ class ClassificationCollator:
             labels = torch.tensor([self.index[row["labels"][0]] for row in rows], dtype=torch.long)
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
+    def lengths(self, columns: dict[str, list[Any]]) -> np.ndarray:
+        """Tokens of each row (columns as a dataset slice gives them) as __call__ makes them: what batches are grouped by."""
+        ids = self.tokenizer(columns["text"], truncation=True, max_length=self.max_length)["input_ids"]
+        return np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+
 
 def generation_example(prompt: list[int], target: list[int], eos: int, max_length: int) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one row: the prompt's tokens are masked, so the
@@ -57,12 +64,7 @@ class GenerationCollator:
         import torch
 
         tokenizer = self.tokenizer
-        prompts = tokenizer([self.prompt_template.format(text=row["text"]) for row in rows])["input_ids"]
-        targets = tokenizer([row["target"] for row in rows], add_special_tokens=False)["input_ids"]
-        examples = [
-            generation_example(prompt, target, tokenizer.eos_token_id, self.max_length)
-            for prompt, target in zip(prompts, targets, strict=True)
-        ]
+        examples = self._examples([row["text"] for row in rows], [row["target"] for row in rows])
         longest = max(len(ids) for ids, _ in examples)
         pad = tokenizer.pad_token_id
         input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
@@ -73,6 +75,20 @@ class GenerationCollator:
             attention[i, : len(ids)] = 1
             labels[i, : len(ids)] = torch.tensor(row_labels)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+    def _examples(self, texts: list[str], targets: list[str]) -> list[tuple[list[int], list[int]]]:
+        tokenizer = self.tokenizer
+        prompts = tokenizer([self.prompt_template.format(text=text) for text in texts])["input_ids"]
+        target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"]
+        return [
+            generation_example(prompt, target, tokenizer.eos_token_id, self.max_length)
+            for prompt, target in zip(prompts, target_ids, strict=True)
+        ]
+
+    def lengths(self, columns: dict[str, list[Any]]) -> np.ndarray:
+        """Tokens of each row (columns as a dataset slice gives them) as __call__ makes them: what batches are grouped by."""
+        examples = self._examples(columns["text"], columns["target"])
+        return np.fromiter((len(ids) for ids, _ in examples), dtype=np.int64, count=len(examples))
 
 
 def make_collator(

@@ -69,15 +69,6 @@ def _column(dataset: Any, name: str) -> pa.ChunkedArray:
     return dataset.data.column(name)
 
 
-def text_lengths(dataset: Any, with_target: bool) -> np.ndarray:
-    """Characters of each row (text, plus target for generation): the lengths
-    the length-grouped sampler orders by."""
-    lengths = pc.utf8_length(_column(dataset, "text"))
-    if with_target:
-        lengths = pc.add(lengths, pc.utf8_length(_column(dataset, "target")))
-    return np.asarray(lengths.to_numpy(zero_copy_only=False), dtype=np.int64)
-
-
 @dataclass
 class Prepared:
     """The rows a job trains and evaluates on, as index arrays into the version's rows."""

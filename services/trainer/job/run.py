@@ -10,7 +10,6 @@ from textft.v1 import trainer_pb2
 
 from ...common.config import Settings
 from ...common.store import ObjectStore
-from ...modeling import data
 from ...modeling.collate import make_collator
 from ...modeling.metrics import evaluate
 from .. import checkpoints
@@ -36,7 +35,6 @@ def run_job(
     labels, multi = prepared.label_names, prepared.multi_label
     model = build_model(inputs, emitter)
     train_set, eval_set = inputs.rows.select(prepared.train), inputs.rows.select(prepared.eval)
-    lengths = data.text_lengths(inputs.rows, with_target=not classification)[prepared.train]
     collator = make_collator(classification, inputs.tokenizer, inputs.max_length, labels, multi)
 
     args, result = train(
@@ -44,7 +42,6 @@ def run_job(
         train_set,
         eval_set,
         collator,
-        lengths,
         inputs.trainer_kwargs,
         checkpoints.checkpoints_prefix(spec.output_prefix),
         store,
