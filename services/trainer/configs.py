@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import re
 import types
 import typing
@@ -27,6 +28,8 @@ from functools import cache
 from typing import Any
 
 from textft.errors import FieldViolation, InvalidArgument
+
+log = logging.getLogger("textft.trainer.configs")
 
 # Refused wherever they appear, with the reason.
 FORBIDDEN: dict[str, str] = {
@@ -287,6 +290,17 @@ def _dataclass_types(cls: type) -> dict[str, Any]:
     except Exception:
         hints = {}
     return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls) if f.init}
+
+
+def warm_up() -> None:
+    """Imports what validating a request needs (transformers, peft: seconds of
+    imports), so the first CreateModelVersion after a start does not pay for it."""
+    try:
+        trainer_fields()
+        lora_fields()
+        _construct({}, {})  # the first TrainingArguments pulls in accelerate and torch's backends
+    except Exception:  # the request that needs them reports the problem
+        log.exception("could not import transformers/peft ahead of the first request")
 
 
 def trainer_fields() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
@@ -13,6 +14,7 @@ from ..common.bootstrap import run_service
 from ..common.config import Settings
 from ..common.names import paginate, parse_parent_app
 from ..common.store import open_store
+from . import configs
 from .launcher import Launcher, LocalProcessLauncher
 from .service import TrainerCore
 
@@ -128,6 +130,7 @@ def build(settings: Settings) -> tuple[Callable[[grpc.Server], list[str]], Calla
     launcher = make_launcher(settings)
     core = TrainerCore(settings, open_store(settings.store), launcher)
     core.start()
+    threading.Thread(target=configs.warm_up, name="warm-up", daemon=True).start()
     servicer = TrainerServicer(core)
 
     def register(server: grpc.Server) -> list[str]:
