@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,3 +261,31 @@ def test_hub_tokens_are_secrets_scrubbed_from_logs() -> None:
     SecretFilter(settings.secrets()).filter(record)
     text = logging.Formatter().format(record)
     assert token not in text and "***" in text and "RuntimeError" in text
+
+
+def test_the_first_validations_and_the_warm_up_can_run_at_once() -> None:
+    """A fresh trainer imports transformers and peft in the background while
+    the first requests validate on other threads: transformers' lazy module,
+    imported from two threads at once, answered one of them "cannot import
+    name 'AutoModel'" until the imports took a lock. A fresh interpreter, so the
+    imports are cold."""
+    script = """
+import threading
+from textft_services.trainer import configs
+from textft_services.trainer.templates import TEMPLATES
+errors = []
+def validate():
+    try:
+        configs.validate(next(iter(TEMPLATES.values())).defaults(), ("*",))
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=configs.warm_up)] + [threading.Thread(target=validate) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert not errors, errors
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -20,6 +20,7 @@ import dataclasses
 import enum
 import logging
 import re
+import threading
 import types
 import typing
 from collections.abc import Sequence
@@ -292,27 +293,38 @@ def _dataclass_types(cls: type) -> dict[str, Any]:
     return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls) if f.init}
 
 
+# transformers' lazy module is not safe to import from two threads at once
+# (one sees it half set up: "cannot import name 'AutoModel'"), and requests,
+# like warm_up, run on several threads: the first import happens under a lock.
+_import_lock = threading.RLock()
+
+
+def _classes() -> tuple[Any, Any]:
+    """(TrainingArguments, LoraConfig), imported under the lock."""
+    with _import_lock:
+        from peft import LoraConfig
+        from transformers import TrainingArguments
+
+        return TrainingArguments, LoraConfig
+
+
 def warm_up() -> None:
     """Imports what validating a request needs (transformers, peft: seconds of
     imports), so the first CreateModelVersion after a start does not pay for it."""
     try:
-        trainer_fields()
-        lora_fields()
-        _construct({}, {})  # the first TrainingArguments pulls in accelerate and torch's backends
+        with _import_lock:  # requests arriving meanwhile wait here, not in a half-done import
+            _construct({}, {})  # imports both; the first TrainingArguments pulls in accelerate too
     except Exception:  # the request that needs them reports the problem
         log.exception("could not import transformers/peft ahead of the first request")
 
 
 def trainer_fields() -> dict[str, Any]:
-    from transformers import TrainingArguments
-
-    return _dataclass_types(TrainingArguments)
+    return _dataclass_types(_classes()[0])
 
 
 def lora_fields() -> dict[str, Any]:
-    from peft import LoraConfig
-
-    return {k: v for k, v in _dataclass_types(LoraConfig).items() if k not in _PEFT_NOT_USER}
+    lora_config = _classes()[1]
+    return {k: v for k, v in _dataclass_types(lora_config).items() if k not in _PEFT_NOT_USER}
 
 
 def check_relative_path(value: str, path: str, nested: bool = True) -> list[FieldViolation]:
@@ -514,17 +526,15 @@ def _construct(trainer: dict[str, Any], peft: dict[str, Any]) -> list[FieldViola
     that live in their __post_init__ (choices, combinations) run before queueing."""
     import tempfile
 
-    from peft import LoraConfig
-    from transformers import TrainingArguments
-
+    training_arguments, lora_config = _classes()
     violations = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            TrainingArguments(output_dir=tmp, **trainer)
+            training_arguments(output_dir=tmp, **trainer)
         except (ValueError, TypeError, KeyError, ImportError) as e:
             violations.append(FieldViolation("trainer_config", f"rejected by TrainingArguments: {e}"[:400]))
     try:
-        LoraConfig(**peft)
+        lora_config(**peft)
     except (ValueError, TypeError) as e:
         violations.append(FieldViolation("peft_config", f"rejected by LoraConfig: {e}"[:400]))
     return violations
