@@ -35,3 +35,51 @@ def test_metrics_match_scikit_learn(seed: int) -> None:
         np.testing.assert_allclose(fpr, expected_fpr)
         np.testing.assert_allclose(tpr, expected_tpr)
         assert roc_auc(fpr, tpr) == pytest.approx(sk.roc_auc_score(binary, scores))
+
+
+def test_evaluation_in_length_sorted_batches_equals_an_in_order_pass(tmp_path) -> None:
+    """Evaluation batches rows of similar length (less padding) but reports
+    what scoring the rows in their own order reports."""
+    import random
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from textft_services.common.tinymodels import build_tiny_gpt_neo
+    from textft_services.modeling.collate import batches, length_sorted_batches, make_collator
+    from textft_services.modeling.metrics import evaluate_classification
+
+    base = build_tiny_gpt_neo(tmp_path / "base")
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=3)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    rng = random.Random(0)
+    words = ["the", "a", "film", "plot", "actor", "scene", "story", "ending", "music", "camera"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(53)]
+    rows = Dataset.from_dict({"text": texts, "labels": [[rng.choice("abc")] for _ in texts]})
+    collator = make_collator(True, tokenizer, 64, ["a", "b", "c"], False)
+
+    seen = []
+    padded_sorted = padded_in_order = 0
+    for indices, chunk in length_sorted_batches(rows, 4, collator, window=5):
+        assert [r["text"] for r in chunk] == [texts[i] for i in indices]
+        lengths = collator.lengths({"text": [r["text"] for r in chunk]})
+        assert list(lengths) == sorted(lengths, reverse=True)
+        padded_sorted += int(lengths.max()) * len(chunk)
+        seen.extend(indices.tolist())
+    assert sorted(seen) == list(range(len(texts)))  # every row once
+    for chunk in batches(rows, 4):
+        padded_in_order += int(collator.lengths({"text": [r["text"] for r in chunk]}).max()) * len(chunk)
+    assert padded_sorted < padded_in_order
+
+    got = evaluate_classification(model, rows, collator, ["a", "b", "c"], False, 4)
+    with torch.no_grad():
+        logits = torch.cat([model(**{k: v for k, v in collator([r]).items() if k != "labels"}).logits for r in rows])
+    truth = np.array([{"a": 0, "b": 1, "c": 2}[r["labels"][0]] for r in rows])
+    predicted = logits.argmax(-1).numpy()
+    assert got["metrics"]["accuracy"] == pytest.approx(float((predicted == truth).mean()))
+    assert got["confusion_matrix"] == confusion(truth, predicted, 3).ravel().tolist()
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(truth)).item()
+    assert got["metrics"]["loss"] == pytest.approx(loss, rel=1e-4)

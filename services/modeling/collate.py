@@ -102,5 +102,25 @@ def make_collator(
 def batches(dataset: Any, size: int) -> Any:
     """The dataset's rows as lists of row dicts, `size` at a time (what a collator takes)."""
     for columns in dataset.iter(batch_size=size):
-        names = list(columns)
-        yield [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        yield _row_dicts(columns)
+
+
+def length_sorted_batches(dataset: Any, size: int, collator: Any, window: int = 50) -> Any:
+    """(row indices, row dicts) batches whose rows have similar token lengths:
+    each window of `window` batches is sorted longest first before it is cut,
+    so a batch pads to its own longest row rather than a random one's (for
+    scoring, where order does not matter). Lengths are counted one window at a
+    time: nothing is tokenised up front."""
+    span = size * max(1, window)
+    for start in range(0, len(dataset), span):
+        columns = dataset[start : start + span]
+        order = np.argsort(-collator.lengths(columns), kind="stable")
+        rows = _row_dicts(columns)
+        for cut in range(0, len(order), size):
+            picked = order[cut : cut + size]
+            yield (start + picked), [rows[i] for i in picked]
+
+
+def _row_dicts(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]

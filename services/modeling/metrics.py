@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .collate import PROMPT_TEMPLATE, batches
+from .collate import PROMPT_TEMPLATE, batches, length_sorted_batches
 
 
 # The classification metrics in numpy, as scikit-learn computes them
@@ -60,10 +60,11 @@ def evaluate_classification(
     import torch
 
     model.eval()
-    logits_all, labels_all, losses = [], [], []
-    with torch.no_grad():
+    logits_all, labels_all, order, losses = [], [], [], []
+    with torch.inference_mode():
         done = 0
-        for chunk in batches(rows, batch_size):
+        # Rows of similar length batched together (less padding); results go back to the rows' order.
+        for indices, chunk in length_sorted_batches(rows, batch_size, collator):
             batch = collator(chunk)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             out = model(**batch)
@@ -72,7 +73,9 @@ def evaluate_classification(
             on_rows(done, len(rows))
             logits_all.append(out.logits.float().cpu().numpy())
             labels_all.append(batch["labels"].cpu().numpy())
-    logits, labels = np.concatenate(logits_all), np.concatenate(labels_all)
+            order.append(indices)
+    back = np.argsort(np.concatenate(order)) if order else np.zeros(0, dtype=int)
+    logits, labels = np.concatenate(logits_all)[back], np.concatenate(labels_all)[back]
     n_labels = len(label_names)
     if multi_label:
         scores = 1 / (1 + np.exp(-logits))
@@ -134,7 +137,7 @@ def evaluate_generation(
     sample = rows.select(range(min(max_exact, len(rows))))
     work, done = len(rows) + len(sample), 0  # rows scored, then rows generated
     with torch.no_grad():
-        for chunk in batches(rows, batch_size):
+        for _, chunk in length_sorted_batches(rows, batch_size, collator):  # a sum: order does not matter
             batch = collator(chunk)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             out = model(**batch)
