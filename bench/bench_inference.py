@@ -234,7 +234,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="stack: classification and generation through the real RPCs; generation: continuous vs static batching",
     )
     parser.add_argument(
-        "--rates", default="40,160", help="generation: Poisson arrivals per second, one set of cases per rate"
+        "--rates",
+        default="40,160,640",
+        help="generation: Poisson arrivals per second, one set of cases per rate (640: past both sides' capacity)",
     )
     parser.add_argument("--max-new-tokens", type=int, default=64, help="generation: the cap; EOS ends most rows first")
     parser.add_argument("--eos-bias", type=float, default=4.0, help="generation: EOS logit bias (output lengths)")

@@ -563,6 +563,7 @@ class Engine:
             "position_ids": positions,
             "cache": cache,
             "use_cache": True,
+            "logits_to_keep": 1,  # the last position's logits only: a prefill needs no more
         }
         unique = list(dict.fromkeys(names))
         with base.lock:  # classification lanes and adapter loads share the model
