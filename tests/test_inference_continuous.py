@@ -259,24 +259,24 @@ def test_arrivals_wait_a_few_steps_to_be_prefilled_together(model: Model) -> Non
 
 
 def test_a_full_batch_waits_for_free_rows_before_a_prefill(model: Model) -> None:
-    """A prefill is a forward of its own: one row leaving a full batch does not
-    start one for the single row that could join, however many wait; two free
-    rows against two running do."""
-    loop = Loop(model, max_rows=4, waiting_steps=100)
+    """A prefill is a forward of its own: one row leaving a full batch of five
+    does not start one for the single row that could join, however many wait;
+    two free rows against three running do."""
+    loop = Loop(model, max_rows=5, waiting_steps=100)
     try:
         first = loop.work("a0", [PROMPTS[0]], max_new_tokens=2, ignore_eos=True)
         second = loop.work("a1", [PROMPTS[1]], max_new_tokens=3, ignore_eos=True)
-        long = [loop.work("a0", [p], max_new_tokens=12, ignore_eos=True) for p in PROMPTS[2:4]]
+        long = [loop.work("a0", [PROMPTS[2 + i % 2]], max_new_tokens=12, ignore_eos=True) for i in range(3)]
         short = [loop.work("a1", [PROMPTS[4 + i % 2]], max_new_tokens=5, ignore_eos=True) for i in range(4)]
         loop.hooks[0] = lambda: [loop.submit(w) for w in [second, *long, *short]]
         loop.submit(first)
-        for w, n in [(first, 2), (second, 3), (long[0], 12), (long[1], 12)] + [(w, 5) for w in short]:
+        for w, n in [(first, 2), (second, 3)] + [(w, 12) for w in long] + [(w, 5) for w in short]:
             assert texts_of(w)[0][1] == n
         sizes = [len(c) for c in loop.calls]
-        # prefill and decode of the first row; prefill of 4 and two decodes (the second row leaves);
-        # two decodes of 3 while three rows wait for the one free row; the third short row leaves, and
-        # two free rows against two running: a prefill of 2, then decodes of 4.
-        assert sizes[:9] == [1, 1, 4, 4, 4, 3, 3, 2, 4], sizes
+        # prefill and decode of the first row; prefill of 5 and two decodes (the second row leaves);
+        # two decodes of 4 while three rows wait for the one free row; the first short row leaves, and
+        # two free rows against three running: a prefill of 2, then decodes of 5.
+        assert sizes[:9] == [1, 1, 5, 5, 5, 4, 4, 2, 5], sizes
     finally:
         loop.batcher.close()
 
