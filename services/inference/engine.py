@@ -11,6 +11,7 @@ when its last request finishes.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import queue
@@ -21,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from textft import Client
@@ -62,6 +64,12 @@ class Base:
     device: Any = None  # where inputs go (torch.device)
     mixed_ok: bool = True  # PEFT mixed-adapter batches work on this model
     mixer: MixedLoRA = field(default_factory=MixedLoRA, repr=False)  # mixed-adapter batches (mixed.py)
+
+    @cached_property
+    def keeps_logits(self) -> bool:
+        """The causal LM's forward takes logits_to_keep (every recent transformers one does)."""
+        forward = self.model.get_base_model().forward if hasattr(self.model, "get_base_model") else self.model.forward
+        return "logits_to_keep" in inspect.signature(forward).parameters
 
 
 @dataclass(eq=False)
@@ -563,8 +571,9 @@ class Engine:
             "position_ids": positions,
             "cache": cache,
             "use_cache": True,
-            "logits_to_keep": 1,  # the last position's logits only: a prefill needs no more
         }
+        if base.keeps_logits:
+            inputs["logits_to_keep"] = 1  # the last position's logits only: a prefill needs no more
         unique = list(dict.fromkeys(names))
         with base.lock:  # classification lanes and adapter loads share the model
             if len(unique) == 1 and (model.active_adapter == unique[0] or not base.mixer.supported):
