@@ -21,6 +21,7 @@ from support.databases import fresh_postgres_database, sqlite_url, start_postgre
 
 from textft import Client
 from textft_services.common.config import Settings, StoreSettings
+from textft_services.common.db import Database
 from textft_services.common.store import LocalStore, ObjectStore, S3Store
 from textft_services.common.tinymodels import build_tiny_gpt_neo
 from textft_services.stack import Stack, _free_port, start_stack
@@ -143,6 +144,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return sqlite_url(tmp_path)
     return fresh_postgres_database(request.getfixturevalue("postgres_admin_url"))
+
+
+@pytest.fixture()
+def db(database_url: str) -> Iterator[Database]:
+    """That database, migrated to the current schema."""
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.close()
 
 
 @pytest.fixture(scope="session")

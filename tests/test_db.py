@@ -19,14 +19,6 @@ from textft_services.common.db import Database, redact
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture()
-def db(database_url: str) -> Database:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
-
-
 def test_migrations_build_exactly_the_schema(db: Database) -> None:
     assert db.revision() == "0004"
     with db.read() as conn:

@@ -6,7 +6,6 @@ graceful stop, and the counts the queue's bound and quotas use."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,14 +16,6 @@ from textft_services.common.db import Database
 from textft_services.trainer.jobqueue import JobQueue, QueueFull
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture()
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 def _expire(db: Database, target: str) -> None:

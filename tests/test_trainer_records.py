@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,14 +28,6 @@ from textft_services.trainer.records import Records
 
 pytestmark = pytest.mark.integration
 CLS = 1  # TASK_TEXT_CLASSIFICATION
-
-
-@pytest.fixture()
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.close()
 
 
 @pytest.fixture()
