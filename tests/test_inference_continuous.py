@@ -269,14 +269,18 @@ def test_a_full_batch_waits_for_free_rows_before_a_prefill(model: Model) -> None
         long = [loop.work("a0", [PROMPTS[2 + i % 2]], max_new_tokens=12, ignore_eos=True) for i in range(3)]
         short = [loop.work("a1", [PROMPTS[4 + i % 2]], max_new_tokens=5, ignore_eos=True) for i in range(4)]
         loop.hooks[0] = lambda: [loop.submit(w) for w in [second, *long, *short]]
+        compactions: list[int] = []
+        loop.hooks[8] = lambda: compactions.append(loop.batcher.compactions)  # after the prefill of 2
         loop.submit(first)
         for w, n in [(first, 2), (second, 3)] + [(w, 12) for w in long] + [(w, 5) for w in short]:
             assert texts_of(w)[0][1] == n
         sizes = [len(c) for c in loop.calls]
         # prefill and decode of the first row; prefill of 5 and two decodes (the second row leaves);
-        # two decodes of 4 while three rows wait for the one free row; the first short row leaves, and
-        # two free rows against three running: a prefill of 2, then decodes of 5.
-        assert sizes[:9] == [1, 1, 5, 5, 5, 4, 4, 2, 5], sizes
+        # two decodes of 5 slots, 4 rows and a free slot, while three rows wait for the one free row
+        # (a slot is compacted away only once a third are free); the first short row leaves, and two
+        # free rows against three running: a prefill of 2 into the two free slots, then decodes of 5.
+        assert sizes[:9] == [1, 1, 5, 5, 5, 5, 5, 2, 5], sizes
+        assert compactions == [0]
     finally:
         loop.batcher.close()
 

@@ -46,6 +46,7 @@ from textft.v1 import inference_pb2
 
 from .batcher import STREAM, Admission, Work
 from .metrics import InferenceMetrics
+from .slots import SlotCache
 
 log = logging.getLogger("textft.inference.continuous")
 Gen = inference_pb2.Generation
@@ -178,54 +179,96 @@ class Pending:
 
 
 class Running:
-    """The running batch: rows, their last tokens, mask and KV cache (all on one device)."""
+    """The running batch: a slot per row (None once its row has left), their
+    last tokens, the mask and the KV cache (slots.py), all on one device."""
 
-    def __init__(self, rows: list[Row], last: Any, mask: Any, cache: Any) -> None:
-        self.rows, self.last, self.mask, self.cache = rows, last, mask, cache
+    def __init__(self, rows: list[Row], last: Any, mask: Any, cache: SlotCache) -> None:
+        self.slots: list[Row | None] = list(rows)
+        self.last, self.mask, self.cache = last, mask, cache
+
+    @property
+    def rows(self) -> list[Row]:
+        """The rows still running, in slot order."""
+        return [r for r in self.slots if r is not None]
+
+    @property
+    def free(self) -> int:
+        """Slots whose row has left (computed, and ignored, until reused or compacted)."""
+        return sum(r is None for r in self.slots)
 
     @property
     def tokens(self) -> int:
         return sum(r.cost for r in self.rows)
 
-    def concatenate(self, other: Running) -> None:
-        """Appends `other`'s rows, left-padding the shorter mask and cache."""
+    def names(self) -> list[str]:
+        """Each slot's adapter; a free slot borrows a running row's (its own may be unloaded by now)."""
+        filler = next(r.adapter_name for r in self.slots if r is not None)
+        return [r.adapter_name if r is not None else filler for r in self.slots]
+
+    def leave(self, slots: list[int]) -> None:
+        """Rows in `slots` leave; their slots stay, free, for the next prefill."""
+        for i in slots:
+            self.slots[i] = None
+        self.trim()
+
+    @property
+    def sparse(self) -> bool:
+        """A third of the slots or more are free: compacting saves more compute than it costs."""
+        return self.free * 3 >= len(self.slots)
+
+    def compact(self) -> None:
+        """Keeps the running rows only (one copy of the cache)."""
         import torch
 
-        width = max(self.mask.shape[1], other.mask.shape[1])
-
-        def pad(x: Any, n: int, dim: int) -> Any:
-            if n == 0:
-                return x
-            shape = list(x.shape)
-            shape[dim] = n
-            return torch.cat([x.new_zeros(shape), x], dim=dim)
-
-        self.mask = torch.cat(
-            [pad(self.mask, width - self.mask.shape[1], 1), pad(other.mask, width - other.mask.shape[1], 1)]
-        )
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            for attr in ("keys", "values"):
-                a, b = getattr(mine, attr), getattr(theirs, attr)
-                setattr(mine, attr, torch.cat([pad(a, width - a.shape[2], 2), pad(b, width - b.shape[2], 2)]))
-        self.last = torch.cat([self.last, other.last])
-        self.rows += other.rows
-
-    def filter(self, keep: list[int]) -> None:
-        """Keeps rows `keep` (in order) and drops the left columns none of them uses."""
-        import torch
-
-        if len(keep) != len(self.rows):
+        keep = [i for i, r in enumerate(self.slots) if r is not None]
+        if len(keep) != len(self.slots):
             index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
-            self.rows = [self.rows[i] for i in keep]
+            self.slots = [self.slots[i] for i in keep]
             self.last, self.mask = self.last[index], self.mask[index]
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[index], layer.values[index]
+            for layer in self.cache.slot_layers:
+                layer.select(index)
+        self.trim()
+
+    def trim(self) -> None:
+        """Drops the left columns no running row uses: the window's start moves, nothing is copied."""
         # Rows are right-aligned: counted on the host, not by a reduction and a sync on the device.
         start = self.mask.shape[1] - max(r.cached for r in self.rows)
         if start > 0:
             self.mask = self.mask[:, start:]
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+            for layer in self.cache.slot_layers:
+                layer.trim(start)
+
+    def join(self, other: Running) -> None:
+        """`other`'s rows (just prefilled) take the free slots, then new ones;
+        the narrower of the two windows is padded on the left."""
+        import torch
+
+        width, theirs = self.mask.shape[1], other.mask.shape[1]
+        if theirs > width:  # left columns the running rows never use: masked
+            self.mask = torch.cat([self.mask.new_zeros((self.mask.shape[0], theirs - width)), self.mask], dim=1)
+            for layer in self.cache.slot_layers:
+                layer.widen(theirs - width)
+            width = theirs
+        incoming = [i for i, r in enumerate(other.slots) if r is not None]
+        free = [i for i, r in enumerate(self.slots) if r is None][: len(incoming)]
+        extra = len(incoming) - len(free)
+        if extra:  # new slots at the end: one copy of the cache, as a concatenation would
+            self.mask = torch.cat([self.mask, self.mask.new_zeros((extra, width))])
+            self.last = torch.cat([self.last, self.last.new_zeros(extra)])
+            for layer in self.cache.slot_layers:
+                layer.add_slots(extra)
+            free += list(range(len(self.slots), len(self.slots) + extra))
+            self.slots += [None] * extra
+        device = self.mask.device
+        slots = torch.tensor(free, dtype=torch.long, device=device)
+        source = torch.tensor(incoming, dtype=torch.long, device=device)
+        self.mask[slots] = 0
+        self.mask[slots, width - theirs :] = other.mask[source]
+        self.last[slots] = other.last[source]
+        for mine, new in zip(self.cache.slot_layers, other.cache.slot_layers, strict=True):
+            mine.put(slots, new.keys[source], new.values[source])
+        for slot, i in zip(free, incoming, strict=True):
+            self.slots[slot] = other.slots[i]
 
 
 def sample(logits: Any, rows: list[Row]) -> tuple[Any, list[int]]:
@@ -309,6 +352,7 @@ class ContinuousBatcher:
         self.cond = threading.Condition()
         self.closed = False
         self.steps = 0  # decoding steps run (tests and the bench read it)
+        self.compactions = 0  # copies of the cache to drop free slots (likewise)
         # TGI's max_waiting_tokens: while a batch runs, new arrivals are prefilled
         # after at most this many decoding steps (0: at once), or sooner once they
         # are as many as half the running rows: fewer, fuller prefills.
@@ -384,8 +428,11 @@ class ContinuousBatcher:
         self._drop_gone()
         new = self._admit() if self._prefill_now() else []
         if new:
-            self._prefill(new)
+            self._prefill(new)  # new rows take the free slots first
         if self.running is not None and self.running.rows:
+            if self.running.sparse:
+                self.running.compact()
+                self.compactions += 1
             self._step()
         self._export()
 
@@ -424,14 +471,17 @@ class ContinuousBatcher:
             reason = "deadline" if work.expired(now) else "cancelled"
             self._end_stream(work, reason)
             work.fail(DeadlineExceeded("deadline exceeded") if reason == "deadline" else Cancelled("cancelled"))
-        self._remove([i for i, r in enumerate(running.rows) if r.work not in gone])
+        self._leave([i for i, r in enumerate(running.slots) if r is not None and r.work in gone])
 
-    def _remove(self, keep: list[int]) -> None:
+    def _leave(self, slots: list[int]) -> None:
+        """Rows in `slots` leave the running batch."""
         assert self.running is not None
-        if not keep:
+        if not slots:
+            return
+        if len(slots) == len(self.running.slots) - self.running.free:
             self.running = None
         else:
-            self.running.filter(keep)
+            self.running.leave(slots)
 
     def _admit(self) -> list[Row]:
         """Waiting rows that fit the budget, first come first served (the head
@@ -474,7 +524,6 @@ class ContinuousBatcher:
 
     def _prefill(self, rows: list[Row]) -> None:
         import torch
-        from transformers import DynamicCache
 
         width = max(len(r.prompt) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -484,7 +533,7 @@ class ContinuousBatcher:
             mask[i, width - len(row.prompt) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-        cache = DynamicCache()
+        cache = SlotCache()
         names = [r.adapter_name for r in rows]
         self._since_prefill = 0
         logits = self.forward(names, ids, mask, positions, cache)
@@ -494,14 +543,16 @@ class ContinuousBatcher:
         self.metrics.prefill_tokens.inc(sum(len(r.prompt) for r in rows))
         batch = Running(rows, None, mask, cache)
         batch.last = self._take_tokens(batch, logits)
-        keep = [i for i, r in enumerate(rows) if not r.done]
-        if not keep:
+        done = [i for i, r in enumerate(rows) if r.done]
+        if len(done) == len(rows):
             return
-        batch.filter(keep)
+        for i in done:
+            batch.slots[i] = None
         if self.running is None:
+            batch.compact()
             self.running = batch
         else:
-            self.running.concatenate(batch)
+            self.running.join(batch)
 
     def _step(self) -> None:
         import torch
@@ -510,7 +561,7 @@ class ContinuousBatcher:
         assert running is not None
         running.mask = torch.cat([running.mask, running.mask.new_ones((running.mask.shape[0], 1))], dim=1)
         positions = running.mask.sum(-1, keepdim=True) - 1
-        names = [r.adapter_name for r in running.rows]
+        names = running.names()
         logits = self.forward(names, running.last.unsqueeze(1), running.mask, positions, running.cache)
         self.steps += 1
         self._since_prefill += 1
@@ -518,14 +569,26 @@ class ContinuousBatcher:
         if len(set(names)) > 1:
             self.metrics.mixed_batches.inc()
         running.last = self._take_tokens(running, logits)
-        keep = [i for i, r in enumerate(running.rows) if not r.done]
-        self._remove(keep)
+        self._leave([i for i, r in enumerate(running.slots) if r is not None and r.done])
 
     def _take_tokens(self, batch: Running, logits: Any) -> Any:
-        """Samples a token per row, hands text to streams, completes finished rows; returns the tokens (device)."""
-        last, tokens = sample(logits, batch.rows)
+        """Samples a token per running row (free slots are skipped), hands text
+        to streams, completes finished rows; returns every slot's next input
+        token (device)."""
+        import torch
+
+        rows = batch.rows
+        if len(rows) == len(batch.slots):
+            last, tokens = sample(logits, rows)
+        else:
+            live = torch.tensor(
+                [i for i, r in enumerate(batch.slots) if r is not None], dtype=torch.long, device=logits.device
+            )
+            drawn, tokens = sample(logits[live], rows)
+            last = torch.full((len(batch.slots),), self.pad_id, dtype=drawn.dtype, device=drawn.device)
+            last[live] = drawn
         kept = 0
-        for row, token in zip(batch.rows, tokens, strict=True):
+        for row, token in zip(rows, tokens, strict=True):
             before = len(row.ids)
             delta = row.push(token)
             kept += len(row.ids) - before  # an EOS that ends a row is not a generated token
