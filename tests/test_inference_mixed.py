@@ -144,3 +144,60 @@ def test_unsupported_layers_fall_back_to_peft(base_dir: Path) -> None:
     assert mixer.install(dora)
     with torch.no_grad(), mixer.rows(["d0", "d1"]), pytest.raises(ValueError):
         dora(**batch)
+
+
+def test_a_request_of_many_texts_runs_in_length_sorted_batches_in_order(base_dir: Path) -> None:
+    """More texts than max_batch_size: forwards of at most that many rows, and
+    every text's scores equal its own one-text forward, in the request's order."""
+    from textft.v1 import inference_pb2
+    from textft_services.common.config import Settings
+    from textft_services.inference.batcher import CLASSIFY
+    from textft_services.inference.engine import Adapter, Base, Engine
+
+    tokenizer, _ = _batch(base_dir, TEXTS)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base_dir), num_labels=3, pad_token_id=tokenizer.pad_token_id
+    )
+    peft = _adapters(model, "SEQ_CLS", [(4, ALL), (8, ALL)])
+    engine = Engine(Settings(inference_max_batch_size=4), store=None, trainer=object())  # type: ignore[arg-type]
+    base = Base(("tiny", "TEXT_CLASSIFICATION", 3), peft, tokenizer, device=torch.device("cpu"))
+    assert base.mixer.install(peft)
+    adapters = {
+        n: Adapter(n, n, base, "TEXT_CLASSIFICATION", ["x", "y", "z"], False, "{text}", 64, 0, 0.0, "tiny")
+        for n in ("a0", "a1")
+    }
+    rows: list[int] = []
+    peft.get_base_model().register_forward_pre_hook(
+        lambda _m, _a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    params = inference_pb2.GenerationParameters()
+    texts = [t * (1 + i % 3) for i, t in enumerate(TEXTS + TEXTS[::-1])]  # 12 texts of three lengths
+    works = [engine._work(adapters["a0"], CLASSIFY, texts, params, None)]
+    works.append(engine._work(adapters["a1"], CLASSIFY, texts[:3], params, None))
+    engine._run(base, works)
+    assert rows and max(rows) <= 4 and sum(rows) == 15, rows
+    for work in works:
+        for text, got in zip(work.texts, work.future.result(5), strict=True):
+            alone = engine._work(work.adapter, CLASSIFY, [text], params, None)
+            engine._run(base, [alone])
+            want = alone.future.result(5)[0]
+            assert [s.label for s in got.classification.scores] == [s.label for s in want.classification.scores]
+            for a, b in zip(got.classification.scores, want.classification.scores, strict=True):
+                assert abs(a.score - b.score) < 1e-5
+
+
+def test_fused_activations_give_the_same_outputs(base_dir: Path) -> None:
+    """The inference side swaps GPT-Neo's Python tanh-GELU for torch's fused one: same logits to float rounding."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    from textft_services.modeling.loading import fused_activations
+
+    tokenizer, batch = _batch(base_dir, TEXTS)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir)).eval()
+    with torch.inference_mode():
+        before = model(**batch).logits
+        layers = sum(isinstance(m, NewGELUActivation) for m in model.modules())
+        assert layers > 0 and fused_activations(model) == layers
+        assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+        assert sum(isinstance(m, GELUTanh) for m in model.modules()) == layers
+        assert torch.allclose(model(**batch).logits, before, atol=1e-5)

@@ -32,7 +32,13 @@ from textft.v1 import common_pb2, inference_pb2, trainer_pb2
 from ..common import basemodels, devices, names
 from ..common.config import Settings
 from ..common.store import ObjectStore
-from ..modeling.loading import load_base_model, load_tokenizer, read_adapter_manifest, struct_dict
+from ..modeling.loading import (
+    fused_activations,
+    load_base_model,
+    load_tokenizer,
+    read_adapter_manifest,
+    struct_dict,
+)
 from .batcher import CLASSIFY, GENERATE, STREAM, Admission, Lane, Work
 from .continuous import ContinuousBatcher, Row
 from .metrics import InferenceMetrics
@@ -220,6 +226,7 @@ class Engine:
         # so its labels are positions (each adapter maps them to its own names).
         labels = [f"LABEL_{i}" for i in range(num_labels)]
         model = load_base_model(task == "TEXT_CLASSIFICATION", path, kwargs, tokenizer, labels, multi=False)
+        fused_activations(model)
         if not placement.sharded:
             model.to(placement.device)
         model.eval()
@@ -661,23 +668,44 @@ class Engine:
             texts = [w.adapter.prompt_template.format(text=t) for w in works for t in w.texts]
         names_per_row = [w.adapter.adapter_name for w in works for _ in w.texts]
         fn = self._classify if kind == CLASSIFY else self._generate
+        if kind == CLASSIFY and len(texts) > self.settings.inference_max_batch_size:
+            # A request of many texts: forwards of at most max_batch_size rows, texts of similar
+            # length together (by characters: no tokenizing twice), so few pad tokens are computed
+            # and other requests' batches get the model between them.
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            size = self.settings.inference_max_batch_size
+            outputs: list[Any] = [None] * len(texts)
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
 
-        def forward(names: list[str] | None, rows: list[int] | None = None) -> list[Any]:
-            return fn(base, works, texts, names, rows)
+                def forward_chunk(names: list[str] | None, rows: list[int] | None = None, c: list[int] = chunk) -> Any:
+                    return fn(base, works, texts, names, c if rows is None else [c[r] for r in rows])
 
-        try:
-            outputs = self._mixed(base, names_per_row, forward)
-        except (TypeError, ValueError) as exc:
-            if len(adapters) == 1 or not base.mixed_ok:
-                raise
-            # Not every module type supports PEFT mixed batches: one pass per adapter instead.
-            log.warning("mixed-adapter batches unsupported on %s (%s); grouping by adapter", base.key[0], exc)
-            base.mixed_ok = False
-            outputs = self._mixed(base, names_per_row, forward)
+                names = [names_per_row[i] for i in chunk]
+                for i, value in zip(chunk, self._forward_rows(base, names, forward_chunk), strict=True):
+                    outputs[i] = value
+        else:
+
+            def forward(names: list[str] | None, rows: list[int] | None = None) -> list[Any]:
+                return fn(base, works, texts, names, rows)
+
+            outputs = self._forward_rows(base, names_per_row, forward)
         i = 0
         for work in works:
             work.succeed(outputs[i : i + work.rows])
             i += work.rows
+
+    def _forward_rows(self, base: Base, names: list[str], forward: Callable[..., list[Any]]) -> list[Any]:
+        """`forward` over rows with these adapters, mixed in one pass where the model allows it."""
+        try:
+            return self._mixed(base, names, forward)
+        except (TypeError, ValueError) as exc:
+            if len(set(names)) == 1 or not base.mixed_ok:
+                raise
+            # Not every module type supports PEFT mixed batches: one pass per adapter instead.
+            log.warning("mixed-adapter batches unsupported on %s (%s); grouping by adapter", base.key[0], exc)
+            base.mixed_ok = False
+            return self._mixed(base, names, forward)
 
     def _mixed(self, base: Base, names: list[str], forward: Callable[..., list[Any]]) -> list[Any]:
         """Runs `forward` once with per-row adapter names, or, where a batch

@@ -81,3 +81,21 @@ def load_base_model(
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def fused_activations(model: Any) -> int:
+    """Swaps transformers' tanh-GELU written as Python tensor ops (NewGELU, what
+    GPT-Neo and GPT-2 use; FastGELU) for torch's one-kernel gelu(approximate="tanh")
+    (transformers' own GELUTanh): the same function, equal to float rounding, in
+    one pass over the activations instead of seven. Measured on the bench's
+    GPT-Neo, a fifth of a classification forward on the CPU. For inference:
+    the trainer keeps the model as configured. Returns the modules swapped."""
+    from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
+
+    swapped = 0
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) in (NewGELUActivation, FastGELUActivation):
+                setattr(parent, name, GELUTanh())
+                swapped += 1
+    return swapped
