@@ -1,8 +1,9 @@
 """Continuous (iteration-level) batching for generation, after TGI's CausalLM
 batches (server/text_generation_server/models/causal_lm.py).
 
-One loop thread per base model keeps a running batch: every row's last token,
-a left-padded attention mask and a transformers DynamicCache whose keys and
+One loop thread per base model keeps a running batch: a slot per row with
+its last token, a left-padded attention mask and a KV cache (slots.py, a
+transformers DynamicCache whose layers keep spare columns) whose keys and
 values are right-aligned, so every row's tokens end at the same column. Each
 iteration of the loop:
 
@@ -11,13 +12,15 @@ iteration of the loop:
    `max_rows` rows and `max_tokens` tokens in flight (prompt + max_new_tokens
    of every row); a row bigger than the whole budget runs alone. The new rows
    are prefilled together (left-padded, each with its own position ids), take
-   their first token, and their cache is concatenated onto the running one,
-   left-padding whichever is shorter (TGI's `CausalLMBatch.concatenate`);
-3. runs one decoding step for every row, each row with its own adapter (the
+   their first token, and are written into the free slots of the running
+   batch, then into new ones, left-padding whichever is shorter (TGI's
+   `CausalLMBatch.concatenate`, without copying the running rows' cache);
+3. compacts the batch if a third of its slots are free, then runs one
+   decoding step for every slot, each row with its own adapter (the
    mixed-adapter layers of mixed.py), sampling parameters and seed;
-4. removes finished rows (EOS, a stop sequence, max_new_tokens, the model's
-   context) and the left columns no remaining row uses
-   (`CausalLMBatch.filter`).
+4. frees the slots of finished rows (EOS, a stop sequence, max_new_tokens,
+   the model's context) and drops the left columns no remaining row uses
+   (`CausalLMBatch.filter`, as a moved window rather than a copy).
 
 Text is detokenized incrementally (TGI's prefix/read offsets) for rows that
 stream or have stop strings, the others once when they finish; stop
