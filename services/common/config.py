@@ -294,7 +294,7 @@ class Settings:
     # running batch, as do max_batch_size rows; a row that fits no budget runs alone.
     inference_max_batch_tokens: int = 16384
     # While a batch decodes, new requests wait at most this many steps to be
-    # prefilled together (sooner once they are half as many as the running rows).
+    # prefilled together (sooner once those that could join are a third as many as the running rows).
     inference_max_waiting_steps: int = 4
     # Stop sequences per request, and characters per stop sequence.
     inference_max_stop_sequences: int = 4

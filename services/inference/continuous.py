@@ -358,7 +358,7 @@ class ContinuousBatcher:
         self.compactions = 0  # copies of the cache to drop free slots (likewise)
         # TGI's max_waiting_tokens: while a batch runs, new arrivals are prefilled
         # after at most this many decoding steps (0: at once), or sooner once they
-        # are as many as half the running rows: fewer, fuller prefills.
+        # could join and are a third as many as the running rows: fewer, fuller prefills.
         self.max_waiting_steps = max(0, max_waiting_steps)
         self._since_prefill = 0
         self.thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
