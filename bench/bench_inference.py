@@ -621,6 +621,7 @@ class GenerationBench:
         from textft_services.common.config import Settings
         from textft_services.common.tinymodels import build_tiny_gpt_neo
         from textft_services.inference.engine import Adapter, Base, Engine
+        from textft_services.modeling.loading import fused_activations
 
         base_dir = build_tiny_gpt_neo(
             workdir / "gen-base", corpus=TEXTS, vocab_size=1024, hidden_size=args.hidden, num_layers=args.layers
@@ -638,6 +639,7 @@ class GenerationBench:
             head.bias[self.tokenizer.eos_token_id] = args.eos_bias
         model.lm_head = head
         model.config.tie_word_embeddings = False
+        fused_activations(model)  # as the server's loader does: the same model on both sides
         self.params = sum(p.numel() for p in model.parameters())
         torch.manual_seed(0)
         peft: Any = None
