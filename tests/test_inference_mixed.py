@@ -192,7 +192,7 @@ def test_fused_activations_give_the_same_outputs(base_dir: Path) -> None:
 
     from textft_services.modeling.loading import fused_activations
 
-    tokenizer, batch = _batch(base_dir, TEXTS)
+    _, batch = _batch(base_dir, TEXTS)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir)).eval()
     with torch.inference_mode():
         before = model(**batch).logits
