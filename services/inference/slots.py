@@ -74,6 +74,17 @@ class SlotLayer(DynamicLayer):
         self.keys = self.kbuf[:, :, self.lo : self.hi]
         self.values = self.vbuf[:, :, self.lo : self.hi]
 
+    # DynamicLayer's edits of `keys`/`values` (assisted decoding, beam search) would
+    # leave the buffers behind the view: refused rather than silently wrong.
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("SlotLayer: crop is not supported (continuous batching only)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("SlotLayer: batch_repeat_interleave is not supported")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("SlotLayer: use select()")
+
     # ---- what the running batch does between steps ----
     def trim(self, columns: int) -> None:
         """Drops the window's `columns` leftmost columns (no copy)."""
