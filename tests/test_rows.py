@@ -4,6 +4,8 @@ parts and their manifest, on both store backends."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,20 @@ def test_an_empty_version_has_no_parts(store: ObjectStore, tmp_path: Path) -> No
     manifest = stored_rows.load_manifest(store, write(store, tmp_path, []))
     assert manifest.row_count == 0 and list(manifest.parts) == []
     assert stored_rows.read_page(store, manifest, 0, 10) == []
+
+
+def test_validation_and_rows_do_not_import_pandas() -> None:
+    """pandas (installed with datasets) costs the dataset service ~45 MB; a
+    BooleanArray.to_numpy() or a pa.array() of Python objects would import it."""
+    script = """
+import sys
+from textft_services.common import rows
+from textft_services.dataset import parsing
+data = b"text,label,split,metadata\\n" + b"".join(b'"t %d",l%d,train,"{""k"": 1}"\\n' % (i, i % 3) for i in range(3000))
+result, rows_out, issues = parsing.validate_bytes(data, parsing.ParseOptions(parsing.CSV))
+assert result.stats.valid_row_count == 3000
+rows.rows_table(rows_out)
+print("pandas" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"

@@ -8,13 +8,15 @@ index. Readers (ReadRows, the training job, evaluation) go through the
 manifest only: nothing outside the dataset service parses a source file, and
 a page far into a version reads one part, not the rows before it.
 
-The validator hands the writer its valid rows in batches of tuples (Row, in
-COLUMNS order: no dict per row). One background thread turns each batch into
-Arrow columns at once (the Python objects are freed as soon as they are
-converted), cuts parts of at most PART_ROWS rows or PART_BYTES bytes of text
-and target, writes each to a local file a row group at a time, then hashes and
-uploads it; memory stays bounded by one row group of Arrow data plus the few
-batches queued for that thread.
+The validator hands the writer its valid rows in batches: tuples (Row, in
+COLUMNS order: no dict per row), or already as Arrow columns (slices of a
+block of CSV cells Arrow read, columns_batch()). One background thread turns
+tuple batches into Arrow columns at once, cuts parts of at most PART_ROWS rows
+or PART_BYTES bytes of text and target, writes each to a local file a row
+group at a time and hashes it; UPLOADING_PARTS other threads upload the
+finished files, so the writer (and the validator behind it) does not wait on
+the store. Memory stays bounded by one row group of Arrow data plus the few
+batches queued for the writer; finished parts wait on local disk.
 """
 
 from __future__ import annotations
@@ -43,9 +45,16 @@ from .store import ObjectStore
 
 ROWS_SCHEMA_VERSION = 1
 PART_ROWS = 65536
-PART_BYTES = 8 << 20  # text and target (UTF-8) in one part: bounds an upload's memory
+PART_BYTES = 32 << 20  # text and target (UTF-8) in one part: bounds what a page read holds
 ROW_GROUP_ROWS = 4096  # the unit a page read decodes
-QUEUED_BATCHES = 2  # batches waiting for the writer thread: the validator runs on while a part uploads
+QUEUED_BATCHES = 2  # batches waiting for the writer thread
+# Finished parts waiting (as local files) for the uploading thread: the writer,
+# and with it the validator, runs on while the store is slow to take a part
+# (busy with the upload's source, which it receives at the same time).
+QUEUED_PARTS = 16
+# Parts are small next to the source and the store takes each one's request in
+# turn with the source's: a few in flight keep its latency off the writer.
+UPLOADING_PARTS = 2
 HASH_BUFFER = 1 << 20
 COLUMNS = ("row", "text", "labels", "target", "id", "metadata", "split")
 # A normalised row as the validator makes it, in COLUMNS order.
@@ -98,15 +107,54 @@ def _offsets(lengths: Iterator[int], count: int) -> pa.Array:
     return pa.Array.from_buffers(pa.int32(), count + 1, [None, pa.py_buffer(offsets)])
 
 
-def _strings(values: Sequence[str]) -> pa.Array:
+def strings(values: Sequence[str]) -> pa.Array:
     """A string column built from one joined buffer: C loops only, and no
     pandas (pa.array() imports it to check its input, ~45 MB of the service's
     memory). A batch's column stays far below int32 offsets' 2 GiB."""
     if not any(values):  # all "" (target, id, metadata, split often are): nothing to copy
-        return pa.StringArray.from_buffers(len(values), pa.py_buffer(np.zeros(len(values) + 1, np.int32)), _EMPTY)
+        return empty_strings(len(values))
     encoded = list(map(str.encode, values))  # strict: a valid row holds no lone surrogate
     offsets = _offsets(map(len, encoded), len(encoded))
     return pa.StringArray.from_buffers(len(encoded), offsets.buffers()[1], pa.py_buffer(b"".join(encoded)))
+
+
+def empty_strings(count: int) -> pa.Array:
+    return pa.StringArray.from_buffers(count, pa.py_buffer(np.zeros(count + 1, np.int32)), _EMPTY)
+
+
+def metadata_json(metadata: dict[str, Any]) -> str:
+    """A row's metadata as its column stores it: a JSON object, "" for none."""
+    return _ENCODER.encode(metadata) if metadata else ""
+
+
+def columns_batch(
+    row_numbers: Any,
+    text: pa.Array,
+    labels: pa.Array | None,
+    target: pa.Array | None = None,
+    row_id: pa.Array | None = None,
+    metadata: pa.Array | None = None,
+    split: pa.Array | None = None,
+) -> pa.RecordBatch:
+    """A part's columns from Arrow string columns (None: "" in every row) and
+    the row numbers (int64 numpy). `labels` holds one label per row, None none:
+    what a block of rows checked as Arrow columns has."""
+    count = len(text)
+    if labels is None:
+        labels = empty_strings(0)
+        offsets = pa.py_buffer(np.zeros(count + 1, np.int32))
+    else:
+        offsets = pa.py_buffer(np.arange(count + 1, dtype=np.int32))
+    label_type = SCHEMA.field("labels").type
+    columns = [
+        pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(row_numbers)]),
+        text,
+        pa.ListArray.from_arrays(
+            pa.Array.from_buffers(pa.int32(), count + 1, [None, offsets]), labels, type=label_type
+        ),
+        *(empty_strings(count) if column is None else column for column in (target, row_id, metadata, split)),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
 
 
 def rows_batch(rows: Sequence[Row]) -> pa.RecordBatch:
@@ -116,16 +164,16 @@ def rows_batch(rows: Sequence[Row]) -> pa.RecordBatch:
         return pa.RecordBatch.from_pylist([], schema=SCHEMA)
     numbers, texts, labels, targets, ids, metadata, splits = zip(*rows, strict=True)
     row_numbers = np.fromiter(numbers, dtype=np.int64, count=count)
-    label_values = _strings(list(chain.from_iterable(labels)))
-    encoded = [_ENCODER.encode(m) if m else "" for m in metadata] if any(metadata) else [""] * count
+    label_values = strings(list(chain.from_iterable(labels)))
+    encoded = [metadata_json(m) for m in metadata] if any(metadata) else [""] * count
     columns = [
         pa.Array.from_buffers(pa.int64(), count, [None, pa.py_buffer(row_numbers)]),
-        _strings(texts),
+        strings(texts),
         pa.ListArray.from_arrays(_offsets(map(len, labels), count), label_values, type=SCHEMA.field("labels").type),
-        _strings(targets),
-        _strings(ids),
-        _strings(encoded),
-        _strings(splits),
+        strings(targets),
+        strings(ids),
+        strings(encoded),
+        strings(splits),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
 
@@ -135,7 +183,7 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_batches([rows_batch([row_tuple(row) for row in rows])], schema=SCHEMA)
 
 
-def _lengths(strings: pa.Array) -> Any:
+def byte_lengths(strings: pa.Array) -> Any:
     """The byte length of each value of a string column (a numpy array, from its offsets)."""
     offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32, count=len(strings) + 1, offset=4 * strings.offset)
     return np.diff(offsets)
@@ -143,7 +191,7 @@ def _lengths(strings: pa.Array) -> Any:
 
 def _sizes(batch: pa.RecordBatch) -> Any:
     """Bytes of text and target of each row of a batch."""
-    return _lengths(batch.column(1)).astype(np.int64) + _lengths(batch.column(3))
+    return byte_lengths(batch.column(1)).astype(np.int64) + byte_lengths(batch.column(3))
 
 
 class RowsWriter:
@@ -170,32 +218,55 @@ class RowsWriter:
         self._file: pq.ParquetWriter | None = None  # the part being written, a row group at a time
         self._group: list[pa.RecordBatch] = []  # the row group being filled
         self._group_rows = self._part_rows = self._part_bytes = 0
-        self._pending: queue.Queue[Sequence[Row] | None] = queue.Queue(maxsize=QUEUED_BATCHES)
+        self._pending: queue.Queue[Sequence[Row] | pa.RecordBatch | None] = queue.Queue(maxsize=QUEUED_BATCHES)
+        self._uploads: queue.Queue[tuple[str, Path] | None] = queue.Queue(maxsize=QUEUED_PARTS)
         self._error: BaseException | None = None
         self._store_last = False  # set by finish(): the thread stores the part it was filling
+        self._abandoned = False  # set by close() without finish(): store nothing more
         self._thread = threading.Thread(target=self._store_parts, name="dataset-store-rows", daemon=True)
+        self._uploaders = [
+            threading.Thread(target=self._upload_parts, name=f"dataset-upload-rows-{k}", daemon=True)
+            for k in range(UPLOADING_PARTS)
+        ]
         self._thread.start()
+        for thread in self._uploaders:
+            thread.start()
 
-    def write_rows(self, rows: Sequence[Row]) -> None:
-        """Queues a batch of rows (the writer keeps it: do not change it after)."""
+    def write_rows(self, rows: Sequence[Row] | pa.RecordBatch) -> None:
+        """Queues a batch of rows, as Rows or already as a part's columns
+        (columns_batch); the writer keeps it: do not change it after."""
         if self._error is not None:
             raise self._error
         if rows:
             self._pending.put(rows)
 
     def _store_parts(self) -> None:
-        while (rows := self._pending.get()) is not None:
-            if self._error is not None:
-                continue  # drain: the writing thread raises the first error
-            try:
-                self._add(rows_batch(rows))
-            except BaseException as e:  # handed to the writing thread
-                self._error = e
-        if self._store_last and self._error is None:
-            try:
-                self._flush()
-            except BaseException as e:
-                self._error = e
+        try:
+            while (rows := self._pending.get()) is not None:
+                if self._error is not None:
+                    continue  # drain: the writing thread raises the first error
+                try:
+                    self._add(rows if isinstance(rows, pa.RecordBatch) else rows_batch(rows))
+                except BaseException as e:  # handed to the writing thread
+                    self._error = e
+            if self._store_last and self._error is None:
+                try:
+                    self._flush()
+                except BaseException as e:
+                    self._error = e
+        finally:
+            for _ in self._uploaders:
+                self._uploads.put(None)
+
+    def _upload_parts(self) -> None:
+        while (item := self._uploads.get()) is not None:
+            key, path = item
+            if self._error is None and not self._abandoned:
+                try:
+                    self.store.put_file(key, path)
+                except BaseException as e:  # handed to the writing thread
+                    self._error = e
+            path.unlink(missing_ok=True)
 
     def _add(self, batch: pa.RecordBatch) -> None:
         """Appends a batch to the part being written, a row group at a time,
@@ -244,17 +315,20 @@ class RowsWriter:
             first_row=self.row_count,
         )
         self._part_rows = self._part_bytes = 0
-        self.store.put_file(key, path)
-        path.unlink()
+        self._uploads.put((key, path))
         self._parts.append(part)
         self.row_count += part.row_count
 
     def close(self) -> None:
-        """Stops the writer thread (after finish(), or to abandon the rows: no
-        part is stored once it returns)."""
+        """Stops the writer's threads (after finish(), or to abandon the rows:
+        no part is stored once it returns)."""
+        if not self._store_last:
+            self._abandoned = True
         if self._thread.is_alive():
             self._pending.put(None)
             self._thread.join()
+        for thread in self._uploaders:
+            thread.join()
 
     def finish(self, task: int, label_names: list[str]) -> str:
         """Stores the last part and the manifest; returns the manifest's key."""

@@ -9,8 +9,8 @@ This module is the façade the service imports; the work is done in
     digests.py     the row digests duplicate detection remembers
     validation.py  the row rules, statistics, prepare() and validate()
 
-Memory stays bounded whatever the file size: the source is read one physical
-line at a time (with a byte cap per line), statistics are kept as histograms,
+Memory stays bounded whatever the file size: the source is read a block of
+whole lines at a time (with a byte cap per line), statistics are kept as histograms,
 and duplicate detection remembers at most DUPLICATE_TRACK_LIMIT row digests.
 
 Row numbers are 1-based data-record numbers, header excluded. Blank lines are

@@ -6,7 +6,11 @@ and JSONL record goes through it, whichever way it was read. ParseOptions.fast
 only chooses shortcuts that skip work (the reader's split of plain lines, no
 bad-byte scan while the file has been valid UTF-8, no parse_labels() call for
 one plain label, no type checks of CSV/TSV cells); it never decides a row, and
-the tests compare the two ways on the same files.
+the tests compare the two ways on the same files. Its largest shortcut: blocks
+of CSV/TSV records that Arrow's reader took whole (readers.CellBlock) are
+screened column by column (block_checker): rows the rules would find nothing
+in go to the writer as column slices, without a Python object per cell, and
+every other row goes through the checker, in row order.
 
 The rules, in the order a row meets them. Errors drop the row: BAD_UTF8 (any
 used column; the other rules are not run), text INVALID_VALUE / EMPTY_TEXT /
@@ -22,19 +26,35 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from textft.errors import InvalidArgument
 
+from ..common import rows as stored_rows
 from ..common.rows import COLUMNS, Row
 from .columns import ALIASES, COMMA_LABEL_COLUMNS, check_column_mapping, infer_task, resolve_columns
 from .digests import DUPLICATE_TRACK_LIMIT, DigestTable
 from .model import CLASSIFICATION, ERROR, GENERATION, JSONL, WARNING, Issue, ParseOptions, ParseResult, Stats
-from .readers import DelimitedReader, Reader, open_reader
+from .readers import CellBlock, DelimitedReader, Reader, open_reader
 from .values import SPLITS, bad_unicode, bad_unicode_any, parse_labels, parse_metadata, scalar
 
 # check(row, the record's values (a CSV/TSV record's cells)) -> the normalised row, or None.
 Check = Callable[[int, Sequence[Any]], Row | None]
+# check_block(cells) -> the valid rows, in order: Rows, and column slices of the block.
+CheckBlock = Callable[[CellBlock], Iterator[Row | pa.RecordBatch]]
+_KEY_BITS = 0xFFFF_FFFF_FFFF_FFFF
+# What str.isspace() and str.strip() take for space, as RE2 (Arrow's regex) spells
+# it: the block checker must find a text blank exactly when check() does.
+PYTHON_SPACES = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+PYTHON_SPACES += "\u2028\u2029\u202f\u205f\u3000"
+_RE2_CHAR = "\\x{{{:x}}}"
+_SPACE_CLASS = "".join(_RE2_CHAR.format(ord(c)) for c in PYTHON_SPACES)
+_NOT_BLANK = f"[^{_SPACE_CLASS}]"  # a character strip() keeps
 # Valid rows reach the writer in lists of this many: a call per batch, not per row.
 ROW_BATCH = 1024
 
@@ -203,15 +223,16 @@ class Validator:
                 reject(issues)
                 return None
 
-            # Python's 64-bit string hash (SipHash, seeded per process): the same
-            # rows share a key, as with a cryptographic digest, at a quarter of its
-            # cost; distinct rows collide as rarely as with any 64-bit digest.
+            # The row's key: Python's 64-bit hash of (text, *labels, "\x01", target)
+            # (SipHash of each string, seeded per process; the tuple's length and the
+            # marker keep the fields apart): the same rows share a key, as with a
+            # cryptographic digest, at a fraction of its cost; distinct rows collide
+            # as rarely as with any 64-bit digest. check_block() computes the same.
             if len(labels) == 1:
-                key = hash("\x00".join((text, labels[0], "\x01", target)))
+                key = hash((text, labels[0], "\x01", target))
             else:
-                key = hash("\x00".join((text, *sorted(labels), "\x01", target)))
-            key = key & 0xFFFF_FFFF_FFFF_FFFF | 1  # never 0: 0 marks an empty slot
-            first = seen.first_or_add(key, row)
+                key = hash((text, *sorted(labels), "\x01", target))
+            first = seen.first_or_add(key & _KEY_BITS | 1, row)  # never 0: 0 marks an empty slot
             if first > 0:
                 message = f"same text{what} as row {first}; the row is kept"
                 issues.append(Issue(row, WARNING, "DUPLICATE", message, text_column))
@@ -242,6 +263,132 @@ class Validator:
 
         return check
 
+    def block_checker(self, cols: dict[str, str], at: dict[str, int], check: Check) -> CheckBlock:
+        """The row rules over a CellBlock's columns at once (Arrow compute), for
+        CSV/TSV records whose columns are `cols`, at header positions `at`.
+        A row is taken as a whole column slice only when the rules would find
+        nothing in it: every condition below is one of check()'s, made strict
+        where a shortcut would differ (a label with spaces around it is left to
+        check()). Every other row goes through `check` (the checker of the same
+        columns), in row order, so issues, duplicates and statistics come out as
+        if each row had been checked alone; the tests compare the two paths."""
+        task, limit, emit = self.task, self.options.max_text_chars, self.emit
+        text_column, labels_column = cols["text"], cols.get("labels")
+        ti, li, gi, ii, mi, si = (at.get(name, -1) for name in ("text", "labels", "target", "id", "metadata", "split"))
+        comma = labels_column is not None and labels_column.strip().lower() in COMMA_LABEL_COLUMNS
+        need_label, need_target = task == CLASSIFICATION, task == GENERATION
+        what = {CLASSIFICATION: " and labels", GENERATION: " and target"}.get(task, "")
+        # One plain label, as check() reads it without parse_labels(): no space
+        # around it (then strip() keeps it whole), no "[" first, no separator.
+        separator = _RE2_CHAR.format(ord("," if comma else "|"))
+        plain_label = f"^[^{_SPACE_CLASS}\\[{separator}](?:[^{separator}]*[^{_SPACE_CLASS}{separator}])?$"
+        stats, counts, first_row, lengths, seen = self.stats, self.labels, self.first_row, self.lengths, self.seen
+
+        def check_block(block: CellBlock) -> Iterator[Row | pa.RecordBatch]:
+            table, first = block.table, block.first_row
+            text = table.column(ti).chunk(0)
+            # Arrow compute on the columns, numpy for the rest: a Python scalar as a
+            # compute argument would import pandas (see _flags).
+            ok = _flags(pc.match_substring_regex(text, _NOT_BLANK)) & _within(text, limit)
+            labels = target = row_id = metadata = split = None
+            if li >= 0:
+                labels = table.column(li).chunk(0)
+                ok &= _flags(pc.match_substring_regex(labels, plain_label))
+            elif need_label:
+                ok[:] = False  # MISSING_LABEL on every row
+            if gi >= 0:
+                target = table.column(gi).chunk(0)
+                ok &= _within(target, limit)
+                if need_target:
+                    ok &= _flags(pc.match_substring_regex(target, _NOT_BLANK))
+            elif need_target:
+                ok[:] = False  # MISSING_TARGET on every row
+            if ii >= 0:
+                row_id = table.column(ii).chunk(0)
+            if mi >= 0:  # parse_metadata(), per cell that has any
+                encoded = []
+                for k, cell in enumerate(table.column(mi).chunk(0).to_pylist()):
+                    if not cell:
+                        encoded.append("")
+                        continue
+                    try:
+                        encoded.append(stored_rows.metadata_json(parse_metadata(cell)))
+                    except ValueError:  # BAD_METADATA: check() warns
+                        ok[k] = False
+                        encoded.append("")
+                metadata = stored_rows.strings(encoded)
+            if si >= 0:  # SPLITS, per distinct cell
+                cells = table.column(si).chunk(0).dictionary_encode()
+                names = [SPLITS.get(cell.strip().lower(), "") for cell in cells.dictionary.to_pylist()]
+                bad = np.array([not name for name in names], dtype=bool) & (
+                    stored_rows.byte_lengths(cells.dictionary) > 0
+                )
+                indices = _int32s(cells.indices)
+                ok &= ~bad[indices]  # BAD_SPLIT: check() warns
+                split = pc.take(stored_rows.strings(names), cells.indices)
+
+            def clean_rows(start: int, stop: int) -> pa.RecordBatch:
+                """Rows [start, stop) of the block: valid, with at most a duplicate's warning."""
+                size = stop - start
+                texts = text.slice(start, size).to_pylist()
+                names = labels.slice(start, size).to_pylist() if labels is not None else None
+                targets = target.slice(start, size).to_pylist() if target is not None else None
+                # The keys check() computes: hash((text, *labels, "\x01", target)).
+                fields = [texts] + ([names] if names is not None else []) + [repeat("\x01", size)]
+                fields.append(targets if targets is not None else repeat("", size))
+                numbers = np.arange(first + start, first + stop, dtype=np.int64)
+                first_or_add = seen.first_or_add
+                for row, key in zip(numbers.tolist(), map(hash, zip(*fields, strict=False)), strict=False):
+                    found = first_or_add(key & _KEY_BITS | 1, row)
+                    if found > 0:
+                        stats.warning_count += 1
+                        message = f"same text{what} as row {found}; the row is kept"
+                        emit(Issue(row, WARNING, "DUPLICATE", message, text_column))
+                    elif found < 0:
+                        self.duplicates_partial = True
+                stats.row_count += size
+                stats.valid_row_count += size
+                if names is not None:
+                    for name in set(names).difference(counts):
+                        first_row.setdefault(name, first + start + names.index(name))
+                    counts.update(names)
+                if targets is not None:
+                    stats.target_count += size - targets.count("")
+                lengths.update(map(len, texts))
+                chosen = None
+                if split is not None:
+                    chosen = split.slice(start, size)
+                    splits = chosen.to_pylist()
+                    stats.split_eval_row_count += splits.count("eval")
+                    stats.split_train_row_count += splits.count("train")
+                return stored_rows.columns_batch(
+                    numbers,
+                    text.slice(start, size),
+                    None if labels is None else labels.slice(start, size),
+                    None if target is None else target.slice(start, size),
+                    None if row_id is None else row_id.slice(start, size),
+                    None if metadata is None else metadata.slice(start, size),
+                    chosen,
+                )
+
+            start = 0
+            columns = table.columns
+            for k in np.flatnonzero(~ok).tolist():  # the rows check() decides, in order
+                if k > start:
+                    yield clean_rows(start, k)
+                normalised = check(first + k, [column[k].as_py() for column in columns])
+                if normalised is not None:
+                    yield normalised
+                start = k + 1
+            if start < table.num_rows:
+                yield clean_rows(start, table.num_rows)
+
+        return check_block
+
+    def release(self) -> None:
+        """Drops the cached checkers (closures over this validator)."""
+        self._checkers.clear()
+
     def finish(self) -> Stats:
         s = self.stats
         s.label_counts = dict(sorted(self.labels.items()))
@@ -254,6 +401,29 @@ class Validator:
             s.text_length_p50 = _percentile(ordered, total, 0.50)
             s.text_length_p95 = _percentile(ordered, total, 0.95)
         return s
+
+
+def _flags(mask: pa.Array) -> Any:
+    """A boolean Arrow array without nulls as a numpy one, from its bitmap
+    (to_numpy() imports pandas, ~45 MB of the service's memory, as does a
+    Python scalar passed to a compute function)."""
+    bits = np.frombuffer(mask.buffers()[1], np.uint8)
+    return np.unpackbits(bits, count=mask.offset + len(mask), bitorder="little")[mask.offset :].astype(bool)
+
+
+def _int32s(values: pa.Array) -> Any:
+    """An int32 Arrow array without nulls as a numpy view (to_numpy() imports pandas)."""
+    assert values.type == pa.int32() and not values.null_count
+    return np.frombuffer(values.buffers()[1], np.int32, count=len(values), offset=4 * values.offset)
+
+
+def _within(strings: pa.Array, limit: int) -> Any:
+    """Whether each value is at most `limit` characters long (len()), counted
+    only when some value has more bytes (a character is at least one)."""
+    lengths = stored_rows.byte_lengths(strings)
+    if int(np.max(lengths, initial=0)) <= limit:
+        return np.ones(len(strings), dtype=bool)
+    return _int32s(pc.utf8_length(strings)) <= limit
 
 
 def _bad_bytes(row: int, values: Sequence[Any], cols: dict[str, str], position: dict[str, int]) -> list[Issue]:
@@ -297,9 +467,12 @@ class Validation:
     task: int
     options: ParseOptions
 
-    def run(self, write_rows: Callable[[list[Row]], None], write_issue: Callable[[Issue], None]) -> ParseResult:
+    def run(
+        self, write_rows: Callable[[list[Row] | pa.RecordBatch], None], write_issue: Callable[[Issue], None]
+    ) -> ParseResult:
         """Validates the rows, handing the valid ones to write_rows in batches
-        (tuples in rows.COLUMNS order) and every finding to write_issue."""
+        (lists of Rows, or a part's columns: rows.columns_batch) and every
+        finding to write_issue."""
         return _run(self, write_rows, write_issue)
 
 
@@ -329,25 +502,33 @@ def validate(
     Raises InvalidArgument for file-level problems (empty, no text column,
     task that does not fit the columns, a CSV line over the byte cap)."""
 
-    def write_rows(rows: list[Row]) -> None:
+    def write_rows(rows: list[Row] | pa.RecordBatch) -> None:
+        if isinstance(rows, pa.RecordBatch):
+            for record in rows.to_pylist():
+                write_row(stored_rows.to_row(record))
+            return
         for row in rows:
             write_row(dict(zip(COLUMNS, row, strict=True)))
 
     return prepare(source, options).run(write_rows, write_issue)
 
 
-def _rows(prepared: Validation, validator: Validator) -> Iterator[Row]:
-    """Checks every record: yields the valid rows (the checker emits the issues)."""
+def _rows(prepared: Validation, validator: Validator) -> Iterator[Row | pa.RecordBatch]:
+    """Checks every record: yields the valid rows, as Rows or as a block's column
+    slices, in row order (the checkers emit the issues)."""
     reader, reject = prepared.reader, validator.reject
     if isinstance(reader, DelimitedReader):
         resolved, header = validator.resolved, reader.columns
         at = {name: header.index(column) for name, column in resolved.items()}
         check = validator.checker(resolved, at, cells=reader)
+        check_block = validator.block_checker(resolved, at, check)
         for record in reader.records():
             if type(record) is tuple:
                 normalised = check(*record)
                 if normalised is not None:
                     yield normalised
+            elif type(record) is CellBlock:
+                yield from check_block(record)
             else:
                 reject([record.issue])  # type: ignore[union-attr,list-item]
         return
@@ -364,9 +545,9 @@ def _rows(prepared: Validation, validator: Validator) -> Iterator[Row]:
 
 
 def _run(
-    prepared: Validation, write_rows: Callable[[list[Row]], None], write_issue: Callable[[Issue], None]
+    prepared: Validation, write_rows: Callable[[list[Row] | pa.RecordBatch], None], write_issue: Callable[[Issue], None]
 ) -> ParseResult:
-    resolved, unknown, task = prepared.resolved, prepared.unknown, prepared.task
+    resolved, task = prepared.resolved, prepared.task
     issue_count = 0
 
     def emit(issue: Issue) -> None:
@@ -375,15 +556,36 @@ def _run(
         write_issue(issue)
 
     validator = Validator(task, resolved, prepared.options, emit)
+    try:
+        result = _validate(prepared, validator, write_rows)
+        result.issue_count = issue_count
+        return result
+    finally:
+        # The checkers it caches refer back to it: without breaking that cycle
+        # its digest table (tens of MB) would stay until the garbage collector's
+        # next full pass, which uploads (few Python objects) rarely trigger.
+        validator.release()
+
+
+def _validate(
+    prepared: Validation, validator: Validator, write_rows: Callable[[list[Row] | pa.RecordBatch], None]
+) -> ParseResult:
+    resolved, unknown, task, emit = prepared.resolved, prepared.unknown, prepared.task, validator.emit
     for column in unknown:
         validator.stats.warning_count += 1
         emit(Issue(0, WARNING, "UNKNOWN_COLUMN", f"column {column!r} is not used (ignored)", column))
     batch: list[Row] = []
     for row in _rows(prepared, validator):
-        batch.append(row)
-        if len(batch) >= ROW_BATCH:
+        if type(row) is tuple:
+            batch.append(row)
+            if len(batch) >= ROW_BATCH:
+                write_rows(batch)
+                batch = []
+            continue
+        if batch:  # rows in order: the ones before the block's first
             write_rows(batch)
             batch = []
+        write_rows(row)  # type: ignore[arg-type]
     if batch:
         write_rows(batch)
     if validator.stats.row_count == 0:
@@ -423,7 +625,7 @@ def _run(
             )
         )
     stats = validator.finish()
-    return ParseResult(task, resolved, stats, sorted(stats.label_counts), issue_count, list(prepared.reader.columns))
+    return ParseResult(task, resolved, stats, sorted(stats.label_counts), 0, list(prepared.reader.columns))
 
 
 def validate_bytes(data: bytes, options: ParseOptions) -> tuple[ParseResult, list[dict[str, Any]], list[Issue]]:
