@@ -273,7 +273,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         if args.profile:
             fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
             spy = shutil.which("py-spy") or "py-spy"
-            cmd = [spy, "record", "-p", str(pid), "-o", args.profile, "-f", fmt, "-r", "50", "--threads"]
+            cmd = [spy, "record", "-p", str(pid), "-o", args.profile, "-f", fmt, "-r", "50", "--threads"] + (
+                ["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else []
+            )
             profiler = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         samples: list[dict[str, Any]] = []
 
