@@ -204,6 +204,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--workdir", default="", help="where to write the CSV (default: a temp dir)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, medians reported (default 3)")
     parser.add_argument("--profile", default="", help="record the service with py-spy into this file (.svg/.txt)")
+    parser.add_argument("--profile-gil", action="store_true", help="with --profile: only the thread holding the GIL")
     args = parser.parse_args(argv)
 
     from minio import Minio
