@@ -661,3 +661,12 @@ def test_validation_leaves_no_reference_cycles(fmt: int) -> None:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+def test_metadata_with_an_escaped_lone_surrogate_is_dropped_with_a_warning() -> None:
+    """JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 part can
+    store: the row is kept without its metadata, on both paths."""
+    data = b'text,label,metadata\nhello,pos,"{""k"": ""\\ud800""}"\nworld,neg,"{""k"": 1}"\n'
+    _, rows, issues = run(data)
+    assert [(i.row, i.code) for i in issues] == [(1, "BAD_METADATA")]
+    assert [r["metadata"] for r in rows] == [{}, {"k": 1}]

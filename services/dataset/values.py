@@ -96,5 +96,7 @@ def parse_metadata(value: Any) -> dict[str, Any]:
             except json.JSONDecodeError:
                 raise ValueError("metadata is not valid JSON") from None
         if isinstance(parsed, dict):
+            if bad_unicode_any(parsed):  # a \ud800-style escape: not text, and not storable as UTF-8
+                raise ValueError("metadata holds an escaped lone surrogate (\\ud800-\\udfff), which is not text")
             return parsed
     raise ValueError("metadata must be a JSON object")
