@@ -48,7 +48,7 @@ PART_ROWS = 65536
 PART_BYTES = 32 << 20  # text and target (UTF-8) in one part: bounds what a page read holds
 ROW_GROUP_ROWS = 4096  # the unit a page read decodes
 QUEUED_BATCHES = 2  # batches waiting for the writer thread
-# Finished parts waiting (as local files) for the uploading thread: the writer,
+# Finished parts waiting (as local files) for the uploading threads: the writer,
 # and with it the validator, runs on while the store is slow to take a part
 # (busy with the upload's source, which it receives at the same time).
 QUEUED_PARTS = 16
