@@ -80,7 +80,6 @@ class Validator:
         # resolved per row there, except for explicitly mapped columns.
         self.per_row = options.format == JSONL
         self.explicit = check_column_mapping(options.column_mapping)
-        self._checkers: dict[tuple[tuple[str, str], ...], Check] = {}
 
     def columns(self, values: dict[str, Any]) -> dict[str, str]:
         """canonical -> file column for one record."""
@@ -110,14 +109,13 @@ class Validator:
         """The row rules for records whose columns are `cols` (canonical -> file
         column), each canonical column's value at position at[name] of the
         values (default: in the order of cols); `cells`: the values are the
-        cells (strings) of this CSV/TSV reader's records. One checker per
-        distinct columns: a CSV/TSV file has one."""
-        key = tuple(cols.items())
-        check = self._checkers.get(key)
-        if check is None:
-            at = at if at is not None else {name: k for k, name in enumerate(cols)}
-            check = self._checkers[key] = self._checker(dict(cols), at, cells)
-        return check
+        cells (strings) of this CSV/TSV reader's records. The caller keeps one
+        per distinct columns (a CSV/TSV file has one): the validator holds none,
+        so no reference cycle keeps it and its digest table (tens of MB) past
+        the run until the garbage collector's next full pass, which an upload
+        of few Python objects rarely triggers."""
+        at = at if at is not None else {name: k for k, name in enumerate(cols)}
+        return self._checker(dict(cols), at, cells)
 
     def _checker(self, cols: dict[str, str], at: dict[str, int], cells: DelimitedReader | None) -> Check:
         # A closure over its columns rather than a method: the rules run once per
@@ -127,9 +125,7 @@ class Validator:
         text_column, labels_column, target_column = cols["text"], cols.get("labels"), cols.get("target")
         id_column, metadata_column, split_column = cols.get("id"), cols.get("metadata"), cols.get("split")
         ti, li, gi, ii, mi, si = (at.get(name, -1) for name in ("text", "labels", "target", "id", "metadata", "split"))
-        comma = labels_column is not None and labels_column.strip().lower() in COMMA_LABEL_COLUMNS
-        need_label, need_target = task == CLASSIFICATION, task == GENERATION
-        what = {CLASSIFICATION: " and labels", GENERATION: " and target"}.get(task, "")
+        comma, need_label, need_target = _rule_terms(task, labels_column)
         stats, counts, first_row, lengths, seen = self.stats, self.labels, self.first_row, self.lengths, self.seen
 
         # Shortcuts that skip work (the answers are the same without them): cells
@@ -234,8 +230,7 @@ class Validator:
                 key = hash((text, *sorted(labels), "\x01", target))
             first = seen.first_or_add(key & _KEY_BITS | 1, row)  # never 0: 0 marks an empty slot
             if first > 0:
-                message = f"same text{what} as row {first}; the row is kept"
-                issues.append(Issue(row, WARNING, "DUPLICATE", message, text_column))
+                issues.append(_duplicate(row, first, task, text_column))
             elif first < 0:
                 self.duplicates_partial = True
 
@@ -275,9 +270,7 @@ class Validator:
         task, limit, emit = self.task, self.options.max_text_chars, self.emit
         text_column, labels_column = cols["text"], cols.get("labels")
         ti, li, gi, ii, mi, si = (at.get(name, -1) for name in ("text", "labels", "target", "id", "metadata", "split"))
-        comma = labels_column is not None and labels_column.strip().lower() in COMMA_LABEL_COLUMNS
-        need_label, need_target = task == CLASSIFICATION, task == GENERATION
-        what = {CLASSIFICATION: " and labels", GENERATION: " and target"}.get(task, "")
+        comma, need_label, need_target = _rule_terms(task, labels_column)
         # One plain label, as check() reads it without parse_labels(): no space
         # around it (then strip() keeps it whole), no "[" first, no separator.
         separator = _RE2_CHAR.format(ord("," if comma else "|"))
@@ -342,8 +335,7 @@ class Validator:
                     found = first_or_add(key & _KEY_BITS | 1, row)
                     if found > 0:
                         stats.warning_count += 1
-                        message = f"same text{what} as row {found}; the row is kept"
-                        emit(Issue(row, WARNING, "DUPLICATE", message, text_column))
+                        emit(_duplicate(row, found, task, text_column))
                     elif found < 0:
                         self.duplicates_partial = True
                 stats.row_count += size
@@ -385,10 +377,6 @@ class Validator:
 
         return check_block
 
-    def release(self) -> None:
-        """Drops the cached checkers (closures over this validator)."""
-        self._checkers.clear()
-
     def finish(self) -> Stats:
         s = self.stats
         s.label_counts = dict(sorted(self.labels.items()))
@@ -401,6 +389,18 @@ class Validator:
             s.text_length_p50 = _percentile(ordered, total, 0.50)
             s.text_length_p95 = _percentile(ordered, total, 0.95)
         return s
+
+
+def _rule_terms(task: int, labels_column: str | None) -> tuple[bool, bool, bool]:
+    """What both checkers derive from the task and the labels column: labels
+    split on "," (Clarifai's concepts columns), rows need a label, a target."""
+    comma = labels_column is not None and labels_column.strip().lower() in COMMA_LABEL_COLUMNS
+    return comma, task == CLASSIFICATION, task == GENERATION
+
+
+def _duplicate(row: int, first: int, task: int, column: str) -> Issue:
+    what = {CLASSIFICATION: " and labels", GENERATION: " and target"}.get(task, "")
+    return Issue(row, WARNING, "DUPLICATE", f"same text{what} as row {first}; the row is kept", column)
 
 
 def _flags(mask: pa.Array) -> Any:
@@ -532,13 +532,17 @@ def _rows(prepared: Validation, validator: Validator) -> Iterator[Row | pa.Recor
             else:
                 reject([record.issue])  # type: ignore[union-attr,list-item]
         return
+    checkers: dict[tuple[tuple[str, str], ...], Check] = {}  # JSONL: one per distinct columns
     for item in reader:
         if item.values is None:
             reject([item.issue])  # type: ignore[list-item]
             continue
         values = item.values
         cols = validator.columns(values)
-        check = validator.checker(cols)
+        key = tuple(cols.items())
+        check = checkers.get(key)
+        if check is None:
+            check = checkers[key] = validator.checker(cols)
         normalised = check(item.row, [values.get(column) for column in cols.values()])
         if normalised is not None:
             yield normalised
@@ -547,7 +551,7 @@ def _rows(prepared: Validation, validator: Validator) -> Iterator[Row | pa.Recor
 def _run(
     prepared: Validation, write_rows: Callable[[list[Row] | pa.RecordBatch], None], write_issue: Callable[[Issue], None]
 ) -> ParseResult:
-    resolved, task = prepared.resolved, prepared.task
+    resolved, unknown, task = prepared.resolved, prepared.unknown, prepared.task
     issue_count = 0
 
     def emit(issue: Issue) -> None:
@@ -556,21 +560,6 @@ def _run(
         write_issue(issue)
 
     validator = Validator(task, resolved, prepared.options, emit)
-    try:
-        result = _validate(prepared, validator, write_rows)
-        result.issue_count = issue_count
-        return result
-    finally:
-        # The checkers it caches refer back to it: without breaking that cycle
-        # its digest table (tens of MB) would stay until the garbage collector's
-        # next full pass, which uploads (few Python objects) rarely trigger.
-        validator.release()
-
-
-def _validate(
-    prepared: Validation, validator: Validator, write_rows: Callable[[list[Row] | pa.RecordBatch], None]
-) -> ParseResult:
-    resolved, unknown, task, emit = prepared.resolved, prepared.unknown, prepared.task, validator.emit
     for column in unknown:
         validator.stats.warning_count += 1
         emit(Issue(0, WARNING, "UNKNOWN_COLUMN", f"column {column!r} is not used (ignored)", column))
@@ -625,7 +614,7 @@ def _validate(
             )
         )
     stats = validator.finish()
-    return ParseResult(task, resolved, stats, sorted(stats.label_counts), 0, list(prepared.reader.columns))
+    return ParseResult(task, resolved, stats, sorted(stats.label_counts), issue_count, list(prepared.reader.columns))
 
 
 def validate_bytes(data: bytes, options: ParseOptions) -> tuple[ParseResult, list[dict[str, Any]], list[Issue]]:
